@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both idempotent).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMPS  := .cache/stamps
+export MVM_CACHE ?= $(CURDIR)/.cache/mvm
+
+.PHONY: setup system venv kernel demo test unit integration check bench clean
+
+setup: system venv kernel
+
+system:
+	@bash scripts/setup-system.sh
+
+venv: $(STAMPS)/venv
+
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip >/dev/null
+	@$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+kernel: venv
+	@$(BIN)/mvmctl kernel fetch
+
+demo: setup
+	$(BIN)/mvmctl run --attached examples/hello
+
+test: setup
+	$(BIN)/pytest -q
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+check: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/boot.py
+
+clean:
+	rm -rf $(VENV) .cache

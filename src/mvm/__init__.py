@@ -1,0 +1,63 @@
+"""mvm: build small microVM images from ``mvm.toml`` and run them under QEMU.
+
+The public API is re-exported here lazily (attribute access imports the
+defining module) so that ``mvmctl --help`` does not pay for modules it does
+not use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "MvmError": "mvm.errors",
+    "ConfigError": "mvm.errors",
+    "BuildError": "mvm.errors",
+    "BackendError": "mvm.errors",
+    "StateError": "mvm.errors",
+    "NotFoundError": "mvm.errors",
+    "ConflictError": "mvm.errors",
+    "GuestSpec": "mvm.config",
+    "Project": "mvm.config",
+    "load_project": "mvm.config",
+    "Image": "mvm.build.builder",
+    "build": "mvm.build.builder",
+    "RunConfig": "mvm.runtime.config",
+    "Vm": "mvm.runtime.vm",
+    "VmState": "mvm.state.records",
+    "up": "mvm.runtime.vm",
+    "down": "mvm.runtime.vm",
+    "list_vms": "mvm.runtime.vm",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mvm' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+if TYPE_CHECKING:
+    from mvm.build.builder import Image, build
+    from mvm.config import GuestSpec, Project, load_project
+    from mvm.errors import (
+        BackendError,
+        BuildError,
+        ConfigError,
+        ConflictError,
+        MvmError,
+        NotFoundError,
+        StateError,
+    )
+    from mvm.runtime.config import RunConfig
+    from mvm.runtime.vm import Vm, down, list_vms, up
+    from mvm.state.records import VmState

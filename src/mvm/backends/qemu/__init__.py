@@ -1,0 +1,1 @@
+"""QEMU backend: pure argv builder, accelerator probe, process + QMP control."""

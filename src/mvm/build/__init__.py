@@ -1,0 +1,1 @@
+"""Image building: kernel provider, initramfs, rootfs, Debian packages, cache."""

@@ -1,0 +1,68 @@
+"""Debian packages into the rootfs: resolve the dependency closure with apt's
+own solver (simulated install against an empty dpkg status), download the
+.debs into the shared cache, extract them with ``dpkg-deb -x``.  No root, no
+maintainer scripts: packages are files, which is all a busybox guest needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from mvm import paths, proc
+from mvm.errors import BuildError
+
+log = logging.getLogger(__name__)
+INST_RE = re.compile(r"^Inst (\S+) \((\S+)")
+
+
+def resolve(packages: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Return ``[(package, version)]`` for ``packages`` and all their dependencies."""
+    argv = [
+        "apt-get", "-s", "-q", "-o", "Dir::State::status=/dev/null", "-o", "Debug::NoLocking=1",
+        "install", "--no-install-recommends", *packages,
+    ]  # fmt: skip
+    try:
+        out = proc.run(argv, timeout=120, what="resolving Debian packages").stdout.decode()
+    except BuildError as exc:
+        msg = exc.message
+        m = re.search(r"Unable to locate package (\S+)", exc.log_tail or "")
+        if m:
+            msg = f"unknown Debian package {m.group(1)!r} (packages in mvm.toml)"
+        elif "has no installation candidate" in (exc.log_tail or ""):
+            msg = "a package in mvm.toml has no installation candidate"
+        raise BuildError(msg, hint="check the name with `apt-cache policy NAME`") from exc
+    found = [(m.group(1), m.group(2)) for m in map(INST_RE.match, out.splitlines()) if m]
+    if not found:
+        raise BuildError(f"apt resolved no packages for {', '.join(packages)}")
+    return found
+
+
+def fetch(pkgs: list[tuple[str, str]]) -> list[Path]:
+    """Download (once) and return the .deb files for ``pkgs``."""
+    cache = paths.debs_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def deb(name: str, version: str) -> Path | None:
+        ver = version.split(":", 1)[-1]
+        hits = list(cache.glob(f"{name}_{ver}_*.deb"))
+        return hits[0] if hits else None
+
+    missing = [f"{n}={v}" for n, v in pkgs if deb(n, v) is None]
+    if missing:
+        log.info("downloading %d Debian packages", len(missing))
+        proc.run(["apt-get", "download", *missing], cwd=cache, timeout=900,
+                 what="downloading Debian packages")  # fmt: skip
+    out = []
+    for n, v in pkgs:
+        path = deb(n, v)
+        if path is None:
+            raise BuildError(f"apt-get download did not produce {n} {v}")
+        out.append(path)
+    return out
+
+
+def extract(debs: list[Path], root: Path) -> None:
+    for deb in debs:
+        proc.run(["dpkg-deb", "-x", deb, root], what=f"extracting {deb.name}")

@@ -1,0 +1,72 @@
+"""``mvmctl``: a thin click layer over the library.
+
+This is the one place that turns ``MvmError`` into a one-line message and an
+exit code.  Library modules are imported inside commands so ``--help`` stays
+fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from mvm import __version__
+
+
+class Group(click.Group):
+    """Lists commands in the order they were added (lifecycle order, not alphabetical)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mvmctl")
+@click.option("-v", "--verbose", is_flag=True, help="Log what mvm does to stderr.")
+def cli(verbose: bool) -> None:
+    """Build microVM images from mvm.toml and run them under QEMU."""
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="mvm: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console-script entry point: run the CLI, mapping errors to exit codes."""
+    from mvm.cli import build_cmds, vm_cmds  # noqa: F401 - registers commands
+
+    try:
+        from mvm.cli import template_cmds  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        return cli.main(args=argv, prog_name="mvmctl", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("mvmctl: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("mvmctl: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+        from mvm.errors import MvmError
+
+        if os.environ.get("MVM_DEBUG"):
+            raise
+        if isinstance(exc, MvmError):
+            click.echo(f"mvmctl: error: {exc.message}", err=True)
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            sys.exit(exc.exit_code)
+        if isinstance(exc, OSError) and exc.errno == 28:
+            click.echo("mvmctl: error: no space left on device", err=True)
+            sys.exit(1)
+        click.echo(f"mvmctl: internal error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(70)

@@ -1,0 +1,343 @@
+"""Read and validate ``mvm.toml``.
+
+Every error names the file, the key and what is allowed, so a user can fix
+the file without reading our code.  Unknown keys are errors: a typo must not
+silently become a default.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+
+from mvm.config.schema import (
+    DEFAULT_AGENT_UID,
+    DEFAULT_APP_UID,
+    HYPERVISORS,
+    RESTART_POLICIES,
+    CopySpec,
+    CredentialSpec,
+    Entrypoint,
+    FileSpec,
+    GuestSpec,
+    KernelSpec,
+    Project,
+    RestartPolicy,
+    Service,
+    Uids,
+)
+from mvm.errors import ConfigError
+from mvm.paths import NAME_RE
+
+MANIFEST = "mvm.toml"
+TOP_KEYS = {
+    "name", "vcpus", "memory_mib", "hypervisor", "dev", "entrypoint", "services", "uids",
+    "files", "packages", "copy", "kernel", "credentials", "ports", "network", "flake",
+    "profile", "profiles",
+}  # fmt: skip
+PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "profile", "flake"}
+DEB_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+CRED_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,255}$")
+SERVICE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PORT_RE = re.compile(r"^(?:(\d{1,5}):)?(\d{1,5})(?:/(tcp|udp))?$")
+
+
+class _Ctx:
+    """Error helper bound to one manifest file."""
+
+    def __init__(self, file: Path):
+        self.file = file
+
+    def err(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {key}: {msg}")
+
+    def table(self, value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.err(key, f"must be a table, got {_tname(value)}")
+        return cast(dict[str, Any], value)
+
+    def keys(self, table: Mapping[str, Any], key: str, allowed: set[str]) -> None:
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            where = f"{key}." if key else ""
+            raise self.err(
+                f"{where}{unknown[0]}", f"unknown key; allowed: {', '.join(sorted(allowed))}"
+            )
+
+    def int_in(self, value: Any, key: str, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.err(key, f"must be an integer {lo}..{hi}, got {_tname(value)}")
+        if not lo <= value <= hi:
+            raise self.err(key, f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.err(key, f"must be a non-empty string, got {_tname(value)}")
+        return value
+
+    def argv(self, value: Any, key: str) -> tuple[str, ...]:
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and v for v in value)
+        ):
+            raise self.err(key, "must be a non-empty list of strings, e.g. [\"/bin/app\", \"--flag\"]")
+        return tuple(value)
+
+    def guest_path(self, value: Any, key: str) -> str:
+        path = self.string(value, key)
+        if not path.startswith("/") or ".." in path.split("/") or "\0" in path:
+            raise self.err(key, f"must be an absolute guest path without '..', got {path!r}")
+        return posixpath.normpath(path)
+
+
+def _tname(value: Any) -> str:
+    return {
+        bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def find_manifest(path: str | Path | None) -> Path:
+    """Resolve a project path (dir or file, default cwd) to its mvm.toml."""
+    p = Path(path) if path is not None else Path.cwd()
+    if p.is_dir():
+        p = p / MANIFEST
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such file (expected a project directory containing {MANIFEST})")
+    return p.resolve()
+
+
+def load_project(path: str | Path | None = None, profile: str | None = None) -> Project:
+    """Load and validate the project at ``path`` (a directory or an mvm.toml)."""
+    manifest = find_manifest(path)
+    try:
+        raw = tomllib.loads(manifest.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{manifest}: not valid TOML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{manifest}: cannot read: {exc}") from exc
+    spec = parse_spec(raw, manifest, profile=profile)
+    return Project(root=manifest.parent, manifest=manifest, spec=spec, profile=profile)
+
+
+def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = None) -> GuestSpec:
+    """Validate a parsed TOML document into a ``GuestSpec``.
+
+    ``profile`` selects ``[profiles.NAME]``, whose keys override the top level.
+    """
+    ctx = _Ctx(manifest)
+    ctx.keys(raw, "", TOP_KEYS)
+    data = dict(raw)
+    profiles = ctx.table(data.pop("profiles", {}), "profiles")
+    profile = profile or data.pop("profile", None)
+    data.pop("profile", None)
+    data.pop("flake", None)  # accepted for compatibility with the seeds' mvm.toml
+    if profile and profile != "default":
+        if profile not in profiles:
+            raise ctx.err("profiles", f"no profile {profile!r}; defined: {sorted(profiles) or 'none'}")
+        over = ctx.table(profiles[profile], f"profiles.{profile}")
+        ctx.keys(over, f"profiles.{profile}", PROFILE_KEYS)
+        data.update(over)
+    root = manifest.parent
+
+    if "name" not in data:
+        raise ctx.err("name", "is required (e.g. name = \"hello\")")
+    name = ctx.string(data["name"], "name")
+    if not NAME_RE.match(name):
+        raise ctx.err("name", f"{name!r} is not allowed: use a-z, 0-9 and '-' (max 63), e.g. \"my-app\"")
+
+    if "entrypoint" not in data:
+        raise ctx.err("entrypoint", "is required: one of shell = \"/bin/sh\", command = [...], "
+                      "or [entrypoint.services.NAME]")  # fmt: skip
+    entrypoint = _entrypoint(ctx, data["entrypoint"])
+
+    dev_default = entrypoint.kind == "shell"
+    dev = data.get("dev", dev_default)
+    if not isinstance(dev, bool):
+        raise ctx.err("dev", f"must be true or false, got {_tname(dev)}")
+
+    uids_raw = ctx.table(data.get("uids", {}), "uids")
+    ctx.keys(uids_raw, "uids", {"agent", "entrypoint"})
+    uids = Uids(
+        agent=ctx.int_in(uids_raw.get("agent", DEFAULT_AGENT_UID), "uids.agent", 1, 65534),
+        entrypoint=ctx.int_in(
+            uids_raw.get("entrypoint", 0 if dev else DEFAULT_APP_UID), "uids.entrypoint", 0, 65534
+        ),
+    )
+    if uids.agent == uids.entrypoint:
+        raise ctx.err("uids", "agent and entrypoint must use different uids")
+
+    hypervisor = ctx.string(data.get("hypervisor", "qemu"), "hypervisor")
+    if hypervisor not in HYPERVISORS:
+        raise ctx.err("hypervisor", f"{hypervisor!r} is not supported; allowed: {', '.join(HYPERVISORS)}")
+
+    services_raw = ctx.table(data.get("services", {}), "services")
+    services = tuple(_service(ctx, n, v, "services") for n, v in services_raw.items())
+    if entrypoint.kind == "services":
+        clash = {s.name for s in services} & {s.name for s in entrypoint.services}
+        if clash:
+            raise ctx.err("services", f"{sorted(clash)[0]!r} is also an entrypoint service")
+
+    return GuestSpec(
+        name=name,
+        entrypoint=entrypoint,
+        vcpus=ctx.int_in(data.get("vcpus", 1), "vcpus", 1, 64),
+        memory_mib=ctx.int_in(data.get("memory_mib", 256), "memory_mib", 64, 1 << 20),
+        hypervisor=hypervisor,
+        dev=dev,
+        services=services,
+        uids=uids,
+        files=_files(ctx, data.get("files", {})),
+        packages=_packages(ctx, data.get("packages", [])),
+        copy=_copies(ctx, data.get("copy", []), root),
+        kernel=_kernel(ctx, data.get("kernel", "debian"), root),
+        credentials=_credentials(ctx, data.get("credentials", {}), root),
+        ports=_ports(ctx, data.get("ports", [])),
+        network=_bool(ctx, data.get("network", False), "network"),
+    )
+
+
+def _bool(ctx: _Ctx, value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ctx.err(key, f"must be true or false, got {_tname(value)}")
+    return value
+
+
+def _entrypoint(ctx: _Ctx, value: Any) -> Entrypoint:
+    table = ctx.table(value, "entrypoint")
+    ctx.keys(table, "entrypoint", {"shell", "command", "services"})
+    forms = [k for k in ("shell", "command", "services") if k in table]
+    if len(forms) != 1:
+        got = " and ".join(forms) if forms else "none"
+        raise ctx.err("entrypoint", f"needs exactly one of shell, command, services (got {got})")
+    kind = forms[0]
+    if kind == "shell":
+        return Entrypoint("shell", shell=ctx.guest_path(table["shell"], "entrypoint.shell"))
+    if kind == "command":
+        return Entrypoint("command", command=ctx.argv(table["command"], "entrypoint.command"))
+    services = ctx.table(table["services"], "entrypoint.services")
+    if not services:
+        raise ctx.err("entrypoint.services", "must declare at least one service")
+    return Entrypoint(
+        "services",
+        services=tuple(_service(ctx, n, v, "entrypoint.services") for n, v in services.items()),
+    )
+
+
+def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
+    key = f"{prefix}.{name}"
+    if not SERVICE_RE.match(name):
+        raise ctx.err(key, "service names use A-Z, a-z, 0-9, '_' and '-' (max 64)")
+    table = ctx.table(value, key)
+    ctx.keys(table, key, {"command", "restart"})
+    if "command" not in table:
+        raise ctx.err(f"{key}.command", "is required")
+    restart = table.get("restart", "on-failure")
+    if restart not in RESTART_POLICIES:
+        raise ctx.err(f"{key}.restart", f"must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
+    return Service(name, ctx.argv(table["command"], f"{key}.command"), cast(RestartPolicy, restart))
+
+
+def _files(ctx: _Ctx, value: Any) -> tuple[FileSpec, ...]:
+    table = ctx.table(value, "files")
+    out = []
+    for path, spec in table.items():
+        key = f'files."{path}"'
+        gpath = ctx.guest_path(path, key)
+        if gpath in ("/", "/init"):
+            raise ctx.err(key, f"{gpath} is reserved for mvm")
+        body = ctx.table(spec, key)
+        ctx.keys(body, key, {"content", "mode"})
+        content = body.get("content")
+        if not isinstance(content, str):
+            raise ctx.err(f"{key}.content", "is required and must be a string")
+        out.append(FileSpec(gpath, content, _mode(ctx, body.get("mode", "0644"), f"{key}.mode")))
+    return tuple(out)
+
+
+def _mode(ctx: _Ctx, value: Any, key: str) -> int:
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3,4}", value):
+        mode = int(value, 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        raise ctx.err(key, f"must be an octal string like \"0644\", got {value!r}")
+    if not 0 <= mode <= 0o7777:
+        raise ctx.err(key, f"out of range: {value!r}")
+    return mode
+
+
+def _packages(ctx: _Ctx, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ctx.err("packages", "must be a list of Debian package names")
+    for pkg in value:
+        if not DEB_RE.match(pkg):
+            raise ctx.err("packages", f"{pkg!r} is not a valid Debian package name")
+    return tuple(sorted(set(value)))
+
+
+def _copies(ctx: _Ctx, value: Any, root: Path) -> tuple[CopySpec, ...]:
+    if not isinstance(value, list):
+        raise ctx.err("copy", "must be a list of { from = \"dir/\", to = \"/opt/dir\" } tables")
+    out = []
+    for i, item in enumerate(value):
+        key = f"copy[{i}]"
+        table = ctx.table(item, key)
+        ctx.keys(table, key, {"from", "to"})
+        if "from" not in table or "to" not in table:
+            raise ctx.err(key, "needs both from and to")
+        src = (root / ctx.string(table["from"], f"{key}.from")).resolve()
+        if not src.exists():
+            raise ctx.err(f"{key}.from", f"{src} does not exist")
+        out.append(CopySpec(src, ctx.guest_path(table["to"], f"{key}.to")))
+    return tuple(out)
+
+
+def _kernel(ctx: _Ctx, value: Any, root: Path) -> KernelSpec:
+    if value in ("debian", "host"):
+        return KernelSpec(provider=value)
+    if isinstance(value, str):
+        value = {"path": value}
+    table = ctx.table(value, "kernel")
+    ctx.keys(table, "kernel", {"path", "modules"})
+    if "path" not in table:
+        raise ctx.err("kernel", "needs path = \"/path/to/vmlinuz\" (or kernel = \"debian\" | \"host\")")
+    path = (root / ctx.string(table["path"], "kernel.path")).resolve()
+    if not path.is_file():
+        raise ctx.err("kernel.path", f"{path} is not a file")
+    modules = None
+    if "modules" in table:
+        modules = (root / ctx.string(table["modules"], "kernel.modules")).resolve()
+        if not modules.is_dir():
+            raise ctx.err("kernel.modules", f"{modules} is not a directory")
+    return KernelSpec(provider="path", path=path, modules=modules)
+
+
+def _credentials(ctx: _Ctx, value: Any, root: Path) -> tuple[CredentialSpec, ...]:
+    table = ctx.table(value, "credentials")
+    out = []
+    for name, spec in table.items():
+        key = f"credentials.{name}"
+        if not CRED_RE.match(name):
+            raise ctx.err(key, "credential names use A-Z, a-z, 0-9, '_', '.', '-', '@' (max 255)")
+        body = ctx.table(spec, key)
+        ctx.keys(body, key, {"file"})
+        if "file" not in body:
+            raise ctx.err(key, "needs file = \"path/to/file\"")
+        out.append(CredentialSpec(name, (root / ctx.string(body["file"], f"{key}.file")).resolve()))
+    return tuple(out)
+
+
+def _ports(ctx: _Ctx, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ctx.err("ports", "must be a list like [\"8080:80\"]")
+    for port in value:
+        if not PORT_RE.match(port):
+            raise ctx.err("ports", f"{port!r} is not HOST:GUEST (e.g. \"8080:80\")")
+    return tuple(value)

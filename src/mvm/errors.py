@@ -1,0 +1,100 @@
+"""One error tree for the whole library.
+
+Every failure a user can cause or meet is an ``MvmError``; the CLI turns it
+into a one-line message and a non-zero exit, so nothing below the CLI should
+ever let a foreign exception (OSError, CalledProcessError, botocore errors…)
+escape un-wrapped.  Wrap with ``raise SomeError(...) from exc`` at the seam.
+
+    MvmError
+    ├── ConfigError          mvm.toml or CLI values are invalid (names file + key)
+    ├── BuildError           image build failed (kernel fetch, packages, mkfs…)
+    │   └── DiskFullError    ran out of space while building
+    ├── BackendError         the hypervisor failed to start or answer
+    │   └── HypervisorMissing  qemu-system-x86_64 not installed
+    ├── StateError           VM/template records: conflicts and lookups
+    │   ├── NotFoundError    unknown VM or template
+    │   └── ConflictError    name already in use / wrong lifecycle state
+    ├── DriveError           --volume / drive images are invalid
+    ├── CredentialError      credentials invalid or too large
+    ├── TemplateError        template records and revisions
+    └── RegistryError        push/pull/verify against a registry
+        └── IntegrityError   a checksum did not match
+
+Messages must never contain secret values; errors carry context fields
+(``hint``, ``log_tail``) that the CLI may show below the one line.
+"""
+
+from __future__ import annotations
+
+
+class MvmError(Exception):
+    """Root of every error mvm raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, log_tail: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(MvmError):
+    """Invalid mvm.toml, CLI value or environment setting."""
+
+    exit_code = 2
+
+
+class BuildError(MvmError):
+    """The image could not be built."""
+
+
+class DiskFullError(BuildError):
+    """No space left while writing build output; nothing half-built is kept."""
+
+
+class BackendError(MvmError):
+    """The hypervisor failed to start, answer or stop."""
+
+
+class HypervisorMissing(BackendError):
+    """The hypervisor binary is not installed."""
+
+
+class StateError(MvmError):
+    """A VM or template record is inconsistent with the request."""
+
+
+class NotFoundError(StateError):
+    """Unknown VM or template."""
+
+
+class ConflictError(StateError):
+    """Name already in use, or the VM is in the wrong state for the verb."""
+
+
+class DriveError(MvmError):
+    """A --volume specification or drive image is invalid."""
+
+    exit_code = 2
+
+
+class CredentialError(MvmError):
+    """A credential is invalid, unreadable or too large."""
+
+    exit_code = 2
+
+
+class TemplateError(MvmError):
+    """Template records and revisions."""
+
+
+class RegistryError(MvmError):
+    """Push, pull or verify against a template registry failed."""
+
+
+class IntegrityError(RegistryError):
+    """An artefact does not match its recorded sha256."""

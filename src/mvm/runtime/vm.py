@@ -1,0 +1,322 @@
+"""Start, attach to, stop, list and inspect VMs.
+
+Creation is serialised by a lock on ``MVM_HOME/vms/.lock``: two ``up`` with
+one name → one wins, the other gets ``ConflictError``.  Whatever fails
+between reserving a name and QEMU running is rolled back, so a failed start
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from mvm import paths
+from mvm.backends.qemu import accel as accel_mod
+from mvm.backends.qemu.argv import Drive, MachineConfig, PortForward
+from mvm.backends.qemu.machine import QemuBackend, qemu_binary, start_failure, stop, wait_ready
+from mvm.build.builder import Image
+from mvm.errors import ConflictError, MvmError, NotFoundError
+from mvm.runtime import console
+from mvm.runtime.config import RunConfig, parse_port
+from mvm.state.atomic import locked
+from mvm.state.records import Mode, VmRecord, VmState, list_records, proc_start_time
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Vm:
+    """A handle on a VM record; ``state`` is computed live."""
+
+    record: VmRecord
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def state(self) -> VmState:
+        return self.record.state()
+
+    def info(self) -> dict[str, Any]:
+        r = self.record
+        state = r.state()
+        return {
+            "name": r.name,
+            "state": state.value,
+            "mode": r.mode,
+            "accel": r.accel,
+            "accel_reason": r.accel_reason,
+            "pid": r.pid if state is VmState.RUNNING else None,
+            "source": r.source,
+            "revision": r.revision or r.image_hash[:12],
+            "image_hash": r.image_hash,
+            "accessible": r.accessible,
+            "entrypoint": r.entrypoint_kind,
+            "vcpus": r.vcpus,
+            "memory_mib": r.memory_mib,
+            "ports": r.ports,
+            "volumes": r.volumes,
+            "credentials": r.credentials,
+            "uptime_s": round(u, 1) if (u := r.uptime()) is not None else None,
+            "exit_code": r.exit_code(),
+            "created_at": r.created_at,
+        }
+
+
+def _unique_name(base: str) -> str:
+    taken = {r.name: r for r in list_records()}
+    if base not in taken or not taken[base].is_active():
+        return base
+    for i in range(2, 1000):
+        cand = f"{base}-{i}"[:63]
+        if cand not in taken or not taken[cand].is_active():
+            return cand
+    raise ConflictError(f"no free VM name starting with {base!r}")
+
+
+def _check_ports(ports: list[PortForward]) -> None:
+    for p in ports:
+        kind = socket.SOCK_STREAM if p.proto == "tcp" else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", p.host))
+            except OSError as exc:
+                raise ConflictError(f"host port {p.host} is already in use") from exc
+
+
+@contextlib.contextmanager
+def _reserved(name: str, explicit: bool) -> Iterator[VmRecord]:
+    """Reserve ``name`` (record in state creating) and roll back on failure."""
+    vms = paths.vms_dir()
+    paths.ensure_private_dir(vms)
+    with locked(vms / ".lock"):
+        if not explicit:
+            name = _unique_name(name)
+        vdir = paths.vm_dir(name)
+        if (vdir / "vm.json").exists():
+            try:
+                old = VmRecord.load(name)
+            except MvmError:
+                old = None
+            if old is not None and old.is_active():
+                raise ConflictError(
+                    f"VM name {name!r} is already in use ({old.state().value})",
+                    hint=f"choose another --name or run `mvmctl down {name}`",
+                )
+        if vdir.exists():
+            shutil.rmtree(vdir)
+        paths.ensure_private_dir(vdir)
+        record = VmRecord(name=name)
+        record.own()
+        record.save()
+    ok = False
+    try:
+        yield record
+        ok = True
+    finally:
+        if not ok:
+            if record.pid:
+                stop(record.pid, record.pid_start, vdir, grace=0.5)
+            shutil.rmtree(vdir, ignore_errors=True)
+
+
+def start(image: Image, run: RunConfig, *, source: str, revision: str = "") -> tuple[VmRecord, Any]:
+    """Start a VM from ``image``; return its record and the QEMU Popen."""
+    rev = image.revision
+    defaults = rev.get("defaults", {})
+    backend = QemuBackend()
+    accel = accel_mod.choose(image.kernel, qemu_binary())
+    ports = [parse_port(p) for p in run.ports]
+    base = run.name or str(rev["name"])
+    paths.validate_name(base, "VM name")
+    _check_ports(ports)
+    with _reserved(base, explicit=run.name is not None) as record:
+        record.mode = (Mode.ATTACHED if run.attached else Mode.DETACHED).value
+        record.source = source
+        record.image = str(image.path)
+        record.image_hash = image.input_hash
+        record.revision = revision
+        record.accessible = image.accessible
+        record.entrypoint_kind = str(rev["entrypointKind"])
+        record.accel, record.accel_reason = accel.accel, accel.reason
+        record.vcpus = run.cpus or int(defaults.get("vcpus", 1))
+        record.memory_mib = run.memory_mib or int(defaults.get("memory_mib", 256))
+        record.ports = list(run.ports)
+        cfg = MachineConfig(
+            name=record.name,
+            kernel=image.kernel,
+            initramfs=image.initramfs,
+            drives=(Drive(image.rootfs, readonly=not image.accessible, snapshot=image.accessible),),
+            run_dir=record.dir,
+            vcpus=record.vcpus,
+            memory_mib=record.memory_mib,
+            accel=accel.accel,
+            tsc_khz=accel_mod.host_tsc_khz(),
+            network=bool(run.network),
+            ports=tuple(ports),
+        )
+        popen = backend.spawn(cfg)
+        record.pid = popen.pid
+        record.pid_start = proc_start_time(popen.pid)
+        record.started_at = time.time()
+        record.save()
+        if not run.attached:
+            wait_ready(popen, record.dir)
+        elif popen.poll() is not None:
+            raise start_failure(record.dir)
+    return record, popen
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def run_attached(record: VmRecord, popen: Any) -> int:
+    """Stream the console until the VM ends; Ctrl-C/SIGTERM/SIGHUP stop it.
+
+    Returns the entrypoint's exit code (130 when interrupted).  If someone runs
+    ``mvmctl detach`` meanwhile, return 0 and leave the VM running.
+    """
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise _Interrupted()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    detached = False
+
+    def keep_going() -> bool:
+        nonlocal detached
+        if popen.poll() is not None:
+            return False
+        with contextlib.suppress(MvmError, FileNotFoundError):
+            if VmRecord.load(record.name).mode == Mode.DETACHED.value:
+                detached = True
+                return False
+        return True
+
+    interrupted = False
+    try:
+        sock = console.connect(record.dir / "console.sock", lambda: popen.poll() is None)
+        with sock, console.cbreak(0) if record.accessible else contextlib.nullcontext():
+            console.pump(sock, interactive=record.accessible, keep_going=keep_going)
+        if not detached:
+            popen.wait()
+    except _Interrupted:
+        interrupted = True
+        record.stopped = True
+        record.save()
+        stop(record.pid or popen.pid, record.pid_start, record.dir, grace=3.0)
+        popen.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if detached:
+        return 0
+    code = record.exit_code()
+    if code is not None and not interrupted:
+        return code
+    if interrupted:
+        return 130
+    raise start_failure(record.dir) if popen.returncode else MvmError(
+        f"VM {record.name} stopped without reporting an exit status; see `mvmctl logs {record.name}`"
+    )
+
+
+def get(name: str) -> Vm:
+    paths.validate_name(name, "VM name")
+    try:
+        return Vm(VmRecord.load(name))
+    except FileNotFoundError:
+        raise NotFoundError(f"no VM named {name!r}", hint="`mvmctl ls` lists VMs") from None
+
+
+def list_vms() -> list[Vm]:
+    return [Vm(r) for r in list_records()]
+
+
+def down(name: str) -> VmState:
+    """Stop ``name`` if running and remove its record and run directory."""
+    vm = get(name)
+    rec = vm.record
+    with locked(paths.vms_dir() / ".lock"):
+        state = rec.state()
+        if rec.pid and rec.qemu_alive():
+            rec.stopped = True
+            rec.save()
+            stop(rec.pid, rec.pid_start, rec.dir)
+        shutil.rmtree(rec.dir, ignore_errors=True)
+    return state
+
+
+def up(image: Image, run: RunConfig, *, source: str, revision: str = "") -> Vm:
+    """Start a detached VM and return once QEMU answers."""
+    run.attached = False
+    record, _popen = start(image, run, source=source, revision=revision)
+    return Vm(record)
+
+
+def wait(name: str, timeout: float | None = None) -> int | None:
+    """Block until ``name`` is no longer running; return its exit code."""
+    vm = get(name)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while vm.record.is_active():
+        if deadline is not None and time.monotonic() > deadline:
+            raise ConflictError(f"VM {name} still running after {timeout:.0f}s")
+        time.sleep(0.1)
+    return vm.record.exit_code()
+
+
+def detach(name: str) -> None:
+    vm = get(name)
+    if not vm.record.is_active():
+        raise ConflictError(f"VM {name} is not running ({vm.state.value})")
+    vm.record.mode = Mode.DETACHED.value
+    vm.record.save()
+
+
+def log_path(name: str) -> Path:
+    return get(name).record.dir / "console.log"
+
+
+def tail_lines(path: Path, n: int) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return b""
+    if n <= 0:
+        return data
+    lines = data.splitlines(keepends=True)
+    return b"".join(lines[-n:])
+
+
+def follow(name: str, n: int, out: Any) -> None:
+    """Print the last ``n`` lines then new output until the VM stops."""
+    vm = get(name)
+    path = vm.record.dir / "console.log"
+    out.write(tail_lines(path, n))
+    out.flush()
+    pos = path.stat().st_size if path.exists() else 0
+    while True:
+        active = vm.record.is_active()
+        if path.exists() and path.stat().st_size > pos:
+            with open(path, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+            pos += len(chunk)
+            out.write(chunk)
+            out.flush()
+        if not active:
+            return
+        time.sleep(0.1)
+

@@ -1,0 +1,1 @@
+"""VM records under MVM_HOME: schema-versioned JSON, atomic writes, locks."""
