@@ -45,7 +45,8 @@ def fetch(pkgs: list[tuple[str, str]]) -> list[Path]:
     cache.mkdir(parents=True, exist_ok=True)
 
     def deb(name: str, version: str) -> Path | None:
-        ver = version.split(":", 1)[-1]
+        # apt-get download writes an epoch "1:" as "1%3a" in the file name
+        ver = version.replace(":", "%3a")
         hits = list(cache.glob(f"{name}_{ver}_*.deb"))
         return hits[0] if hits else None
 

@@ -1,0 +1,42 @@
+"""Test isolation: every test gets its own MVM_HOME; the download cache
+(kernel, .debs) is shared so the kernel is fetched once per machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MVMCTL = str(Path(sys.executable).parent / "mvmctl")
+SHARED_CACHE = os.environ.get("MVM_CACHE") or str(REPO / ".cache" / "mvm")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("MVM_HOME", str(tmp_path / "mvm-home"))
+    monkeypatch.setenv("MVM_CACHE", SHARED_CACHE)
+    for var in list(os.environ):
+        if var.startswith("MVM_TEMPLATE_REGISTRY") or var == "CREDENTIALS_DIRECTORY":
+            monkeypatch.delenv(var, raising=False)
+    yield
+
+
+def mvmctl(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+           input: bytes | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run the real CLI as a subprocess (as users do) and capture its output."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [MVMCTL, *args], capture_output=True, text=True, timeout=timeout, env=full_env,
+        input=input.decode() if input is not None else None,
+    )  # fmt: skip
+
+
+def write_project(root: Path, toml: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mvm.toml").write_text(toml)
+    return root

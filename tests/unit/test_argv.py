@@ -1,0 +1,77 @@
+"""The QEMU command line is a pure function: test it as data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mvm.backends.qemu.argv import Drive, FwCfg, MachineConfig, PortForward, build_argv, kernel_cmdline
+
+
+def cfg(**kw: object) -> MachineConfig:
+    base: dict[str, object] = dict(
+        name="vm1", kernel=Path("/k/vmlinux"), initramfs=Path("/k/initramfs.cpio"),
+        drives=(Drive(Path("/img/rootfs.ext4")),), run_dir=Path("/run/vm1"),
+    )  # fmt: skip
+    base.update(kw)
+    return MachineConfig(**base)  # type: ignore[arg-type]
+
+
+def opt(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_fast_microvm_settings() -> None:
+    argv = build_argv(cfg(tsc_khz=2_600_000))
+    assert argv[0] == "qemu-system-x86_64"
+    assert opt(argv, "-M") == ["microvm,isa-serial=on,rtc=on"]
+    assert opt(argv, "-accel") == ["tcg"]
+    line = opt(argv, "-append")[0]
+    assert "lpj=10400000 tsc_early_khz=2600000" in line
+    assert "console=ttyS0" in line and "nokaslr" in line
+    assert "-no-reboot" in argv and "-nodefaults" in argv
+
+
+def test_kvm_uses_host_cpu() -> None:
+    argv = build_argv(cfg(accel="kvm"))
+    assert opt(argv, "-cpu") == ["host"] and opt(argv, "-accel") == ["kvm"]
+
+
+def test_no_tsc_guess_without_host_value() -> None:
+    assert "lpj=" not in kernel_cmdline(cfg(tsc_khz=None))
+
+
+def test_rootfs_first_and_readonly_by_default() -> None:
+    argv = build_argv(cfg(drives=(Drive(Path("/r.ext4")), Drive(Path("/d.ext4"), readonly=False))))
+    drives = opt(argv, "-drive")
+    assert drives[0].startswith("id=vd0,file=/r.ext4") and "readonly=on" in drives[0]
+    assert "readonly" not in drives[1]
+    assert "mvm.rw=1" not in kernel_cmdline(cfg())
+
+
+def test_accessible_rootfs_is_snapshot() -> None:
+    c = cfg(drives=(Drive(Path("/r.ext4"), readonly=False, snapshot=True),))
+    assert "snapshot=on" in opt(build_argv(c), "-drive")[0]
+    assert "mvm.rw=1" in kernel_cmdline(c)
+
+
+def test_ports_without_network_restrict_egress() -> None:
+    argv = build_argv(cfg(ports=(PortForward(8080, 80),)))
+    net = opt(argv, "-netdev")[0]
+    assert "restrict=on" in net and "hostfwd=tcp:127.0.0.1:8080-:80" in net
+    assert "mvm.net=1" in opt(argv, "-append")[0]
+    assert "restrict=on" not in opt(build_argv(cfg(network=True)), "-netdev")[0]
+    assert "-netdev" not in build_argv(cfg())
+
+
+def test_fw_cfg_by_file_only() -> None:
+    argv = build_argv(cfg(fw_cfg=(FwCfg("opt/io.systemd.credentials/X", Path("/run/vm1/c/X")),)))
+    assert opt(argv, "-fw_cfg") == ["name=opt/io.systemd.credentials/X,file=/run/vm1/c/X"]
+    assert "mvm.fwcfg=1" in opt(argv, "-append")[0]
+
+
+def test_control_channels() -> None:
+    argv = " ".join(build_argv(cfg()))
+    for name in ("org.mvm.status", "org.mvm.control", "org.mvm.agent"):
+        assert f"name={name}" in argv
+    assert "logfile=/run/vm1/console.log" in argv
+    assert "unix:/run/vm1/qmp.sock" in argv

@@ -1,0 +1,55 @@
+"""VM records: atomic writes and truthful live state."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mvm import paths
+from mvm.errors import ConfigError
+from mvm.state.atomic import read_json, write_json
+from mvm.state.records import VmRecord, VmState, list_records, proc_start_time
+
+
+def test_atomic_write_is_private(tmp_path: Path) -> None:
+    target = tmp_path / "x.json"
+    write_json(target, {"a": 1})
+    assert read_json(target) == {"a": 1}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+@pytest.mark.parametrize("bad", ["../x", "A", "", "-a", "a/b", "x" * 64])
+def test_names_are_never_paths(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        paths.vm_dir(bad)
+
+
+def test_states_from_pid_and_status(tmp_path: Path) -> None:
+    paths.ensure_private_dir(paths.vm_dir("t"))
+    rec = VmRecord(name="t")
+    rec.save()
+    assert rec.state() is VmState.CRASHED  # nobody owns it, no QEMU
+    rec.own()
+    assert rec.state() is VmState.CREATING
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        rec.pid, rec.pid_start = child.pid, proc_start_time(child.pid)
+        assert rec.state() is VmState.RUNNING
+        rec.pid_start = (rec.pid_start or 0) + 1  # a recycled pid is not our VM
+        assert rec.state() is not VmState.RUNNING
+        rec.pid_start = proc_start_time(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert rec.state() is VmState.CRASHED
+    (rec.dir / "status").write_text("exit 7\n")
+    assert rec.state() is VmState.EXITED and rec.exit_code() == 7
+    rec.stopped = True
+    assert rec.state() is VmState.STOPPED
+    assert [r.name for r in list_records()] == ["t"]
+    assert stat.S_IMODE(os.stat(rec.dir).st_mode) == 0o700
