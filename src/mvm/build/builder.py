@@ -143,6 +143,9 @@ def _build(spec: GuestSpec, kernel: kernels.Kernel, digest: str, images: Path, d
             GuestFile("/usr/local/bin/mvm-guest-agent", guest_file("agent.sh"), 0o755),
         ]
         files += [GuestFile(f.path, f.content.encode(), f.mode, uid, uid) for f in spec.files]
+        late = initramfs.late_modules(kernel)
+        files += [GuestFile(f"/lib/modules/mvm/{n}.ko", data) for n, data in late]
+        files.append(GuestFile("/etc/mvm/modules.late", (" ".join(n for n, _ in late) + "\n").encode()))
         for c in spec.copy:
             rootfs.copy_tree(c.src, root, c.dest)
         owners = rootfs.write_files(root, files)

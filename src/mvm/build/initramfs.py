@@ -16,7 +16,9 @@ from mvm.build.kernel import Kernel
 from mvm.errors import BuildError
 from mvm.guest import read as guest_file
 
-BASE_MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console")
+BASE_MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk")
+# loaded by the rootfs /init after the entrypoint has started (host channels)
+LATE_MODULES = ("virtio_console",)
 NET_MODULES = ("failover", "net_failover", "virtio_net")
 FWCFG_MODULES = ("qemu_fw_cfg",)
 BUSYBOX = Path("/bin/busybox")
@@ -67,6 +69,18 @@ def build(kernel: Kernel, dest: Path) -> None:
         entries.append(cpio.file(f"etc/modules.{group}", (" ".join(order) + "\n").encode()))
     with open(dest, "wb") as out:
         cpio.write(out, entries)
+
+
+def late_modules(kernel: Kernel) -> list[tuple[str, bytes]]:
+    """Modules the rootfs loads itself, in load order, minus the initramfs' base set."""
+    base: dict[str, bytes] = {}
+    for name in BASE_MODULES:
+        _collect(kernel, name, base, [], required=True)
+    late = dict(base)
+    order: list[str] = []
+    for name in LATE_MODULES:
+        _collect(kernel, name, late, order, required=True)
+    return [(n, late[n]) for n in order]
 
 
 def _collect(

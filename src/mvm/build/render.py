@@ -70,7 +70,16 @@ def render(spec: GuestSpec) -> list[GuestFile]:
             "",
         ]
     )
+    fstab = [
+        "run /run tmpfs mode=0755,nosuid,nodev 0 0",
+        "tmp /tmp tmpfs mode=1777,nosuid,nodev 0 0",
+        "devpts /dev/pts devpts gid=5,mode=0620,ptmxmode=0666 0 0",
+        "shm /dev/shm tmpfs mode=1777,nosuid,nodev 0 0",
+    ]
+    if spec.sealed:  # the rootfs is read-only: a private writable home
+        fstab.append(f"home {home_dir(spec)} tmpfs mode=0700,uid={uid},gid={uid},nosuid,nodev 0 0")
     files = [
+        GuestFile("/etc/fstab", ("\n".join(fstab) + "\n").encode()),
         GuestFile("/etc/mvm/spec.sh", spec_sh.encode()),
         GuestFile("/etc/mvm/name", (spec.name + "\n").encode()),
         GuestFile("/etc/hostname", (spec.name + "\n").encode()),

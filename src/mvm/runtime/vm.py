@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -165,6 +166,7 @@ def start(image: Image, run: RunConfig, *, source: str, revision: str = "") -> t
             tsc_khz=accel_mod.host_tsc_khz(),
             network=bool(run.network),
             ports=tuple(ports),
+            cmdline_extra=("mvm.trace=1",) if os.environ.get("MVM_TRACE_BOOT") else (),
         )
         popen = backend.spawn(cfg)
         record.pid = popen.pid
