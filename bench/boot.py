@@ -82,13 +82,15 @@ def main() -> None:
         subprocess.run([MVMCTL, "build", args.project], check=True, env=env, capture_output=True)
         # warm-up (page cache, accelerator probe cache)
         first_line_time(floor_argv(kernel.image, initrd), b"floor-first-line")
-        first_line_time([MVMCTL, "run", "--attached", "--name", "bench", args.project], b"hello", env)
+        first_line_time(
+            [MVMCTL, "run", "--attached", "--name", "bench", args.project], b"hello", env
+        )
 
         floor, ours = [], []
         for i in range(args.runs):
             floor.append(first_line_time(floor_argv(kernel.image, initrd), b"floor-first-line"))
-            ours.append(first_line_time(
-                [MVMCTL, "run", "--attached", "--name", f"bench{i}", args.project], b"hello", env))  # fmt: skip
+            run = [MVMCTL, "run", "--attached", "--name", f"bench{i}", args.project]
+            ours.append(first_line_time(run, b"hello", env))
         noop = [timed([MVMCTL, "build", args.project], env) for _ in range(args.runs)]
         helpt = [timed([MVMCTL, "--help"], env) for _ in range(args.runs)]
 

@@ -88,7 +88,9 @@ def projects(tmp_path_factory: pytest.TempPathFactory, boot_home: Path) -> dict[
 @pytest.fixture
 def home(boot_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("MVM_HOME", str(boot_home))
-    before = {p.name for p in (boot_home / "vms").glob("*")} if (boot_home / "vms").exists() else set()
+    before = (
+        {p.name for p in (boot_home / "vms").glob("*")} if (boot_home / "vms").exists() else set()
+    )
     yield boot_home
     vms = boot_home / "vms"
     for d in vms.glob("*") if vms.exists() else []:
@@ -217,9 +219,10 @@ def test_detached_lifecycle_and_port_forward(home: Path, projects: dict[str, Pat
     down = mvmctl("down", "srv1")
     assert down.returncode == 0 and "was running" in down.stdout
     assert not (home / "vms" / "srv1").exists()
-    assert os.path.exists(f"/proc/{status['pid']}") is False or b"mvm-srv1" not in Path(
-        f"/proc/{status['pid']}/cmdline"
-    ).read_bytes()
+    assert (
+        os.path.exists(f"/proc/{status['pid']}") is False
+        or b"mvm-srv1" not in Path(f"/proc/{status['pid']}/cmdline").read_bytes()
+    )
 
 
 def test_killed_qemu_is_reported_crashed(home: Path, projects: dict[str, Path]) -> None:
@@ -245,7 +248,9 @@ def test_wait_returns_exit_code(home: Path, projects: dict[str, Path]) -> None:
     assert json.loads(mvmctl("status", "wait1", "--json").stdout)["state"] == "exited"
 
 
-def test_detach_lets_an_attached_vm_outlive_its_command(home: Path, projects: dict[str, Path]) -> None:
+def test_detach_lets_an_attached_vm_outlive_its_command(
+    home: Path, projects: dict[str, Path]
+) -> None:
     attached = subprocess.Popen(
         [MVMCTL, "run", "--attached", "--name", "att1", str(projects["srv"])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mvm.backends.qemu.argv import Drive, FwCfg, MachineConfig, PortForward, build_argv, kernel_cmdline
+from mvm.backends.qemu.argv import (
+    Drive,
+    FwCfg,
+    MachineConfig,
+    PortForward,
+    build_argv,
+    kernel_cmdline,
+)
 
 
 def cfg(**kw: object) -> MachineConfig:

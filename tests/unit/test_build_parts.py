@@ -34,7 +34,9 @@ def test_module_depends() -> None:
 
 
 def spec(**kw: object) -> GuestSpec:
-    base: dict[str, object] = dict(name="a", entrypoint=Entrypoint("command", command=("/bin/echo", "a b", "$HOME;rm")))
+    base: dict[str, object] = dict(
+        name="a", entrypoint=Entrypoint("command", command=("/bin/echo", "a b", "$HOME;rm"))
+    )
     base.update(kw)
     return GuestSpec(**base)  # type: ignore[arg-type]
 

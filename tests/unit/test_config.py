@@ -61,24 +61,36 @@ def test_profile_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ('name="a"\n[entrypoint]\nshell="/bin/sh"\ncommand=["/x"]\n', "entrypoint: needs exactly one"),
+        (
+            'name="a"\n[entrypoint]\nshell="/bin/sh"\ncommand=["/x"]\n',
+            "entrypoint: needs exactly one",
+        ),
         ('name="a"\n[entrypoint]\n', "entrypoint: needs exactly one"),
         ('name="a"\n', "entrypoint: is required"),
         ('[entrypoint]\ncommand=["/x"]\n', "name: is required"),
         ('name="../x"\n[entrypoint]\ncommand=["/x"]\n', "name: '../x' is not allowed"),
         ('name="a"\nbogus=1\n[entrypoint]\ncommand=["/x"]\n', "bogus: unknown key"),
         ('name="a"\nvcpus=0\n[entrypoint]\ncommand=["/x"]\n', "vcpus: must be between"),
-        ('name="a"\nmemory_mib="big"\n[entrypoint]\ncommand=["/x"]\n', "memory_mib: must be an integer"),
+        (
+            'name="a"\nmemory_mib="big"\n[entrypoint]\ncommand=["/x"]\n',
+            "memory_mib: must be an integer",
+        ),
         ('name="a"\n[entrypoint]\ncommand=[]\n', "entrypoint.command: must be a non-empty list"),
-        ('name="a"\n[entrypoint]\ncommand=["/x"]\n[services.s]\ncommand=["/y"]\nrestart="sometimes"\n',
-         "services.s.restart: must be one of"),
+        (
+            'name="a"\n[entrypoint]\ncommand=["/x"]\n[services.s]\ncommand=["/y"]\nrestart="sometimes"\n',
+            "services.s.restart: must be one of",
+        ),
         ('name="a"\npackages=["Bad Name"]\n[entrypoint]\ncommand=["/x"]\n', "packages: 'Bad Name'"),
-        ('name="a"\n[entrypoint]\ncommand=["/x"]\n[files."rel/path"]\ncontent="x"\n',
-         "must be an absolute guest path"),
+        (
+            'name="a"\n[entrypoint]\ncommand=["/x"]\n[files."rel/path"]\ncontent="x"\n',
+            "must be an absolute guest path",
+        ),
         ('name="a"\n[entrypoint]\ncommand=["/x"]\n[uids]\nroot=0\n', "uids.root: unknown key"),
         ('name="a"\nhypervisor="vbox"\n[entrypoint]\ncommand=["/x"]\n', "hypervisor: 'vbox'"),
-        ('name="a"\ncopy=[{from="missing/", to="/opt"}]\n[entrypoint]\ncommand=["/x"]\n',
-         "copy[0].from:"),
+        (
+            'name="a"\ncopy=[{from="missing/", to="/opt"}]\n[entrypoint]\ncommand=["/x"]\n',
+            "copy[0].from:",
+        ),
         ('name = "a\n', "not valid TOML"),
     ],
 )

@@ -41,4 +41,4 @@ def get_backend(name: str) -> VmBackend:
         from mvm.backends.qemu.machine import QemuBackend
 
         return QemuBackend()
-    raise BackendError(f"hypervisor {name!r} is not available on this host yet; use \"qemu\"")
+    raise BackendError(f'hypervisor {name!r} is not available on this host yet; use "qemu"')

@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from mvm import __version__, paths
-from mvm.build import debian, initramfs, kernel as kernels, rootfs
+from mvm.build import debian, initramfs, rootfs
+from mvm.build import kernel as kernels
 from mvm.build.render import GuestFile, home_dir, render
 from mvm.config.schema import GuestSpec, Project
 from mvm.errors import BuildError, DiskFullError
-from mvm.guest import GUEST_FILES, read as guest_file
+from mvm.guest import GUEST_FILES
+from mvm.guest import read as guest_file
 from mvm.proc import is_disk_full
 
 log = logging.getLogger(__name__)
@@ -88,10 +90,14 @@ def input_hash(spec: GuestSpec, kernel: kernels.Kernel) -> str:
     """Hash of everything that determines the image's bytes (not runtime settings)."""
     h = hashlib.sha256()
     busybox = initramfs.busybox_path().stat()
-    h.update(json.dumps({
-        "mvm": __version__, "kernel": kernel.identity, "busybox": [busybox.st_size, busybox.st_mtime_ns],
-        "packages": spec.packages, "dev": spec.dev,
-    }).encode())  # fmt: skip
+    identity = {
+        "mvm": __version__,
+        "kernel": kernel.identity,
+        "busybox": [busybox.st_size, busybox.st_mtime_ns],
+        "packages": spec.packages,
+        "dev": spec.dev,
+    }
+    h.update(json.dumps(identity).encode())
     for name in GUEST_FILES:
         h.update(guest_file(name))
     for f in render(spec):
@@ -138,14 +144,17 @@ def _build(spec: GuestSpec, kernel: kernels.Kernel, digest: str, images: Path, d
             debian.extract(debian.fetch(debian.resolve(spec.packages)), root)
         rootfs.install_busybox(root, initramfs.busybox_path())
         uid = spec.uids.entrypoint
-        files = render(spec) + [
+        files = [
+            *render(spec),
             GuestFile("/init", guest_file("init.sh"), 0o755),
             GuestFile("/usr/local/bin/mvm-guest-agent", guest_file("agent.sh"), 0o755),
         ]
         files += [GuestFile(f.path, f.content.encode(), f.mode, uid, uid) for f in spec.files]
         late = initramfs.late_modules(kernel)
         files += [GuestFile(f"/lib/modules/mvm/{n}.ko", data) for n, data in late]
-        files.append(GuestFile("/etc/mvm/modules.late", (" ".join(n for n, _ in late) + "\n").encode()))
+        files.append(
+            GuestFile("/etc/mvm/modules.late", (" ".join(n for n, _ in late) + "\n").encode())
+        )
         for c in spec.copy:
             rootfs.copy_tree(c.src, root, c.dest)
         owners = rootfs.write_files(root, files)
@@ -160,7 +169,9 @@ def _build(spec: GuestSpec, kernel: kernels.Kernel, digest: str, images: Path, d
         revision = _revision(spec, kernel, digest, out, time.monotonic() - started)
         tmp_meta = out / "revision.json.tmp"
         tmp_meta.write_text(json.dumps(revision, indent=2, sort_keys=True))
-        (out / "checksums.json").write_text(json.dumps(revision["checksums"], indent=2, sort_keys=True))
+        (out / "checksums.json").write_text(
+            json.dumps(revision["checksums"], indent=2, sort_keys=True)
+        )
         os.replace(tmp_meta, out / "revision.json")
         if dest.exists():
             old = images / f".old-{digest}-{os.getpid()}"
@@ -186,7 +197,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _revision(spec: GuestSpec, kernel: kernels.Kernel, digest: str, out: Path, secs: float) -> dict[str, Any]:
+def _revision(
+    spec: GuestSpec, kernel: kernels.Kernel, digest: str, out: Path, secs: float
+) -> dict[str, Any]:
     checksums = {name: sha256_file(out / name) for name in ARTEFACTS}
     return {
         "schema": 1,

@@ -116,7 +116,8 @@ def _resolve_package() -> str:
         ).stdout.decode()
     except BuildError as exc:
         raise BuildError(
-            f"cannot resolve {METAPACKAGE}: {exc.message}", hint="run `apt-get update` (make setup does)"
+            f"cannot resolve {METAPACKAGE}: {exc.message}",
+            hint="run `apt-get update` (make setup does)",
         ) from exc
     for line in out.splitlines():
         line = line.strip()
@@ -134,7 +135,9 @@ def _fetch(package: str, version: str, root: Path) -> Kernel:
     log.info("fetching kernel %s", package)
     with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
         work = Path(tmp)
-        proc.run(["apt-get", "download", package], cwd=work, timeout=600, what=f"downloading {package}")
+        proc.run(
+            ["apt-get", "download", package], cwd=work, timeout=600, what=f"downloading {package}"
+        )
         debs = list(work.glob("*.deb"))
         if not debs:
             raise BuildError(f"apt-get download {package} produced no .deb")

@@ -36,12 +36,7 @@ def cli(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point: run the CLI, mapping errors to exit codes."""
-    from mvm.cli import build_cmds, vm_cmds  # noqa: F401 - registers commands
-
-    try:
-        from mvm.cli import template_cmds  # noqa: F401
-    except ImportError:
-        pass
+    from mvm.cli import build_cmds, template_cmds, vm_cmds  # noqa: F401 - registers commands
     try:
         return cli.main(args=argv, prog_name="mvmctl", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -55,7 +50,7 @@ def main(argv: list[str] | None = None) -> Any:
     except KeyboardInterrupt:
         click.echo("mvmctl: interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+    except Exception as exc:
         from mvm.errors import MvmError
 
         if os.environ.get("MVM_DEBUG"):

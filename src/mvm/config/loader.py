@@ -86,7 +86,7 @@ class _Ctx:
             or not value
             or not all(isinstance(v, str) and v for v in value)
         ):
-            raise self.err(key, "must be a non-empty list of strings, e.g. [\"/bin/app\", \"--flag\"]")
+            raise self.err(key, 'must be a non-empty list of strings, e.g. ["/bin/app", "--flag"]')
         return tuple(value)
 
     def guest_path(self, value: Any, key: str) -> str:
@@ -140,17 +140,21 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
     data.pop("flake", None)  # accepted for compatibility with the seeds' mvm.toml
     if profile and profile != "default":
         if profile not in profiles:
-            raise ctx.err("profiles", f"no profile {profile!r}; defined: {sorted(profiles) or 'none'}")
+            raise ctx.err(
+                "profiles", f"no profile {profile!r}; defined: {sorted(profiles) or 'none'}"
+            )
         over = ctx.table(profiles[profile], f"profiles.{profile}")
         ctx.keys(over, f"profiles.{profile}", PROFILE_KEYS)
         data.update(over)
     root = manifest.parent
 
     if "name" not in data:
-        raise ctx.err("name", "is required (e.g. name = \"hello\")")
+        raise ctx.err("name", 'is required (e.g. name = "hello")')
     name = ctx.string(data["name"], "name")
     if not NAME_RE.match(name):
-        raise ctx.err("name", f"{name!r} is not allowed: use a-z, 0-9 and '-' (max 63), e.g. \"my-app\"")
+        raise ctx.err(
+            "name", f"{name!r} is not allowed: use a-z, 0-9 and '-' (max 63), e.g. \"my-app\""
+        )
 
     if "entrypoint" not in data:
         raise ctx.err("entrypoint", "is required: one of shell = \"/bin/sh\", command = [...], "
@@ -175,7 +179,9 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
 
     hypervisor = ctx.string(data.get("hypervisor", "qemu"), "hypervisor")
     if hypervisor not in HYPERVISORS:
-        raise ctx.err("hypervisor", f"{hypervisor!r} is not supported; allowed: {', '.join(HYPERVISORS)}")
+        raise ctx.err(
+            "hypervisor", f"{hypervisor!r} is not supported; allowed: {', '.join(HYPERVISORS)}"
+        )
 
     services_raw = ctx.table(data.get("services", {}), "services")
     services = tuple(_service(ctx, n, v, "services") for n, v in services_raw.items())
@@ -240,7 +246,9 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
         raise ctx.err(f"{key}.command", "is required")
     restart = table.get("restart", "on-failure")
     if restart not in RESTART_POLICIES:
-        raise ctx.err(f"{key}.restart", f"must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
+        raise ctx.err(
+            f"{key}.restart", f"must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}"
+        )
     return Service(name, ctx.argv(table["command"], f"{key}.command"), cast(RestartPolicy, restart))
 
 
@@ -267,7 +275,7 @@ def _mode(ctx: _Ctx, value: Any, key: str) -> int:
     elif isinstance(value, int) and not isinstance(value, bool):
         mode = value
     else:
-        raise ctx.err(key, f"must be an octal string like \"0644\", got {value!r}")
+        raise ctx.err(key, f'must be an octal string like "0644", got {value!r}')
     if not 0 <= mode <= 0o7777:
         raise ctx.err(key, f"out of range: {value!r}")
     return mode
@@ -284,7 +292,7 @@ def _packages(ctx: _Ctx, value: Any) -> tuple[str, ...]:
 
 def _copies(ctx: _Ctx, value: Any, root: Path) -> tuple[CopySpec, ...]:
     if not isinstance(value, list):
-        raise ctx.err("copy", "must be a list of { from = \"dir/\", to = \"/opt/dir\" } tables")
+        raise ctx.err("copy", 'must be a list of { from = "dir/", to = "/opt/dir" } tables')
     out = []
     for i, item in enumerate(value):
         key = f"copy[{i}]"
@@ -307,7 +315,7 @@ def _kernel(ctx: _Ctx, value: Any, root: Path) -> KernelSpec:
     table = ctx.table(value, "kernel")
     ctx.keys(table, "kernel", {"path", "modules"})
     if "path" not in table:
-        raise ctx.err("kernel", "needs path = \"/path/to/vmlinuz\" (or kernel = \"debian\" | \"host\")")
+        raise ctx.err("kernel", 'needs path = "/path/to/vmlinuz" (or kernel = "debian" | "host")')
     path = (root / ctx.string(table["path"], "kernel.path")).resolve()
     if not path.is_file():
         raise ctx.err("kernel.path", f"{path} is not a file")
@@ -329,15 +337,15 @@ def _credentials(ctx: _Ctx, value: Any, root: Path) -> tuple[CredentialSpec, ...
         body = ctx.table(spec, key)
         ctx.keys(body, key, {"file"})
         if "file" not in body:
-            raise ctx.err(key, "needs file = \"path/to/file\"")
+            raise ctx.err(key, 'needs file = "path/to/file"')
         out.append(CredentialSpec(name, (root / ctx.string(body["file"], f"{key}.file")).resolve()))
     return tuple(out)
 
 
 def _ports(ctx: _Ctx, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ctx.err("ports", "must be a list like [\"8080:80\"]")
+        raise ctx.err("ports", 'must be a list like ["8080:80"]')
     for port in value:
         if not PORT_RE.match(port):
-            raise ctx.err("ports", f"{port!r} is not HOST:GUEST (e.g. \"8080:80\")")
+            raise ctx.err("ports", f'{port!r} is not HOST:GUEST (e.g. "8080:80")')
     return tuple(value)

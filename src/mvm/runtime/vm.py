@@ -230,8 +230,11 @@ def run_attached(record: VmRecord, popen: Any) -> int:
         return code
     if interrupted:
         return 130
-    raise start_failure(record.dir) if popen.returncode else MvmError(
-        f"VM {record.name} stopped without reporting an exit status; see `mvmctl logs {record.name}`"
+    if popen.returncode:
+        raise start_failure(record.dir)
+    raise MvmError(
+        f"VM {record.name} stopped without reporting an exit status; "
+        f"see `mvmctl logs {record.name}`"
     )
 
 
@@ -321,4 +324,3 @@ def follow(name: str, n: int, out: Any) -> None:
         if not active:
             return
         time.sleep(0.1)
-

@@ -81,7 +81,7 @@ def build_argv(cfg: MachineConfig, qemu: str = "qemu-system-x86_64") -> list[str
     argv = [
         qemu,
         "-name", f"mvm-{cfg.name},process=mvm-{cfg.name}",
-        "-M", "microvm,isa-serial=on,rtc=on,pic=off,pit=off" if accel == "kvm" else "microvm,isa-serial=on,rtc=on",
+        "-M", "microvm,isa-serial=on,rtc=on",
         "-accel", accel,
         *(["-cpu", "host"] if accel == "kvm" else []),
         "-smp", str(cfg.vcpus),

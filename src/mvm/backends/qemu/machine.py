@@ -30,22 +30,27 @@ QEMU = "qemu-system-x86_64"
 
 def qemu_binary() -> str:
     path = os.environ.get("MVM_QEMU") or shutil.which(QEMU)
-    if not path:
+    if not path or not os.access(path, os.X_OK):
         raise HypervisorMissing(
-            f"{QEMU} not found on PATH", hint="install qemu-system-x86 (make setup does)"
+            f"{path or QEMU} not found (or not executable)",
+            hint="install qemu-system-x86 (make setup does)",
         )
     return path
 
 
 class QemuBackend(VmBackend):
     name = "qemu"
-    capabilities = Capabilities(smbios=False, fw_cfg=True, snapshots=True, agent_transport="virtio-serial")
+    capabilities = Capabilities(
+        smbios=False, fw_cfg=True, snapshots=True, agent_transport="virtio-serial"
+    )
 
     def argv(self, cfg: MachineConfig) -> list[str]:
         return build_argv(cfg, qemu_binary())
 
     def version(self) -> str:
-        out = subprocess.run([qemu_binary(), "--version"], capture_output=True, check=False, timeout=10)
+        out = subprocess.run(
+            [qemu_binary(), "--version"], capture_output=True, check=False, timeout=10
+        )
         m = re.search(rb"version (\S+)", out.stdout)
         return m.group(1).decode() if m else "unknown"
 

@@ -4,6 +4,7 @@ errors surface as ``BackendError`` (the one seam where they are translated).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,14 @@ def command(sock: Path, cmd: str, timeout: float = 5.0, **args: Any) -> Any:
     try:
         mon.connect(negotiate=True)
         mon.settimeout(timeout)
-        reply = mon.cmd_raw(cmd, args or None) if hasattr(mon, "cmd_raw") else mon.cmd(cmd, args or None)
+        reply = mon.cmd_raw(cmd, args or None)
     except (OSError, EOFError) as exc:
         raise BackendError(f"QMP {cmd} on {sock}: {exc}") from exc
     except Exception as exc:  # qemu.qmp raises its own tree; translate it here
         raise BackendError(f"QMP {cmd} on {sock}: {exc}") from exc
     finally:
-        try:
+        with contextlib.suppress(Exception):  # closing a dead socket is not an error
             mon.close()
-        except Exception:  # noqa: S110 - closing a dead socket is not an error
-            pass
     if isinstance(reply, dict) and "error" in reply:
         raise BackendError(f"QMP {cmd}: {reply['error'].get('desc', reply['error'])}")
     return reply.get("return") if isinstance(reply, dict) else reply
