@@ -225,6 +225,19 @@ def test_detached_lifecycle_and_port_forward(home: Path, projects: dict[str, Pat
     )
 
 
+def test_two_ups_with_one_name_one_wins(home: Path, projects: dict[str, Path]) -> None:
+    argv = [MVMCTL, "up", "--flake", str(projects["srv"]), "--name", "race1"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    results = [(p.wait(timeout=60), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    codes = sorted(code for code, _ in results)
+    assert codes[0] == 0 and codes[1] != 0, results
+    loser = next(err for code, err in results if code != 0)
+    assert "already in use" in loser and "Traceback" not in loser
+    assert json.loads(mvmctl("status", "race1", "--json").stdout)["state"] == "running"
+    assert mvmctl("down", "race1").returncode == 0
+
+
 def test_killed_qemu_is_reported_crashed(home: Path, projects: dict[str, Path]) -> None:
     assert mvmctl("up", "--flake", str(projects["srv"]), "--name", "kill1").returncode == 0
     pid = json.loads(mvmctl("status", "kill1", "--json").stdout)["pid"]

@@ -10,9 +10,10 @@ read -r CMDLINE < /proc/cmdline
 t() { :; }
 case " $CMDLINE " in *" mvm.trace=1 "*) t() { read -r U < /proc/uptime; echo "mvm-trace ${U%% *} initramfs $1"; } ;; esac
 t start
-for m in $(cat /etc/modules.base); do $B insmod /lib/modules/$m.ko; done
-case " $CMDLINE " in *" mvm.net=1 "*) for m in $(cat /etc/modules.net); do $B insmod /lib/modules/$m.ko; done ;; esac
-case " $CMDLINE " in *" mvm.fwcfg=1 "*) for m in $(cat /etc/modules.fwcfg); do $B insmod /lib/modules/$m.ko; done ;; esac
+read -r MODS < /etc/modules.base
+for m in $MODS; do $B insmod /lib/modules/$m.ko; done
+case " $CMDLINE " in *" mvm.net=1 "*) read -r MODS < /etc/modules.net; for m in $MODS; do $B insmod /lib/modules/$m.ko; done ;; esac
+case " $CMDLINE " in *" mvm.fwcfg=1 "*) read -r MODS < /etc/modules.fwcfg; for m in $MODS; do $B insmod /lib/modules/$m.ko; done ;; esac
 t modules-loaded
 RO=ro
 case " $CMDLINE " in *" mvm.rw=1 "*) RO=rw ;; esac
@@ -21,11 +22,10 @@ if ! $B mount -t ext4 -o $RO,noatime /dev/vda /newroot; then
     $B reboot -f
 fi
 t rootfs-mounted
-# The rootfs ships the same static busybox (the build checks): lend it ours,
-# already in memory, instead of reading 2 MB through virtio-blk again.
+# The build copies the same static busybox into both images: lend the rootfs
+# ours, already in memory, instead of reading 2 MB through virtio-blk again.
 [ -f /newroot/bin/busybox ] && $B mount --bind /bin/busybox /newroot/bin/busybox
 $B mount --move /dev /newroot/dev
 $B mount --move /proc /newroot/proc
 $B mount --move /sys /newroot/sys
-t switch-root
 exec $B switch_root /newroot /init
