@@ -57,12 +57,22 @@ def vm_dir(name: str) -> Path:
     return vms_dir() / validate_name(name, "VM name")
 
 
+def volumes_dir() -> Path:
+    """Persistent data volumes, kept across ``down``/``up`` (``volumes/VM/*.ext4``)."""
+    return home() / "volumes"
+
+
 def templates_dir() -> Path:
     return home() / "templates"
 
 
 def template_dir(name: str) -> Path:
     return templates_dir() / validate_name(name, "template name")
+
+
+def registry_dir() -> Path:
+    """The embedded local template registry used when none is configured."""
+    return home() / "registry"
 
 
 def ensure_private_dir(path: Path) -> Path:
