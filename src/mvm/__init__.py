@@ -21,11 +21,16 @@ _EXPORTS = {
     "StateError": "mvm.errors",
     "NotFoundError": "mvm.errors",
     "ConflictError": "mvm.errors",
+    "DriveError": "mvm.errors",
+    "CredentialError": "mvm.errors",
+    "DriveFile": "mvm.drives",
+    "VolumeSpec": "mvm.drives",
+    "Credential": "mvm.secrets.credentials",
     "GuestSpec": "mvm.config",
     "Project": "mvm.config",
     "load_project": "mvm.config",
     "Image": "mvm.build.builder",
-    "build": "mvm.build.builder",
+    "build_image": "mvm.build.builder",
     "RunConfig": "mvm.runtime.config",
     "Vm": "mvm.runtime.vm",
     "VmState": "mvm.state.records",
@@ -39,25 +44,33 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
+_RENAMED = {"build_image": "build"}  # ``mvm.build`` is the subpackage; export the function apart
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'mvm' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module(module), _RENAMED.get(name, name))
 
 
 if TYPE_CHECKING:
-    from mvm.build.builder import Image, build
+    from mvm.build.builder import Image
+    from mvm.build.builder import build as build_image
     from mvm.config import GuestSpec, Project, load_project
+    from mvm.drives import DriveFile, VolumeSpec
     from mvm.errors import (
         BackendError,
         BuildError,
         ConfigError,
         ConflictError,
+        CredentialError,
+        DriveError,
         MvmError,
         NotFoundError,
         StateError,
     )
     from mvm.runtime.config import RunConfig
     from mvm.runtime.vm import Vm, down, list_vms, up
+    from mvm.secrets.credentials import Credential
     from mvm.state.records import VmState

@@ -33,11 +33,13 @@ def run(
     input: bytes | None = None,
     error: type[MvmError] = BuildError,
     what: str | None = None,
+    ok: tuple[int, ...] = (0,),
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` and return the completed process; raise ``error`` on failure.
 
     ``what`` is a short human description used in the error message
-    ("building rootfs"); stderr's last lines go into ``log_tail``.
+    ("building rootfs"); stderr's last lines go into ``log_tail``.  ``ok``
+    lists the exit statuses that mean success (e2fsck: 1 = "fixed").
     """
     cmd = [str(a) for a in argv]
     log.debug("run: %s", printable(cmd))
@@ -52,7 +54,7 @@ def run(
         raise error(f"{label}: timed out after {timeout:.0f}s") from exc
     except OSError as exc:
         raise error(f"{label}: {exc.strerror}") from exc
-    if proc.returncode != 0:
+    if proc.returncode not in ok:
         tail = (proc.stderr or proc.stdout).decode(errors="replace").strip()
         last = tail.splitlines()[-1] if tail else f"exit status {proc.returncode}"
         if "No space left" in tail or "Could not allocate block" in tail:

@@ -27,7 +27,7 @@ from mvm.build import kernel as kernels
 from mvm.build.render import GuestFile, home_dir, render
 from mvm.config.schema import GuestSpec, Project
 from mvm.errors import BuildError, DiskFullError
-from mvm.guest import GUEST_FILES
+from mvm.guest import EXTENSIONS, GUEST_FILES
 from mvm.guest import read as guest_file
 from mvm.proc import is_disk_full
 
@@ -148,6 +148,7 @@ def _build(spec: GuestSpec, kernel: kernels.Kernel, digest: str, images: Path, d
             *render(spec),
             GuestFile("/init", guest_file("init.sh"), 0o755),
             GuestFile("/usr/local/bin/mvm-guest-agent", guest_file("agent.sh"), 0o755),
+            *(GuestFile(dest, guest_file(src), 0o644) for src, dest in EXTENSIONS.items()),
         ]
         files += [GuestFile(f.path, f.content.encode(), f.mode, uid, uid) for f in spec.files]
         late = initramfs.late_modules(kernel)
@@ -210,6 +211,7 @@ def _revision(
         "uids": {"agent": spec.uids.agent, "entrypoint": spec.uids.entrypoint},
         "rootlessEntrypoint": spec.uids.rootless,
         "agentBinary": "stub",
+        "guestFeatures": ["drives", "credentials"],  # what this image's /init understands
         "expectedBootMs": EXPECTED_BOOT_MS["kvm"],
         "expectedBootMsByAccel": EXPECTED_BOOT_MS,
         "inputHash": digest,

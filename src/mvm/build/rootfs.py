@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from mvm import proc
@@ -19,7 +20,9 @@ from mvm.build.render import GuestFile
 
 SKELETON = ("dev", "proc", "sys", "run", "tmp", "home", "root", "etc/mvm/env.d",
             "etc/mvm/init.d", "var/tmp", "usr/local/bin", "mnt", "bin", "sbin", "usr/bin",
-            "usr/sbin")  # fmt: skip
+            "usr/sbin",
+            # mount points for drives: a sealed rootfs is read-only, /init cannot mkdir them
+            "mnt/config", "mnt/secrets", "data")  # fmt: skip
 
 
 def skeleton(root: Path) -> None:
@@ -78,30 +81,52 @@ def tree_size(root: Path) -> int:
 
 
 def make_ext4(
-    root: Path, image: Path, owners: dict[str, tuple[int, int]], label: str = "mvm-root"
+    root: Path,
+    image: Path,
+    owners: dict[str, tuple[int, int]],
+    label: str = "mvm-root",
+    *,
+    size_mib: int | None = None,
+    default_owner: tuple[int, int] = (0, 0),
+    journal: bool = False,
+    debugfs_extra: Sequence[str] = (),
+    what: str = "building rootfs.ext4",
 ) -> None:
-    """Build ``image`` from ``root`` and set owners: root everywhere, ``owners`` where listed."""
-    size = tree_size(root)
-    inodes = sum(len(d) + len(f) for _p, d, f in os.walk(root)) + 64
-    size_mib = max(16, int(size * 1.3 / (1 << 20)) + 16 + inodes // 1024)
+    """Build ``image`` from ``root`` and set owners: ``default_owner`` (root unless
+    told otherwise) everywhere, ``owners`` where listed.
+
+    The rootfs, the config/secrets drives and data volumes all come through
+    here (:mod:`mvm.drives`), so "images without root" is solved once:
+    ``size_mib`` fixes the size (else it fits the tree), ``journal`` is for
+    writable data volumes, ``debugfs_extra`` runs in the same debugfs session
+    as the owner fix (e.g. ``rmdir lost+found`` on read-only drives).
+    """
+    entries = sum(len(d) + len(f) for _p, d, f in os.walk(root)) + 64
+    inodes = max(entries * 2, 1024)
+    if size_mib is None:
+        size_mib = max(16, int(tree_size(root) * 1.3 / (1 << 20)) + 16 + entries // 1024)
+    else:  # a volume that will be written to: room for files to come (mkfs' 16 KiB ratio)
+        inodes = max(inodes, size_mib * 64)
+    root_owner = owners.get("/", default_owner)
     proc.run(
-        ["mkfs.ext4", "-q", "-F", "-d", root, "-L", label, "-N", str(max(inodes * 2, 1024)),
-         "-O", "^has_journal", "-E", "root_owner=0:0", "-m", "0", image, f"{size_mib}M"],
-        what="building rootfs.ext4",
+        ["mkfs.ext4", "-q", "-F", "-d", root, "-L", label, "-N", str(inodes),
+         *([] if journal else ["-O", "^has_journal"]),
+         "-E", f"root_owner={root_owner[0]}:{root_owner[1]}", "-m", "0", image, f"{size_mib}M"],
+        what=what,
     )  # fmt: skip
-    cmds = []
+    cmds = list(debugfs_extra)
     for dirpath, dirs, names in os.walk(root):
         for n in dirs + names:
             full = os.path.join(dirpath, n)
             rel = "/" + os.path.relpath(full, root)
             st = os.lstat(full)
-            want = owners.get(rel, (0, 0))
+            want = owners.get(rel, default_owner)
             if (st.st_uid, st.st_gid) != want:  # as non-root: every file (mkfs copied our uid)
                 cmds.append(f'sif "{rel}" uid {want[0]}\nsif "{rel}" gid {want[1]}')
     if cmds:
         script = image.with_suffix(".debugfs")
         script.write_text("\n".join(cmds) + "\n")
         try:
-            proc.run(["debugfs", "-w", "-f", script, image], what="setting owners in rootfs")
+            proc.run(["debugfs", "-w", "-f", script, image], what=f"{what}: setting owners")
         finally:
             script.unlink(missing_ok=True)

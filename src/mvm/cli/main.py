@@ -37,6 +37,7 @@ def cli(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point: run the CLI, mapping errors to exit codes."""
     from mvm.cli import build_cmds, template_cmds, vm_cmds  # noqa: F401 - registers commands
+
     try:
         return cli.main(args=argv, prog_name="mvmctl", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -20,17 +20,42 @@ def _run_options(f: Any) -> Any:
                      help="Forward 127.0.0.1:HOST to the guest's GUEST port (repeatable)."),
         click.option("--net/--no-net", "network", default=None,
                      help="Give the guest outbound network (default: off)."),
+        click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST_DIR:/PATH[:SIZE]",
+                     help="Attach HOST_DIR at /mnt/config (read-only, 0444), /mnt/secrets "
+                          "(read-only, 0400) or, with a SIZE, as a persistent data volume "
+                          "(repeatable)."),
+        click.option("--credential", "credentials", multiple=True, metavar="NAME@FILE|NAME=VALUE",
+                     help="Deliver a credential to /run/credentials/@system/NAME (repeatable). "
+                          "Prefer NAME@FILE: a VALUE on mvmctl's command line shows in ps."),
     ]):  # fmt: skip
         f = opt(f)
     return f
 
 
 def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tuple[str, ...],
-                network: bool | None, attached: bool) -> Any:  # fmt: skip
+                network: bool | None, attached: bool, **extra: Any) -> Any:  # fmt: skip
     from mvm.runtime.config import RunConfig
 
     return RunConfig(name=name, cpus=cpus, memory_mib=mem, attached=attached,
-                     ports=list(ports), network=network)  # fmt: skip
+                     ports=list(ports), network=network, **extra)  # fmt: skip
+
+
+def _injected(volumes: tuple[str, ...], credentials: tuple[str, ...]) -> dict[str, Any]:
+    """Check -v and --credential before anything is built or started."""
+    from mvm.drives import parse_volume
+    from mvm.secrets.credentials import parse_credential
+
+    return {
+        "volumes": [parse_volume(v) for v in volumes],
+        "credentials": [parse_credential(c, i) for i, c in enumerate(credentials, 1)],
+    }
+
+
+def _project_credentials(project: Any) -> list[Any]:
+    """mvm.toml's [credentials], read now (each file at most 1 MiB)."""
+    from mvm.secrets.credentials import read_file
+
+    return [read_file(c.name, c.file, "mvm.toml") for c in project.spec.credentials]
 
 
 def _project_image(path: str | None) -> tuple[Any, Any]:
@@ -46,13 +71,16 @@ def _project_image(path: str | None) -> tuple[Any, Any]:
 @click.option("--attached", is_flag=True, help="Stream the console; Ctrl-C stops the VM.")
 @_run_options
 def run(path: str | None, attached: bool, name: str | None, cpus: int | None, mem: int | None,
-        ports: tuple[str, ...], network: bool | None) -> None:  # fmt: skip
+        ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
+        credentials: tuple[str, ...]) -> None:  # fmt: skip
     """Build PATH (if needed) and boot it; detached unless --attached."""
     from mvm.runtime import vm
 
+    extra = _injected(volumes, credentials)
     project, image = _project_image(path)
     run_cfg = _run_config(name, cpus, mem, ports + project.spec.ports,
-                          network if network is not None else project.spec.network, attached)  # fmt: skip
+                          network if network is not None else project.spec.network, attached,
+                          project_credentials=_project_credentials(project), **extra)  # fmt: skip
     record, popen = vm.start(image, run_cfg, source=str(project.root))
     if not attached:
         click.echo(f"{record.name}: running (detached); `mvmctl logs -f {record.name}` to follow")
@@ -65,13 +93,15 @@ def run(path: str | None, attached: bool, name: str | None, cpus: int | None, me
 @click.option("--template", "template", help="Start the current revision of a template.")
 @_run_options
 def up(flake: str | None, template: str | None, name: str | None, cpus: int | None,
-       mem: int | None, ports: tuple[str, ...], network: bool | None) -> None:  # fmt: skip
+       mem: int | None, ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
+       credentials: tuple[str, ...]) -> None:  # fmt: skip
     """Start a detached VM from a project (--flake) or a template."""
     from mvm.errors import ConfigError
     from mvm.runtime import vm
 
     if flake and template:
         raise ConfigError("use either --flake or --template, not both")
+    extra = _injected(volumes, credentials)
     extra_ports: tuple[str, ...] = ()
     if template:
         from mvm.templates.store import current_image
@@ -84,7 +114,8 @@ def up(flake: str | None, template: str | None, name: str | None, cpus: int | No
         extra_ports = project.spec.ports
         if network is None:
             network = project.spec.network
-    run_cfg = _run_config(name, cpus, mem, ports + extra_ports, network, attached=False)
+        extra["project_credentials"] = _project_credentials(project)
+    run_cfg = _run_config(name, cpus, mem, ports + extra_ports, network, attached=False, **extra)
     handle = vm.up(image, run_cfg, source=source, revision=rev)
     click.echo(f"{handle.name}: running")
 
@@ -128,8 +159,11 @@ def status(name: str, as_json: bool) -> None:
         emit_json(info)
         return
     for key in ("name", "state", "mode", "accel", "accel_reason", "pid", "revision", "source",
-                "entrypoint", "accessible", "vcpus", "memory_mib", "ports", "exit_code"):  # fmt: skip
+                "entrypoint", "accessible", "vcpus", "memory_mib", "ports", "volumes",
+                "credentials", "exit_code"):  # fmt: skip
         value = info[key]
+        if isinstance(value, list):
+            value = ", ".join(value) or None
         click.echo(f"{key + ':':<14}{'-' if value is None else value}")
     click.echo(f"{'uptime:':<14}{duration(info['uptime_s'])}")
 

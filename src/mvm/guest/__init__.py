@@ -1,7 +1,10 @@
 """Files that run inside the guest, shipped as package data.
 
 ``initramfs-init.sh`` loads the virtio modules and switches to the rootfs;
-``init.sh`` is PID 1 in the rootfs; ``agent.sh`` is the agent stub.  The
+``init.sh`` is PID 1 in the rootfs; ``agent.sh`` is the agent stub;
+``drives.sh``/``credentials.sh`` mount the config/secrets/data drives and
+unpack credentials (init.d), ``env-drives.sh`` puts config and secrets into
+the entrypoint's environment (env.d).  The
 spec-dependent part (entrypoint, services, uids) is rendered by
 :mod:`mvm.build.render` into ``/etc/mvm/`` so these scripts stay static.
 """
@@ -16,4 +19,13 @@ def read(name: str) -> bytes:
     return (files(__package__) / name).read_bytes()
 
 
-GUEST_FILES = ("initramfs-init.sh", "init.sh", "agent.sh")
+GUEST_FILES = (
+    "initramfs-init.sh", "init.sh", "agent.sh", "drives.sh", "credentials.sh", "env-drives.sh",
+)  # fmt: skip
+# where the builder installs the extension scripts (init.d: sourced by /init as
+# root before the entrypoint; env.d: sourced by each launcher as the entrypoint uid)
+EXTENSIONS = {
+    "drives.sh": "/etc/mvm/init.d/10-drives.sh",
+    "credentials.sh": "/etc/mvm/init.d/20-credentials.sh",
+    "env-drives.sh": "/etc/mvm/env.d/50-drives.sh",
+}

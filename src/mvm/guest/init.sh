@@ -82,6 +82,8 @@ case "$MVM_KIND" in
         pids=$! ;;
     services)
         for s in $MVM_SERVICES; do supervise "${s%%:*}" "${s#*:}" & pids="$pids $!"; done ;;
+    failed)  # an init.d script could not set up what the entrypoint needs (it said why)
+        false & pids=$! ;;
 esac
 
 # --- after the entrypoint started: channels to the host, at low priority so

@@ -27,7 +27,7 @@ from mvm.backends.qemu.argv import Drive, MachineConfig, PortForward
 from mvm.backends.qemu.machine import QemuBackend, qemu_binary, start_failure, stop, wait_ready
 from mvm.build.builder import Image
 from mvm.errors import ConflictError, MvmError, NotFoundError
-from mvm.runtime import console
+from mvm.runtime import console, inject
 from mvm.runtime.config import RunConfig, parse_port
 from mvm.state.atomic import locked
 from mvm.state.records import Mode, VmRecord, VmState, list_records, proc_start_time
@@ -142,6 +142,7 @@ def start(image: Image, run: RunConfig, *, source: str, revision: str = "") -> t
     base = run.name or str(rev["name"])
     paths.validate_name(base, "VM name")
     _check_ports(ports)
+    injection = inject.prepare(image, run)  # bad -v/credentials fail here: nothing created yet
     with _reserved(base, explicit=run.name is not None) as record:
         record.mode = (Mode.ATTACHED if run.attached else Mode.DETACHED).value
         record.source = source
@@ -154,11 +155,19 @@ def start(image: Image, run: RunConfig, *, source: str, revision: str = "") -> t
         record.vcpus = run.cpus or int(defaults.get("vcpus", 1))
         record.memory_mib = run.memory_mib or int(defaults.get("memory_mib", 256))
         record.ports = list(run.ports)
+        record.volumes = injection.record_volumes()
+        record.credentials = injection.record_credentials()  # names only
+        record.save()
+        handover = inject.materialise(injection, record.dir, record.name,
+                                      smbios=backend.capabilities.smbios)  # fmt: skip
         cfg = MachineConfig(
             name=record.name,
             kernel=image.kernel,
             initramfs=image.initramfs,
-            drives=(Drive(image.rootfs, readonly=not image.accessible, snapshot=image.accessible),),
+            drives=(
+                Drive(image.rootfs, readonly=not image.accessible, snapshot=image.accessible),
+                *handover.drives,
+            ),
             run_dir=record.dir,
             vcpus=record.vcpus,
             memory_mib=record.memory_mib,
@@ -166,17 +175,27 @@ def start(image: Image, run: RunConfig, *, source: str, revision: str = "") -> t
             tsc_khz=accel_mod.host_tsc_khz(),
             network=bool(run.network),
             ports=tuple(ports),
-            cmdline_extra=("mvm.trace=1",) if os.environ.get("MVM_TRACE_BOOT") else (),
+            fw_cfg=handover.fw_cfg,
+            smbios_oem=handover.smbios,
+            cmdline_extra=(
+                *(("mvm.trace=1",) if os.environ.get("MVM_TRACE_BOOT") else ()),
+                *handover.cmdline,
+            ),
         )
-        popen = backend.spawn(cfg)
-        record.pid = popen.pid
-        record.pid_start = proc_start_time(popen.pid)
-        record.started_at = time.time()
-        record.save()
-        if not run.attached:
-            wait_ready(popen, record.dir)
-        elif popen.poll() is not None:
-            raise start_failure(record.dir)
+        try:
+            popen = backend.spawn(cfg)
+            record.pid = popen.pid
+            record.pid_start = proc_start_time(popen.pid)
+            record.started_at = time.time()
+            record.save()
+            if not run.attached:
+                wait_ready(popen, record.dir)
+                inject.scrub(record.dir)  # QEMU has read the credentials and opened the drives
+            elif popen.poll() is not None:
+                raise start_failure(record.dir)
+        except BaseException:
+            handover.discard_created()  # a data volume made by this failed start
+            raise
     return record, popen
 
 
@@ -210,6 +229,10 @@ def run_attached(record: VmRecord, popen: Any) -> int:
     interrupted = False
     try:
         sock = console.connect(record.dir / "console.sock", lambda: popen.poll() is None)
+        if inject.pending(record.dir):
+            with contextlib.suppress(MvmError):  # console bytes queue in the socket meanwhile
+                wait_ready(popen, record.dir)
+            inject.scrub(record.dir)
         with sock, console.cbreak(0) if record.accessible else contextlib.nullcontext():
             console.pump(sock, interactive=record.accessible, keep_going=keep_going)
         if not detached:
@@ -221,6 +244,7 @@ def run_attached(record: VmRecord, popen: Any) -> int:
         stop(record.pid or popen.pid, record.pid_start, record.dir, grace=3.0)
         popen.wait()
     finally:
+        inject.scrub(record.dir)
         for s, h in old.items():
             signal.signal(s, h)
     if detached:

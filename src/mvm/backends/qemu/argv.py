@@ -55,8 +55,16 @@ class MachineConfig:
     network: bool = False
     ports: tuple[PortForward, ...] = ()
     fw_cfg: tuple[FwCfg, ...] = ()
+    # SMBIOS type 11 OEM strings, one file per string (q35/pc only: -M microvm has no
+    # SMBIOS, so mvm's QEMU backend delivers credentials by fw_cfg instead)
+    smbios_oem: tuple[Path, ...] = ()
     cmdline_extra: tuple[str, ...] = field(default_factory=tuple)
     incoming_fd: int | None = None  # restore a snapshot from this inherited fd
+
+
+def _opt(path: Path) -> str:
+    """A path as a QEMU option value: a comma would end it, so double it."""
+    return str(path).replace(",", ",,")
 
 
 def kernel_cmdline(cfg: MachineConfig) -> str:
@@ -97,7 +105,7 @@ def build_argv(cfg: MachineConfig, qemu: str = "qemu-system-x86_64") -> list[str
         "-pidfile", str(rd / "qemu.pid"),
     ]  # fmt: skip
     for i, d in enumerate(cfg.drives):
-        opts = f"id=vd{i},file={d.path},format={d.fmt},if=none"
+        opts = f"id=vd{i},file={_opt(d.path)},format={d.fmt},if=none"
         if d.readonly:
             opts += ",readonly=on"
         if d.snapshot:
@@ -117,7 +125,9 @@ def build_argv(cfg: MachineConfig, qemu: str = "qemu-system-x86_64") -> list[str
         restrict = "" if cfg.network else ",restrict=on"
         argv += ["-netdev", f"user,id=n0{restrict}{fwd}", "-device", "virtio-net-device,netdev=n0"]
     for fw in cfg.fw_cfg:
-        argv += ["-fw_cfg", f"name={fw.name},file={fw.file}"]
+        argv += ["-fw_cfg", f"name={fw.name},file={_opt(fw.file)}"]
+    if cfg.smbios_oem:
+        argv += ["-smbios", "type=11" + "".join(f",path={_opt(p)}" for p in cfg.smbios_oem)]
     if cfg.incoming_fd is not None:
         argv += ["-incoming", f"fd:{cfg.incoming_fd}"]
     return argv
