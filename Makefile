@@ -8,6 +8,8 @@ export MVM_CACHE ?= $(CURDIR)/.cache/mvm
 .PHONY: setup system venv kernel demo test unit integration check bench clean
 
 setup: system venv kernel
+	@# PYTHONDONTWRITEBYTECODE may be set: compile once so every mvmctl start skips it
+	@$(BIN)/python -m compileall -q src >/dev/null
 
 system:
 	@bash scripts/setup-system.sh

@@ -8,7 +8,6 @@ not use.
 from __future__ import annotations
 
 import importlib
-import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -41,7 +40,7 @@ _EXPORTS = {
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
-logging.getLogger(__name__).addHandler(logging.NullHandler())
+# the library logs through mvm.log (lazy); its first use adds a NullHandler to "mvm"
 
 
 _RENAMED = {"build_image": "build"}  # ``mvm.build`` is the subpackage; export the function apart

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import re
 import shutil
@@ -47,8 +46,9 @@ from mvm import paths, proc
 from mvm.backends.qemu.argv import Drive
 from mvm.build import rootfs
 from mvm.errors import BuildError, DriveError
+from mvm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CONFIG_PATH = "/mnt/config"
 SECRETS_PATH = "/mnt/secrets"

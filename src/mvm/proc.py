@@ -9,15 +9,15 @@ at all; this is the belt to that pair of braces).
 from __future__ import annotations
 
 import errno
-import logging
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mvm.errors import BuildError, DiskFullError, MvmError
+from mvm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def printable(argv: Sequence[str | Path]) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -22,16 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from mvm import __version__, paths
-from mvm.build import debian, initramfs, rootfs
+from mvm.build import initramfs
 from mvm.build import kernel as kernels
 from mvm.build.render import GuestFile, home_dir, render
 from mvm.config.schema import GuestSpec, Project
 from mvm.errors import BuildError, DiskFullError
 from mvm.guest import EXTENSIONS, GUEST_FILES
 from mvm.guest import read as guest_file
+from mvm.log import get_logger
 from mvm.proc import is_disk_full
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 ARTEFACTS = ("kernel", "initramfs.cpio", "rootfs.ext4")
 EXPECTED_BOOT_MS = {"kvm": 300, "tcg": 2000}
@@ -133,6 +133,8 @@ def build(project: Project, *, force: bool = False) -> Image:
 
 
 def _build(spec: GuestSpec, kernel: kernels.Kernel, digest: str, images: Path, dest: Path) -> Image:
+    from mvm.build import debian, rootfs  # only a real build needs them
+
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=images, prefix=".build-") as tmp:
         work = Path(tmp)

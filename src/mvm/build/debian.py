@@ -6,14 +6,14 @@ maintainer scripts: packages are files, which is all a busybox guest needs.
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
 from mvm import paths, proc
 from mvm.errors import BuildError
+from mvm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 INST_RE = re.compile(r"^Inst (\S+) \((\S+)")
 
 

@@ -7,8 +7,6 @@ Module groups are loaded by the init only when the kernel command line asks
 
 from __future__ import annotations
 
-import lzma
-import zlib
 from pathlib import Path
 
 from mvm.build import cpio
@@ -37,8 +35,12 @@ def module_depends(data: bytes) -> list[str]:
 def _read_module(path: Path) -> bytes:
     data = path.read_bytes()
     if path.suffix == ".xz":
+        import lzma
+
         return lzma.decompress(data)
     if path.suffix == ".gz":
+        import zlib
+
         return zlib.decompress(data, 16 + zlib.MAX_WBITS)
     return data
 

@@ -10,7 +10,6 @@ PVH entry boots it ≈0.3 s faster under TCG (see docs/platform-facts.md).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import platform
 import shutil
@@ -22,8 +21,9 @@ from pathlib import Path
 from mvm import paths, proc
 from mvm.config.schema import KernelSpec
 from mvm.errors import BuildError
+from mvm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 METAPACKAGE = "linux-image-cloud-amd64"
 LZ4_MAGIC = b"\x02\x21\x4c\x18"

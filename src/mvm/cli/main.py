@@ -19,8 +19,19 @@ from mvm import __version__
 class Group(click.Group):
     """Lists commands in the order they were added (lifecycle order, not alphabetical)."""
 
+    lazy = {"template": "mvm.cli.template_cmds"}  # imported only when used (or listed)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
+        for name in self.lazy:
+            self.get_command(ctx, name)
         return list(self.commands)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            import importlib
+
+            importlib.import_module(self.lazy[cmd_name])  # registers itself on `cli`
+        return super().get_command(ctx, cmd_name)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,7 +47,7 @@ def cli(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point: run the CLI, mapping errors to exit codes."""
-    from mvm.cli import build_cmds, template_cmds, vm_cmds  # noqa: F401 - registers commands
+    from mvm.cli import build_cmds, vm_cmds  # noqa: F401 - registers commands (template: lazily)
 
     try:
         return cli.main(args=argv, prog_name="mvmctl", standalone_mode=False)

@@ -123,10 +123,9 @@ channels() {
     setpriv --nnp start-stop-daemon -S -b -q -p /run/mvm/none -c "$MVM_AGENT_UID:$MVM_AGENT_UID" \
         -x /usr/local/bin/mvm-guest-agent -- "$AGENT"
 }
-renice -n 19 -p $$ >/dev/null 2>&1 || true
-channels &
+# the subshell lowers its own priority (/proc/self is the subshell: `read` is a builtin)
+( read -r _me _ < /proc/self/stat; renice -n 19 -p "$_me" >/dev/null 2>&1; channels ) &
 CHANNELS=$!
-renice -n 0 -p $$ >/dev/null 2>&1 || true
 
 t channels-ready
 rc=0

@@ -9,7 +9,6 @@ leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import signal
@@ -27,12 +26,13 @@ from mvm.backends.qemu.argv import Drive, MachineConfig, PortForward
 from mvm.backends.qemu.machine import QemuBackend, qemu_binary, start_failure, stop, wait_ready
 from mvm.build.builder import Image
 from mvm.errors import ConflictError, MvmError, NotFoundError
+from mvm.log import get_logger
 from mvm.runtime import console, inject
 from mvm.runtime.config import RunConfig, parse_port
 from mvm.state.atomic import locked
 from mvm.state.records import Mode, VmRecord, VmState, list_records, proc_start_time
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
 import os
 import stat
 from collections.abc import Sequence
@@ -51,8 +50,9 @@ from mvm.backends.qemu.argv import FwCfg
 from mvm.build import cpio
 from mvm.config.loader import CRED_RE
 from mvm.errors import CredentialError
+from mvm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAX_VALUE = 1 << 20
 MAX_TOTAL = 1 << 20

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import time
@@ -21,9 +20,10 @@ from pathlib import Path
 
 from mvm.build import builder
 from mvm.errors import BuildError, IntegrityError
+from mvm.log import get_logger
 from mvm.templates import integrity, store
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

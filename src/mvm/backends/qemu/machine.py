@@ -9,7 +9,6 @@ ask the guest to power off (it syncs its disks) → QMP ``quit`` → SIGKILL.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import shutil
@@ -23,8 +22,9 @@ from mvm.backends.base import Capabilities, VmBackend
 from mvm.backends.qemu import qmp
 from mvm.backends.qemu.argv import MachineConfig, build_argv
 from mvm.errors import BackendError, HypervisorMissing
+from mvm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 QEMU = "qemu-system-x86_64"
 
 

@@ -12,7 +12,6 @@ second line of defence).
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,12 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mvm.errors import ConfigError, RegistryError
+from mvm.log import get_logger
 from mvm.templates.registry.base import ENV, Callback, ObjectInfo, Registry, check_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MiB = 1 << 20
 CREDENTIAL_CODES = {
