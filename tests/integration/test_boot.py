@@ -213,6 +213,10 @@ def test_detached_lifecycle_and_port_forward(home: Path, projects: dict[str, Pat
         except OSError:
             time.sleep(0.2)
     assert body == b"hi-from-guest\n"
+    run_dir = home / "vms" / "srv1"
+    assert run_dir.stat().st_mode & 0o777 == 0o700
+    exposed = [f.name for f in run_dir.iterdir() if f.stat().st_mode & 0o077]
+    assert exposed == [], exposed  # console.log, status, sockets: private to the owner
     logs = mvmctl("logs", "srv1")
     assert "srv-ready" in logs.stdout
     assert mvmctl("logs", "srv1", "-n", "1").stdout.count("\n") <= 1

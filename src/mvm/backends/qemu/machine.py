@@ -57,11 +57,14 @@ class QemuBackend(VmBackend):
     def spawn(self, cfg: MachineConfig, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         """Start QEMU for ``cfg``; the caller decides whether to wait for it."""
         argv = self.argv(cfg)
-        logf = open(cfg.run_dir / "qemu.log", "ab")  # noqa: SIM115 - handed to the child
+        # everything QEMU creates (console.log, status, sockets) is private: umask 077
+        logf = os.fdopen(
+            os.open(cfg.run_dir / "qemu.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
+        )
         try:
             return subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                start_new_session=True, pass_fds=pass_fds, cwd=cfg.run_dir,
+                start_new_session=True, umask=0o077, pass_fds=pass_fds, cwd=cfg.run_dir,
             )  # fmt: skip
         except OSError as exc:
             raise BackendError(f"cannot start {argv[0]}: {exc.strerror}") from exc
