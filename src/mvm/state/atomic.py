@@ -9,20 +9,22 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mvm.errors import StateError
 
 
-def write_json(path: Path, data: Any, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` via a temp file + fsync + rename."""
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """Yield a file that replaces ``path`` (temp file + fsync + rename) only if
+    the block completes; on any error the temp file is removed and ``path`` is
+    untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -30,6 +32,12 @@ def write_json(path: Path, data: Any, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: Path, data: Any, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_file(path, mode) as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
 
 
 def read_json(path: Path) -> Any:

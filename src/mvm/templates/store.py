@@ -45,7 +45,7 @@ from mvm.errors import (
     StateError,
     TemplateError,
 )
-from mvm.state.atomic import locked, read_json, write_json
+from mvm.state.atomic import atomic_file, locked, read_json, write_json
 from mvm.templates import integrity
 
 SCHEMA = 1
@@ -257,17 +257,8 @@ def _sweep_stale(root: Path) -> None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        f.write(text.encode())
 
 
 # -- records ---------------------------------------------------------------------------------

@@ -9,14 +9,13 @@ a crash) never sees half an object.  Files have no metadata, so
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from mvm.build.builder import sha256_file
 from mvm.errors import RegistryError
+from mvm.state.atomic import atomic_file
 from mvm.templates.registry.base import Callback, ObjectInfo, Registry, check_key
 
 CHUNK = 4 << 20
@@ -50,19 +49,8 @@ class LocalRegistry(Registry):
 
     def put_bytes(self, key: str, data: bytes) -> None:
         dest = self._path(key)
-        with self._errors("writing", key):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, dest)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+        with self._errors("writing", key), atomic_file(dest) as f:
+            f.write(data)
 
     def stat(self, key: str) -> ObjectInfo | None:
         with self._errors("checking", key):
@@ -81,18 +69,8 @@ class LocalRegistry(Registry):
 
     def upload(self, key: str, src: Path, sha256: str, progress: Callback) -> None:
         dest = self._path(key)
-        with self._errors("writing", key):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    _copy(src, out, progress)
-                    os.fsync(out.fileno())
-                os.replace(tmp, dest)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+        with self._errors("writing", key), atomic_file(dest) as out:
+            _copy(src, out, progress)
 
     def download(self, key: str, dest: Path, progress: Callback) -> None:
         src = self._path(key)
