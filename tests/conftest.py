@@ -36,6 +36,19 @@ def mvmctl(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
     )  # fmt: skip
 
 
+def ok(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
+    r = mvmctl(*args, env=env, timeout=timeout)
+    assert r.returncode == 0, f"mvmctl {' '.join(args)}: {r.stdout}{r.stderr}"
+    return r.stdout
+
+
+def fails(*args: str, env: dict[str, str] | None = None) -> str:
+    r = mvmctl(*args, env=env)
+    assert r.returncode != 0, f"mvmctl {' '.join(args)} should fail: {r.stdout}"
+    assert r.stderr.startswith("mvmctl: error: ") and "Traceback" not in r.stderr, r.stderr
+    return r.stderr
+
+
 def write_project(root: Path, toml: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "mvm.toml").write_text(toml)

@@ -74,6 +74,13 @@ def test_invalid_vm_name_and_port() -> None:
     assert home_is_empty_of_vms(Path(os.environ["MVM_HOME"]))
 
 
+def test_unavailable_hypervisor_is_refused(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", 'name = "fc"\nhypervisor = "firecracker"\n'
+                            '[entrypoint]\ncommand = ["/bin/true"]\n')  # fmt: skip
+    assert_clean_error(mvmctl("run", str(project)), "hypervisor 'firecracker' is not available")
+    assert home_is_empty_of_vms(Path(os.environ["MVM_HOME"]))
+
+
 def test_qemu_missing() -> None:
     res = mvmctl("run", str(HELLO), env={"MVM_QEMU": "/nonexistent/qemu-system-x86_64"})
     assert_clean_error(res, "/nonexistent/qemu-system-x86_64 not found")

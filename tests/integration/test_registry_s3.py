@@ -13,7 +13,7 @@ import pytest
 from mvm.errors import RegistryError
 from mvm.templates import store, sync
 from mvm.templates.registry import from_env
-from tests.conftest import REPO, mvmctl
+from tests.conftest import REPO, fails, ok
 
 if TYPE_CHECKING:
     from tests.integration.conftest_registry import S3Server
@@ -22,19 +22,6 @@ pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.integration.conftest_registry"]
 
 HELLO = REPO / "examples" / "hello"
-
-
-def ok(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
-    r = mvmctl(*args, env=env, timeout=timeout)
-    assert r.returncode == 0, f"mvmctl {' '.join(args)}: {r.stdout}{r.stderr}"
-    return r.stdout
-
-
-def fails(*args: str, env: dict[str, str] | None = None) -> str:
-    r = mvmctl(*args, env=env)
-    assert r.returncode != 0, f"mvmctl {' '.join(args)} should fail: {r.stdout}"
-    assert r.stderr.startswith("mvmctl: error: ") and "Traceback" not in r.stderr, r.stderr
-    return r.stderr
 
 
 def build_hello(mem: str = "256") -> str:

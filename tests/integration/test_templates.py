@@ -10,24 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, mvmctl, write_project
+from tests.conftest import REPO, fails, ok, write_project
 
 pytestmark = pytest.mark.integration
 
 HELLO = REPO / "examples" / "hello"
-
-
-def ok(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
-    r = mvmctl(*args, env=env, timeout=timeout)
-    assert r.returncode == 0, f"mvmctl {' '.join(args)}: {r.stdout}{r.stderr}"
-    return r.stdout
-
-
-def fails(*args: str, env: dict[str, str] | None = None) -> str:
-    r = mvmctl(*args, env=env)
-    assert r.returncode != 0, f"mvmctl {' '.join(args)} should fail: {r.stdout}"
-    assert r.stderr.startswith("mvmctl: error: ") and "Traceback" not in r.stderr, r.stderr
-    return r.stderr
 
 
 def run_to_end(vm: str) -> str:

@@ -8,6 +8,7 @@ virtio-serial, which is why the channel is named, not assumed).
 from __future__ import annotations
 
 import abc
+import subprocess
 from dataclasses import dataclass
 
 from mvm.backends.qemu.argv import MachineConfig
@@ -33,6 +34,10 @@ class VmBackend(abc.ABC):
     @abc.abstractmethod
     def version(self) -> str:
         """Hypervisor version string; raises HypervisorMissing if absent."""
+
+    @abc.abstractmethod
+    def spawn(self, cfg: MachineConfig, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+        """Start the hypervisor for ``cfg`` in its own session; do not wait for it."""
 
 
 def get_backend(name: str) -> VmBackend:

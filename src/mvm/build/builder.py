@@ -26,7 +26,7 @@ from mvm.build import kernel as kernels
 from mvm.build.render import GuestFile, home_dir, render
 from mvm.config.schema import GuestSpec, Project
 from mvm.errors import BuildError, DiskFullError
-from mvm.guest import EXTENSIONS, GUEST_FILES
+from mvm.guest import EXTENSIONS, GUEST_FEATURES, GUEST_FILES
 from mvm.guest import read as guest_file
 from mvm.log import get_logger
 from mvm.proc import is_disk_full
@@ -96,6 +96,7 @@ def input_hash(spec: GuestSpec, kernel: kernels.Kernel) -> str:
         "busybox": [busybox.st_size, busybox.st_mtime_ns],
         "packages": spec.packages,
         "dev": spec.dev,
+        "hypervisor": spec.hypervisor,
     }
     h.update(json.dumps(identity).encode())
     for name in GUEST_FILES:
@@ -210,10 +211,11 @@ def _revision(
         "accessible": spec.accessible,
         "sealed": spec.sealed,
         "entrypointKind": spec.entrypoint.kind,
+        "hypervisor": spec.hypervisor,
         "uids": {"agent": spec.uids.agent, "entrypoint": spec.uids.entrypoint},
         "rootlessEntrypoint": spec.uids.rootless,
         "agentBinary": "stub",
-        "guestFeatures": ["drives", "credentials"],  # what this image's /init understands
+        "guestFeatures": list(GUEST_FEATURES),
         "expectedBootMs": EXPECTED_BOOT_MS["kvm"],
         "expectedBootMsByAccel": EXPECTED_BOOT_MS,
         "inputHash": digest,

@@ -19,6 +19,10 @@ def read(name: str) -> bytes:
     return (files(__package__) / name).read_bytes()
 
 
+# what this package's /init understands; images record it so a newer mvm can
+# refuse features an older image's /init would silently ignore
+GUEST_FEATURES = ("drives", "credentials")
+
 GUEST_FILES = (
     "initramfs-init.sh", "init.sh", "agent.sh", "drives.sh", "credentials.sh", "env-drives.sh",
 )  # fmt: skip

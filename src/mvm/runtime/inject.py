@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from mvm.build.builder import Image
     from mvm.runtime.config import RunConfig
 
-GUEST_FEATURES = ("drives", "credentials")  # what an image's /init must support
 EPHEMERAL_DIRS = ("drives", "creds")  # under the run dir; never data volumes
 
 

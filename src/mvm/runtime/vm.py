@@ -21,9 +21,10 @@ from types import FrameType
 from typing import Any
 
 from mvm import paths
+from mvm.backends.base import get_backend
 from mvm.backends.qemu import accel as accel_mod
 from mvm.backends.qemu.argv import Drive, MachineConfig, PortForward
-from mvm.backends.qemu.machine import QemuBackend, qemu_binary, start_failure, stop, wait_ready
+from mvm.backends.qemu.machine import qemu_binary, start_failure, stop, wait_ready
 from mvm.build.builder import Image
 from mvm.errors import ConflictError, MvmError, NotFoundError
 from mvm.log import get_logger
@@ -136,7 +137,7 @@ def start(image: Image, run: RunConfig, *, source: str, revision: str = "") -> t
     """Start a VM from ``image``; return its record and the QEMU Popen."""
     rev = image.revision
     defaults = rev.get("defaults", {})
-    backend = QemuBackend()
+    backend = get_backend(str(rev.get("hypervisor", "qemu")))
     accel = accel_mod.choose(image.kernel, qemu_binary())
     ports = [parse_port(p) for p in run.ports]
     base = run.name or str(rev["name"])
