@@ -28,8 +28,8 @@ os.environ.setdefault("MVM_CACHE", str(REPO / ".cache" / "mvm"))
 
 from mvm.backends.qemu.accel import host_tsc_khz  # noqa: E402
 from mvm.backends.qemu.argv import FAST_CMDLINE  # noqa: E402
-from mvm.build import cpio  # noqa: E402
-from mvm.build.kernel import debian_kernel  # noqa: E402
+from mvm.image import cpio  # noqa: E402
+from mvm.image.kernel import debian_kernel  # noqa: E402
 
 MVMCTL = str(Path(sys.executable).parent / "mvmctl")
 

@@ -28,8 +28,8 @@ _EXPORTS = {
     "GuestSpec": "mvm.config",
     "Project": "mvm.config",
     "load_project": "mvm.config",
-    "Image": "mvm.build.builder",
-    "build_image": "mvm.build.builder",
+    "Image": "mvm.image.builder",
+    "build_image": "mvm.image.builder",
     "RunConfig": "mvm.runtime.config",
     "Vm": "mvm.runtime.vm",
     "VmState": "mvm.state.records",
@@ -43,7 +43,7 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 # the library logs through mvm.log (lazy); its first use adds a NullHandler to "mvm"
 
 
-_RENAMED = {"build_image": "build"}  # ``mvm.build`` is the subpackage; export the function apart
+_RENAMED = {"build_image": "build"}  # exported under a name that says what it builds
 
 
 def __getattr__(name: str) -> Any:
@@ -54,8 +54,6 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from mvm.build.builder import Image
-    from mvm.build.builder import build as build_image
     from mvm.config import GuestSpec, Project, load_project
     from mvm.drives import DriveFile, VolumeSpec
     from mvm.errors import (
@@ -69,6 +67,8 @@ if TYPE_CHECKING:
         NotFoundError,
         StateError,
     )
+    from mvm.image.builder import Image
+    from mvm.image.builder import build as build_image
     from mvm.runtime.config import RunConfig
     from mvm.runtime.vm import Vm, down, list_vms, up
     from mvm.secrets.credentials import Credential

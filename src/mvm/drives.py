@@ -16,7 +16,7 @@ guest path              device       what the guest sees
 
 Config and secrets images are built fresh at every start, without root
 (``mkfs.ext4 -d`` from a staging copy, owners fixed with ``debugfs`` by
-:func:`mvm.build.rootfs.make_ext4`), inside the VM's private run directory.
+:func:`mvm.image.rootfs.make_ext4`), inside the VM's private run directory.
 The runtime removes them as soon as QEMU has opened them.
 
 **Drive letters.** With virtio-mmio on ``-M microvm`` the guest names
@@ -44,8 +44,8 @@ from typing import Literal
 
 from mvm import paths, proc
 from mvm.backends.qemu.argv import Drive
-from mvm.build import rootfs
 from mvm.errors import BuildError, DriveError
+from mvm.image import rootfs
 from mvm.log import get_logger
 
 log = get_logger(__name__)

@@ -102,7 +102,7 @@ def test_python_api_with_drive_files(
     inputs: Inputs, drives_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mvm
-    from mvm.build.builder import build  # `mvm.build` is also the subpackage's name
+    from mvm.image.builder import build  # `mvm.image` is also the subpackage's name
     from mvm.runtime import vm as vm_mod
 
     monkeypatch.setenv("MVM_HOME", str(drives_home))

@@ -1,5 +1,5 @@
 """Fakes for fast template tests: a builder that writes tiny artefacts instead of
-a kernel and an ext4 image (the seam is ``mvm.build.builder.build``), and
+a kernel and an ext4 image (the seam is ``mvm.image.builder.build``), and
 small projects.  Load with ``pytest_plugins = ["tests.unit.template_fakes"]``.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from mvm import paths
-from mvm.build.builder import ARTEFACTS, Image, sha256_file
 from mvm.config.schema import Project
+from mvm.image.builder import ARTEFACTS, Image, sha256_file
 
 TOML = """name = "{name}"
 vcpus = 1
@@ -68,7 +68,7 @@ class FakeBuilder:
 @pytest.fixture
 def fake_builder(monkeypatch: pytest.MonkeyPatch) -> FakeBuilder:
     fake = FakeBuilder()
-    monkeypatch.setattr("mvm.build.builder.build", fake)
+    monkeypatch.setattr("mvm.image.builder.build", fake)
     return fake
 
 

@@ -6,10 +6,10 @@ import io
 import subprocess
 from pathlib import Path
 
-from mvm.build import cpio
-from mvm.build.initramfs import module_depends
-from mvm.build.render import render
 from mvm.config.schema import Entrypoint, GuestSpec, Service, Uids
+from mvm.image import cpio
+from mvm.image.initramfs import module_depends
+from mvm.image.render import render
 
 
 def test_cpio_roundtrip_with_system_cpio(tmp_path: Path) -> None:

@@ -28,8 +28,8 @@ def validate(path: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print revision.json.")
 def build(path: str | None, force: bool, as_json: bool) -> None:
     """Build the image for PATH/mvm.toml (cached by a hash of its inputs)."""
-    from mvm.build.builder import build as do_build
     from mvm.config import load_project
+    from mvm.image.builder import build as do_build
 
     image = do_build(load_project(path), force=force)
     if as_json:
@@ -47,7 +47,7 @@ def kernel() -> None:
 @click.option("--refresh", is_flag=True, help="Resolve the newest Debian cloud kernel again.")
 def kernel_fetch(refresh: bool) -> None:
     """Fetch the Debian cloud kernel into the cache (once per version)."""
-    from mvm.build.kernel import debian_kernel
+    from mvm.image.kernel import debian_kernel
 
     k = debian_kernel(refresh=refresh)
     click.echo(f"kernel {k.version}: {k.image}")

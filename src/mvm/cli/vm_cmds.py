@@ -59,8 +59,8 @@ def _project_credentials(project: Any) -> list[Any]:
 
 
 def _project_image(path: str | None) -> tuple[Any, Any]:
-    from mvm.build.builder import build
     from mvm.config import load_project
+    from mvm.image.builder import build
 
     project = load_project(path)
     return project, build(project)

@@ -6,7 +6,7 @@
 unpack credentials (init.d), ``env-drives.sh`` puts config and secrets into
 the entrypoint's environment (env.d).  The
 spec-dependent part (entrypoint, services, uids) is rendered by
-:mod:`mvm.build.render` into ``/etc/mvm/`` so these scripts stay static.
+:mod:`mvm.image.render` into ``/etc/mvm/`` so these scripts stay static.
 """
 
 from __future__ import annotations

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 from mvm import drives
 from mvm.backends.qemu.argv import Drive, FwCfg
-from mvm.build.render import APP_USER
 from mvm.errors import CredentialError, DriveError
+from mvm.image.render import APP_USER
 from mvm.secrets import credentials as creds_mod
 from mvm.secrets.credentials import Credential
 
 if TYPE_CHECKING:
-    from mvm.build.builder import Image
+    from mvm.image.builder import Image
     from mvm.runtime.config import RunConfig
 
 EPHEMERAL_DIRS = ("drives", "creds")  # under the run dir; never data volumes

@@ -25,8 +25,8 @@ from mvm.backends.base import get_backend
 from mvm.backends.qemu import accel as accel_mod
 from mvm.backends.qemu.argv import Drive, MachineConfig, PortForward
 from mvm.backends.qemu.machine import qemu_binary, start_failure, stop, wait_ready
-from mvm.build.builder import Image
 from mvm.errors import ConflictError, MvmError, NotFoundError
+from mvm.image.builder import Image
 from mvm.log import get_logger
 from mvm.runtime import console, inject
 from mvm.runtime.config import RunConfig, parse_port

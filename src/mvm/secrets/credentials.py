@@ -47,9 +47,9 @@ from pathlib import Path
 
 from mvm import paths
 from mvm.backends.qemu.argv import FwCfg
-from mvm.build import cpio
 from mvm.config.loader import CRED_RE
 from mvm.errors import CredentialError
+from mvm.image import cpio
 from mvm.log import get_logger
 
 log = get_logger(__name__)

@@ -1,6 +1,6 @@
 """``template build``: turn a template's project into a new revision, only when needed.
 
-The image itself comes from :func:`mvm.build.builder.build` (cached by the
+The image itself comes from :func:`mvm.image.builder.build` (cached by the
 hash of its inputs).  A template revision adds the template's settings, so
 its key is ``sha256(image input hash + settings)``: an unchanged project and
 unchanged settings cost one key computation and no new revision; editing
@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvm.build import builder
 from mvm.errors import BuildError, IntegrityError
+from mvm.image import builder
 from mvm.log import get_logger
 from mvm.templates import integrity, store
 

@@ -25,8 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mvm.build.builder import ARTEFACTS, sha256_file
 from mvm.errors import IntegrityError
+from mvm.image.builder import ARTEFACTS, sha256_file
 
 REVISION_FILES: tuple[str, ...] = (*ARTEFACTS, "revision.json")
 CHECKSUMS = "checksums.json"

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from mvm import paths
-from mvm.build.builder import Image
 from mvm.errors import (
     ConfigError,
     ConflictError,
@@ -45,6 +44,7 @@ from mvm.errors import (
     StateError,
     TemplateError,
 )
+from mvm.image.builder import Image
 from mvm.state.atomic import atomic_file, locked, read_json, write_json
 from mvm.templates import integrity
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mvm import paths
-from mvm.build.builder import ARTEFACTS
 from mvm.errors import (
     ConflictError,
     IntegrityError,
@@ -39,6 +38,7 @@ from mvm.errors import (
     StateError,
     TemplateError,
 )
+from mvm.image.builder import ARTEFACTS
 from mvm.templates import integrity, store
 from mvm.templates.registry.base import (
     NullProgress,

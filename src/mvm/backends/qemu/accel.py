@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mvm import paths
-from mvm.build import cpio
-from mvm.build.initramfs import busybox_path
+from mvm.image import cpio
+from mvm.image.initramfs import busybox_path
 
 PROBE_TIMEOUT = 8.0
 MARKER = b"MVM-KVM-PROBE-OK"

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mvm.build.builder import sha256_file
 from mvm.errors import RegistryError
+from mvm.image.builder import sha256_file
 from mvm.state.atomic import atomic_file
 from mvm.templates.registry.base import Callback, ObjectInfo, Registry, check_key
 

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from mvm import __version__, paths
-from mvm.build import initramfs
-from mvm.build import kernel as kernels
-from mvm.build.render import GuestFile, home_dir, render
 from mvm.config.schema import GuestSpec, Project
 from mvm.errors import BuildError, DiskFullError
 from mvm.guest import EXTENSIONS, GUEST_FEATURES, GUEST_FILES
 from mvm.guest import read as guest_file
+from mvm.image import initramfs
+from mvm.image import kernel as kernels
+from mvm.image.render import GuestFile, home_dir, render
 from mvm.log import get_logger
 from mvm.proc import is_disk_full
 
@@ -134,7 +134,7 @@ def build(project: Project, *, force: bool = False) -> Image:
 
 
 def _build(spec: GuestSpec, kernel: kernels.Kernel, digest: str, images: Path, dest: Path) -> Image:
-    from mvm.build import debian, rootfs  # only a real build needs them
+    from mvm.image import debian, rootfs  # only a real build needs them
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=images, prefix=".build-") as tmp:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mvm import proc
-from mvm.build.render import GuestFile
+from mvm.image.render import GuestFile
 
 SKELETON = ("dev", "proc", "sys", "run", "tmp", "home", "root", "etc/mvm/env.d",
             "etc/mvm/init.d", "var/tmp", "usr/local/bin", "mnt", "bin", "sbin", "usr/bin",

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mvm.build import cpio
-from mvm.build.kernel import Kernel
 from mvm.errors import BuildError
 from mvm.guest import read as guest_file
+from mvm.image import cpio
+from mvm.image.kernel import Kernel
 
 BASE_MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk")
 # loaded by the rootfs /init after the entrypoint has started (host channels)
