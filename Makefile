@@ -3,7 +3,6 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMPS  := .cache/stamps
-export MVM_CACHE ?= $(CURDIR)/.cache/mvm
 
 .PHONY: setup system venv kernel demo test unit integration check bench clean
 
@@ -28,6 +27,7 @@ kernel: venv
 
 demo: setup
 	$(BIN)/mvmctl run --attached examples/hello
+	@echo "mvmctl is $(BIN)/mvmctl; \`. $(BIN)/activate\` puts it on PATH"
 
 test: setup
 	$(BIN)/pytest -q

@@ -24,7 +24,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
-os.environ.setdefault("MVM_CACHE", str(REPO / ".cache" / "mvm"))
 
 from mvm.backends.qemu.accel import host_tsc_khz  # noqa: E402
 from mvm.backends.qemu.argv import FAST_CMDLINE  # noqa: E402

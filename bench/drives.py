@@ -57,7 +57,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mvm-bench-drives-") as tmp:
         root = Path(tmp)
         env = dict(os.environ, MVM_HOME=str(root / "home"))
-        env.setdefault("MVM_CACHE", str(REPO / ".cache" / "mvm"))
         env.pop("CREDENTIALS_DIRECTORY", None)
         proj = root / "proj"
         proj.mkdir()

@@ -36,7 +36,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
-os.environ.setdefault("MVM_CACHE", str(REPO / ".cache" / "mvm"))
 
 from mvm.templates import build as tbuild  # noqa: E402
 from mvm.templates import store, sync  # noqa: E402

@@ -13,7 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 MVMCTL = str(Path(sys.executable).parent / "mvmctl")
-SHARED_CACHE = os.environ.get("MVM_CACHE") or str(REPO / ".cache" / "mvm")
+# the one shared download cache (the CLI's default), so the kernel is fetched once per machine
+SHARED_CACHE = os.environ.get("MVM_CACHE") or str(
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mvm"
+)
 
 
 @pytest.fixture(autouse=True)

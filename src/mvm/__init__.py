@@ -46,6 +46,11 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 _RENAMED = {"build_image": "build"}  # exported under a name that says what it builds
 
 
+def __dir__() -> list[str]:
+    """``dir(mvm)`` lists the public API even before any of it is imported."""
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:

@@ -100,3 +100,57 @@ def test_disk_full_during_build_leaves_no_half_image(tmp_path: Path) -> None:
         assert leftovers == [], leftovers
     finally:
         subprocess.run(["umount", str(home)], check=False)
+
+
+def test_usage_errors_are_one_line() -> None:
+    assert_clean_error(mvmctl("run", str(HELLO), "--cpus", "0"), "Invalid value for '--cpus'")
+    assert_clean_error(mvmctl("no-such-command"), "No such command")
+
+
+def test_bad_environment_settings(tmp_path: Path) -> None:
+    assert_clean_error(mvmctl("run", str(HELLO), env={"MVM_ACCEL": "bogus"}), "MVM_ACCEL='bogus'")
+    not_dir = tmp_path / "file"
+    not_dir.write_text("x")
+    assert_clean_error(mvmctl("ls", env={"MVM_HOME": str(not_dir)}), "is not a directory")
+
+
+def test_name_with_trailing_newline_is_refused() -> None:
+    assert_clean_error(mvmctl("run", str(HELLO), "--name", "x\n"), "invalid VM name")
+    assert home_is_empty_of_vms(Path(os.environ["MVM_HOME"]))
+
+
+def test_wait_on_a_stopped_vm_says_why() -> None:
+    name = "w-stop"
+    res = mvmctl("up", "--flake", str(HELLO), "--name", name)
+    assert res.returncode == 0, res.stderr
+    home = Path(os.environ["MVM_HOME"])
+    try:
+        # hello exits on its own: wait returns its code; then mark it stopped as down/Ctrl-C do
+        assert mvmctl("wait", name, "--timeout", "120").returncode == 0
+        rec = home / "vms" / name / "vm.json"
+        import json
+
+        data = json.loads(rec.read_text())
+        (home / "vms" / name / "status").write_text("")
+        data["stopped"] = True
+        rec.write_text(json.dumps(data))
+        assert_clean_error(mvmctl("wait", name), "is stopped and reported no exit status")
+    finally:
+        mvmctl("down", name)
+
+
+def test_qemu_gets_no_secret_from_mvmctls_environment(tmp_path: Path) -> None:
+    secret = "registry-s3cret-value"
+    project = write_project(tmp_path / "p", 'name = "envp"\n[entrypoint]\n'
+                            'command = ["/bin/sh", "-c", "exec sleep 1000"]\n')  # fmt: skip
+    env = {"MVM_TEMPLATE_REGISTRY_SECRET_ACCESS_KEY": secret, "OPENAI_API_KEY": secret}
+    res = mvmctl("up", "--flake", str(project), "--name", "envp", env=env)
+    assert res.returncode == 0, res.stderr
+    try:
+        home = Path(os.environ["MVM_HOME"])
+        pid = int((home / "vms" / "envp" / "qemu.pid").read_text().split()[0])
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert secret.encode() not in environ
+        assert b"PATH=" in environ
+    finally:
+        mvmctl("down", "envp")

@@ -53,3 +53,65 @@ def test_states_from_pid_and_status(tmp_path: Path) -> None:
     assert rec.state() is VmState.STOPPED
     assert [r.name for r in list_records()] == ["t"]
     assert stat.S_IMODE(os.stat(rec.dir).st_mode) == 0o700
+
+
+def test_a_trailing_newline_is_not_a_name() -> None:
+    with pytest.raises(ConfigError):
+        paths.validate_name("x\n")
+    assert paths.NAME_RE.match("x\n") is None  # even for callers that use .match
+
+
+def test_every_record_field_is_type_checked() -> None:
+    from dataclasses import fields
+
+    from mvm.state.records import _FIELD_TYPES
+
+    assert set(_FIELD_TYPES) == {f.name for f in fields(VmRecord)}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"pid": "12"},
+        {"pid": -1},
+        {"vcpus": True},
+        {"ports": [1]},
+        {"name": "other"},
+        {"schema": 99},
+        {"stopped": "no"},
+    ],
+)
+def test_edited_records_are_broken_not_trusted(edit: dict[str, object]) -> None:
+    from mvm.state.records import BrokenRecord, list_entries, load_entry
+
+    paths.ensure_private_dir(paths.vm_dir("t"))
+    rec = VmRecord(name="t")
+    rec.save()
+    data = read_json(rec.dir / "vm.json")
+    data.update(edit)
+    write_json(rec.dir / "vm.json", data)
+    entry = load_entry("t")
+    assert isinstance(entry, BrokenRecord) and entry.state() is VmState.BROKEN
+    (rec.dir / "vm.json").write_text("{ not json")
+    assert isinstance(load_entry("t"), BrokenRecord)
+    assert [e.name for e in list_entries()] == ["t"]  # still listed, never hidden
+
+
+def test_lock_waits_are_bounded(tmp_path: Path) -> None:
+    import fcntl
+
+    from mvm.errors import StateError
+    from mvm.state.atomic import locked
+
+    lock = tmp_path / "l"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(StateError, match="locked by another mvmctl"), locked(lock, timeout=0.2):
+            pass
+
+
+def test_private_dirs_make_private_parents(tmp_path: Path) -> None:
+    deep = tmp_path / "a" / "b" / "c"
+    paths.ensure_private_dir(deep)
+    for d in (tmp_path / "a", tmp_path / "a" / "b", deep):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700

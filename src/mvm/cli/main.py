@@ -45,16 +45,27 @@ def cli(verbose: bool) -> None:
         logging.basicConfig(level=logging.INFO, format="mvm: %(message)s")
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point: run the CLI, mapping errors to exit codes."""
     from mvm.cli import build_cmds, vm_cmds  # noqa: F401 - registers commands (template: lazily)
+
+    # Everything mvmctl creates (MVM_HOME, the cache, images, drives, logs) is private to
+    # its owner; modules also set modes explicitly, for library users with another umask.
+    os.umask(0o077)
 
     try:
         return cli.main(args=argv, prog_name="mvmctl", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        # usage errors get the same one-line form as every other error
+        click.echo(f"mvmctl: error: {_one_line(exc.format_message())}", err=True)
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            click.echo(f"hint: see `{exc.ctx.command_path} --help`", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("mvmctl: interrupted", err=True)
@@ -68,12 +79,15 @@ def main(argv: list[str] | None = None) -> Any:
         if os.environ.get("MVM_DEBUG"):
             raise
         if isinstance(exc, MvmError):
-            click.echo(f"mvmctl: error: {exc.message}", err=True)
+            click.echo(f"mvmctl: error: {_one_line(exc.message)}", err=True)
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)
             sys.exit(exc.exit_code)
         if isinstance(exc, OSError) and exc.errno == 28:
             click.echo("mvmctl: error: no space left on device", err=True)
             sys.exit(1)
+        if isinstance(exc, RecursionError):
+            click.echo("mvmctl: error: input is nested too deeply", err=True)
+            sys.exit(2)
         click.echo(f"mvmctl: internal error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(70)

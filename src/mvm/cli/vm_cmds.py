@@ -158,6 +158,11 @@ def status(name: str, as_json: bool) -> None:
     if as_json:
         emit_json(info)
         return
+    if info["state"] == "broken":
+        for key in ("name", "state", "reason", "pid"):
+            click.echo(f"{key + ':':<14}{'-' if info[key] is None else info[key]}")
+        click.echo(f"hint: `mvmctl down {name}` stops its QEMU (if any) and removes it")
+        return
     for key in ("name", "state", "mode", "accel", "accel_reason", "pid", "revision", "source",
                 "entrypoint", "accessible", "vcpus", "memory_mib", "ports", "volumes",
                 "credentials", "exit_code"):  # fmt: skip
@@ -192,7 +197,7 @@ def wait(name: str, timeout: float | None) -> None:
     from mvm.runtime import vm
 
     code = vm.wait(name, timeout)
-    sys.exit(code if code is not None else 1)
+    sys.exit(code if code is not None else 1)  # wait() raises when there is no exit code
 
 
 @cli.command()

@@ -44,26 +44,56 @@ run_as() {
     fi
 }
 
-# supervise NAME POLICY: run /etc/mvm/run/svc-NAME with its restart policy
+# supervise NAME POLICY: run /etc/mvm/run/svc-NAME with its restart policy.  A service
+# that keeps failing is restarted after 1, 2, 4 … 30 s (capped); one that ran for a
+# minute before failing starts again from 1 s.
 supervise() {
+    delay=1
     while :; do
+        read -r t0 _ < /proc/uptime
         run_as /etc/mvm/run/svc-"$1" < "$MVM_STDIN"
         rc=$?
         case "$2" in
             never) return $rc ;;
             on-failure) [ $rc = 0 ] && return 0 ;;
         esac
-        echo "mvm: service $1 exited with status $rc, restarting" >&2
-        sleep 1
+        read -r t1 _ < /proc/uptime
+        [ $(( ${t1%.*} - ${t0%.*} )) -ge 60 ] && delay=1
+        echo "mvm: service $1 exited with status $rc, restarting in ${delay}s" >&2
+        sleep "$delay"
+        delay=$((delay * 2)); [ $delay -gt 30 ] && delay=30
     done
 }
 
 STATUS=""
+# others: is any process left but PID 1 and kernel threads (no exe)?  Builtins only.
+others() {
+    for d in /proc/[0-9]*; do
+        [ "${d#/proc/}" = 1 ] && continue
+        [ -e "$d/exe" ] && return 0
+    done
+    return 1
+}
+# finish RC: the one way down, for an ended entrypoint and for the host's `down`
+# (which sends "poweroff" on the control port; the watcher signals PID 1).
+# Every process gets SIGTERM and up to 5 s, then SIGKILL; data volumes are
+# synced and remounted read-only before QEMU is told to exit.
 finish() {
-    [ -n "$STATUS" ] && echo "exit $1" > "$STATUS"
+    trap '' TERM
+    kill -TERM -1 2>/dev/null
+    n=50
+    while [ $n -gt 0 ] && others; do usleep 100000; n=$((n - 1)); done
+    kill -KILL -1 2>/dev/null
     sync
+    while read -r _dev _mnt _fs _opts _rest; do
+        case "$_opts" in rw,*) case "$_dev" in /dev/vd[d-z]) mount -o remount,ro "$_mnt" ;; esac ;; esac
+    done < /proc/mounts
+    sync
+    [ -n "$STATUS" ] && echo "exit $1" > "$STATUS"
     reboot -f
 }
+STOPPING=0
+trap 'STOPPING=1' TERM
 
 t before-entrypoint
 for s in $MVM_AUX_SERVICES; do supervise "${s%%:*}" "${s#*:}" & done
@@ -108,15 +138,14 @@ channels() {
     done
     echo "STATUS=$STATUS" > /run/mvm/ports
     if [ -n "$CONTROL" ]; then
+        # the host end is a pipe that is always connected: read() blocks until a request
         (
-            while read -r req; do
-                case "$req" in
-                    poweroff)
-                        kill -TERM -1 2>/dev/null; sleep 0.2; sync
-                        [ -n "$STATUS" ] && echo "exit 143" > "$STATUS"
-                        reboot -f ;;
-                esac
-            done < "$CONTROL"
+            while :; do
+                while read -r req; do
+                    case "$req" in poweroff) kill -TERM 1 ;; esac
+                done < "$CONTROL"
+                usleep 200000  # only if the port was ever closed under us
+            done
         ) &
     fi
     if [ -n "$AGENT" ]; then chown "$MVM_AGENT_UID" "$AGENT"; chmod 0600 "$AGENT"; fi
@@ -129,7 +158,16 @@ CHANNELS=$!
 
 t channels-ready
 rc=0
-for p in $pids; do wait "$p"; r=$?; [ $r != 0 ] && rc=$r; done
+for p in $pids; do
+    while :; do
+        wait "$p"; r=$?
+        # a trapped SIGTERM interrupts `wait` (status > 128): stop everything
+        [ "$STOPPING" = 1 ] && break 2
+        kill -0 "$p" 2>/dev/null || break
+    done
+    [ $r != 0 ] && rc=$r
+done
 wait "$CHANNELS"
 [ -r /run/mvm/ports ] && . /run/mvm/ports
+[ "$STOPPING" = 1 ] && rc=143
 finish $rc

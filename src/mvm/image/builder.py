@@ -125,12 +125,17 @@ def build(project: Project, *, force: bool = False) -> Image:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not force and (dest / "revision.json").is_file():
             return Image.load(dest)  # someone else built it while we waited
+        # the guest's file modes must not depend on the caller's umask (mvmctl runs with
+        # 077): directories and files in the image are created as with the usual 022
+        old_umask = os.umask(0o022)
         try:
             return _build(spec, kernel, digest, images, dest)
         except OSError as exc:
             if is_disk_full(exc):
                 raise DiskFullError("no space left on device while building the image") from exc
             raise BuildError(f"building {spec.name}: {exc.strerror or exc}") from exc
+        finally:
+            os.umask(old_umask)
 
 
 def _build(spec: GuestSpec, kernel: kernels.Kernel, digest: str, images: Path, dest: Path) -> Image:

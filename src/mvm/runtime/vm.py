@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import time
@@ -20,27 +19,41 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from mvm import paths
+from mvm import drives, paths
 from mvm.backends.base import get_backend
 from mvm.backends.qemu import accel as accel_mod
+from mvm.backends.qemu import qmp
 from mvm.backends.qemu.argv import Drive, MachineConfig, PortForward
-from mvm.backends.qemu.machine import qemu_binary, start_failure, stop, wait_ready
-from mvm.errors import ConflictError, MvmError, NotFoundError
+from mvm.backends.qemu.machine import qemu_binary, run_status, start_failure, stop, wait_ready
+from mvm.errors import ConflictError, MvmError, NotFoundError, StateError
 from mvm.image.builder import Image
 from mvm.log import get_logger
 from mvm.runtime import console, inject
 from mvm.runtime.config import RunConfig, parse_port
 from mvm.state.atomic import locked
-from mvm.state.records import Mode, VmRecord, VmState, list_records, proc_start_time
+from mvm.state.records import (
+    BrokenRecord,
+    Mode,
+    VmRecord,
+    VmState,
+    list_entries,
+    load_entry,
+    pid_alive,
+    proc_start_time,
+)
 
 log = get_logger(__name__)
 
 
 @dataclass
 class Vm:
-    """A handle on a VM record; ``state`` is computed live."""
+    """A handle on a VM record; ``state`` is computed live.
 
-    record: VmRecord
+    ``record`` is a :class:`BrokenRecord` when ``vm.json`` cannot be read:
+    such a VM is still listed (as ``broken``), and ``down`` still stops its QEMU.
+    """
+
+    record: VmRecord | BrokenRecord
 
     @property
     def name(self) -> str:
@@ -50,16 +63,33 @@ class Vm:
     def state(self) -> VmState:
         return self.record.state()
 
+    def run_state(self) -> str:
+        """The state as users should see it: a running QEMU may be paused
+        (``mvmctl pause``) or stopped by a failed write (``paused (disk full)``)."""
+        state = self.record.state()
+        if state is not VmState.RUNNING:
+            return state.value
+        status = run_status(self.record.dir, timeout=0.5)
+        if status == "io-error":
+            return "paused (disk full)" if _disk_full(self.record.dir) else "paused (I/O error)"
+        if status in ("paused", "suspended"):
+            return "paused"
+        return state.value
+
     def info(self) -> dict[str, Any]:
         r = self.record
-        state = r.state()
+        if isinstance(r, BrokenRecord):
+            return {"name": r.name, "state": VmState.BROKEN.value, "reason": r.reason,
+                    "pid": r.live_pid(), "mode": None, "accel": None, "uptime_s": None,
+                    "exit_code": None, "source": None}  # fmt: skip
+        state = self.run_state()
         return {
             "name": r.name,
-            "state": state.value,
+            "state": state,
             "mode": r.mode,
             "accel": r.accel,
             "accel_reason": r.accel_reason,
-            "pid": r.pid if state is VmState.RUNNING else None,
+            "pid": r.live_pid(),
             "source": r.source,
             "revision": r.revision or r.image_hash[:12],
             "image_hash": r.image_hash,
@@ -76,8 +106,17 @@ class Vm:
         }
 
 
+def _disk_full(run_dir: Path) -> bool:
+    """Whether QEMU's last block error was ENOSPC (it logs nothing: ask QMP)."""
+    try:
+        devices = qmp.command(run_dir / "qmp.sock", "query-block", timeout=0.5)
+    except MvmError:
+        return False
+    return any(isinstance(d, dict) and d.get("io-status") == "nospace" for d in devices or [])
+
+
 def _unique_name(base: str) -> str:
-    taken = {r.name: r for r in list_records()}
+    taken = {r.name: r for r in list_entries()}
     if base not in taken or not taken[base].is_active():
         return base
     for i in range(2, 1000):
@@ -99,29 +138,37 @@ def _check_ports(ports: list[PortForward]) -> None:
 
 @contextlib.contextmanager
 def _reserved(name: str, explicit: bool) -> Iterator[VmRecord]:
-    """Reserve ``name`` (record in state creating) and roll back on failure."""
+    """Reserve ``name`` (record in state creating) and roll back on failure.
+
+    A name is never reused while a QEMU runs for it, even when its record is
+    broken (the QEMU is found through its run directory): starting a second
+    one would delete the live run directory under the first.
+    """
     vms = paths.vms_dir()
     paths.ensure_private_dir(vms)
     with locked(vms / ".lock"):
         if not explicit:
             name = _unique_name(name)
         vdir = paths.vm_dir(name)
-        if (vdir / "vm.json").exists():
-            try:
-                old = VmRecord.load(name)
-            except MvmError:
-                old = None
-            if old is not None and old.is_active():
+        if vdir.exists():
+            old = load_entry(name)
+            if old.is_active():
+                what = old.state().value
+                if isinstance(old, BrokenRecord):
+                    what = f"broken record, QEMU pid {old.live_pid()} still running"
                 raise ConflictError(
-                    f"VM name {name!r} is already in use ({old.state().value})",
+                    f"VM name {name!r} is already in use ({what})",
                     hint=f"choose another --name or run `mvmctl down {name}`",
                 )
-        if vdir.exists():
-            shutil.rmtree(vdir)
-        paths.ensure_private_dir(vdir)
-        record = VmRecord(name=name)
-        record.own()
-        record.save()
+            _remove_run_dir(vdir)
+        try:
+            paths.ensure_private_dir(vdir)
+            record = VmRecord(name=name)
+            record.own()
+            record.save()
+        except BaseException:
+            _remove_run_dir(vdir)
+            raise
     ok = False
     try:
         yield record
@@ -130,7 +177,12 @@ def _reserved(name: str, explicit: bool) -> Iterator[VmRecord]:
         if not ok:
             if record.pid:
                 stop(record.pid, record.pid_start, vdir, grace=0.5)
-            shutil.rmtree(vdir, ignore_errors=True)
+            _remove_run_dir(vdir)
+
+
+def _remove_run_dir(vdir: Path) -> None:
+    """Remove a run directory (drives and credentials inside may be read-only)."""
+    drives.rmtree_force(vdir)
 
 
 def start(image: Image, run: RunConfig, *, source: str, revision: str = "") -> tuple[VmRecord, Any]:
@@ -241,7 +293,8 @@ def run_attached(record: VmRecord, popen: Any) -> int:
     except _Interrupted:
         interrupted = True
         record.stopped = True
-        record.save()
+        with contextlib.suppress(OSError, MvmError):  # a full disk must not keep the VM alive
+            record.save()
         stop(record.pid or popen.pid, record.pid_start, record.dir, grace=3.0)
         popen.wait()
     finally:
@@ -265,27 +318,52 @@ def run_attached(record: VmRecord, popen: Any) -> int:
 
 def get(name: str) -> Vm:
     paths.validate_name(name, "VM name")
-    try:
-        return Vm(VmRecord.load(name))
-    except FileNotFoundError:
-        raise NotFoundError(f"no VM named {name!r}", hint="`mvmctl ls` lists VMs") from None
+    if not paths.vm_dir(name).is_dir():
+        raise NotFoundError(f"no VM named {name!r}", hint="`mvmctl ls` lists VMs")
+    entry = load_entry(name)
+    sweep(entry)
+    return Vm(entry)
 
 
 def list_vms() -> list[Vm]:
-    return [Vm(r) for r in list_records()]
+    entries = list_entries()
+    for e in entries:
+        sweep(e)
+    return [Vm(e) for e in entries]
+
+
+def sweep(entry: VmRecord | BrokenRecord) -> None:
+    """Remove secret staging (drive images, credential files) that a killed
+    ``up`` left behind: the promise is that they exist only until QEMU has read
+    them.  Safe only when no mvmctl is still creating the VM and QEMU is either
+    gone or already answering (it reads fw_cfg files and opens drives before
+    its monitor starts)."""
+    if not inject.pending(entry.dir):
+        return
+    if isinstance(entry, VmRecord) and pid_alive(entry.owner_pid, entry.owner_start):
+        return
+    pid = entry.live_pid()
+    if pid is not None and run_status(entry.dir, timeout=0.5) is None:
+        return
+    inject.scrub(entry.dir)
 
 
 def down(name: str) -> VmState:
-    """Stop ``name`` if running and remove its record and run directory."""
+    """Stop ``name`` if running and remove its record and run directory.
+
+    Writes no state on the way (a full disk must not keep a VM alive), and
+    stops whatever QEMU belongs to the run directory even when the record is
+    broken or lacks the pid.
+    """
     vm = get(name)
     rec = vm.record
     with locked(paths.vms_dir() / ".lock"):
         state = rec.state()
-        if rec.pid and rec.qemu_alive():
-            rec.stopped = True
-            rec.save()
-            stop(rec.pid, rec.pid_start, rec.dir)
-        shutil.rmtree(rec.dir, ignore_errors=True)
+        pid = rec.live_pid()
+        if pid is not None:
+            start = rec.pid_start if isinstance(rec, VmRecord) else proc_start_time(pid)
+            stop(pid, start, rec.dir)
+        _remove_run_dir(rec.dir)
     return state
 
 
@@ -297,19 +375,31 @@ def up(image: Image, run: RunConfig, *, source: str, revision: str = "") -> Vm:
 
 
 def wait(name: str, timeout: float | None = None) -> int | None:
-    """Block until ``name`` is no longer running; return its exit code."""
+    """Block until ``name`` is no longer running; return its exit code.
+
+    Raises ``StateError`` when the VM ended without an exit code (stopped by
+    ``down``/Ctrl-C, crashed, broken), saying which.
+    """
     vm = get(name)
     deadline = None if timeout is None else time.monotonic() + timeout
     while vm.record.is_active():
         if deadline is not None and time.monotonic() > deadline:
             raise ConflictError(f"VM {name} still running after {timeout:.0f}s")
         time.sleep(0.1)
-    return vm.record.exit_code()
+    record = vm.record
+    code = record.exit_code() if isinstance(record, VmRecord) else None
+    if code is None:
+        state = record.state().value
+        raise StateError(
+            f"VM {name} is {state} and reported no exit status",
+            hint=f"see `mvmctl logs {name}`",
+        )
+    return code
 
 
 def detach(name: str) -> None:
     vm = get(name)
-    if not vm.record.is_active():
+    if not isinstance(vm.record, VmRecord) or not vm.record.is_active():
         raise ConflictError(f"VM {name} is not running ({vm.state.value})")
     vm.record.mode = Mode.DETACHED.value
     vm.record.save()

@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,7 +20,10 @@ def atomic_file(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
     """Yield a file that replaces ``path`` (temp file + fsync + rename) only if
     the block completes; on any error the temp file is removed and ``path`` is
     untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        from mvm.paths import ensure_private_dir
+
+        ensure_private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -50,15 +54,28 @@ def read_json(path: Path) -> Any:
 
 
 @contextlib.contextmanager
-def locked(path: Path, *, blocking: bool = True) -> Iterator[None]:
-    """Hold an exclusive flock on ``path`` (created if missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
-        try:
-            fcntl.flock(f, flags)
-        except BlockingIOError as exc:
-            raise StateError(f"{path} is locked by another mvmctl") from exc
+def locked(path: Path, *, blocking: bool = True, timeout: float = 60.0) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if missing, 0600).
+
+    Waits at most ``timeout`` seconds (every blocking call has a bound): a
+    stuck mvmctl must produce a clear error, not a silent hang.
+    """
+    if not path.parent.is_dir():
+        from mvm.paths import ensure_private_dir
+
+        ensure_private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "a") as f:
+        deadline = time.monotonic() + (timeout if blocking else 0.0)
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if time.monotonic() >= deadline:
+                    waited = f" (waited {timeout:.0f}s)" if blocking else ""
+                    raise StateError(f"{path} is locked by another mvmctl{waited}") from exc
+                time.sleep(0.02)
         try:
             yield
         finally:

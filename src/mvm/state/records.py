@@ -4,6 +4,11 @@ The record stores intent and identity; liveness is computed on read from
 the QEMU pid (checked against its start time, so a recycled pid is never
 mistaken for our VM) and the guest's exit status file.  That is what lets a
 SIGKILLed QEMU show as ``crashed`` and a finished entrypoint as ``exited``.
+
+Records are untrusted input (a crash, a full disk or a hand edit can damage
+them): :meth:`VmRecord.load` checks every field's type, and a directory whose
+record cannot be read is listed as a :class:`BrokenRecord`, whose QEMU is
+still found through its pidfile and run directory, so it can be stopped.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class VmState(enum.StrEnum):
     EXITED = "exited"  # the entrypoint finished; exit code recorded
     STOPPED = "stopped"  # stopped by `mvmctl down` / Ctrl-C
     CRASHED = "crashed"  # QEMU died without the guest reporting an exit
+    BROKEN = "broken"  # vm.json is missing or unreadable; its QEMU may still run
 
 
 class Mode(enum.StrEnum):
@@ -46,6 +52,13 @@ def proc_start_time(pid: int) -> int | None:
         return int(stat.rsplit(")", 1)[1].split()[19])
     except (IndexError, ValueError):
         return None
+
+
+def owned_pid(run_dir: Path) -> int | None:
+    """The hypervisor running for ``run_dir``, found without trusting a record."""
+    from mvm.backends.qemu.machine import owned_pid as qemu_owned_pid
+
+    return qemu_owned_pid(run_dir)
 
 
 def pid_alive(pid: int | None, start: int | None) -> bool:
@@ -95,11 +108,19 @@ class VmRecord:
 
     @classmethod
     def load(cls, name: str) -> VmRecord:
-        data: dict[str, Any] = read_json(paths.vm_dir(name) / "vm.json")
-        if data.get("schema") != SCHEMA:
-            raise StateError(f"VM {name}: unsupported record schema {data.get('schema')}")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        path = paths.vm_dir(name) / "vm.json"
+        data = read_json(path)
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            schema = data.get("schema") if isinstance(data, dict) else None
+            raise StateError(f"VM {name}: unsupported record schema {schema!r}")
+        known = {f.name: f for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key, value in values.items():
+            if not _type_ok(_FIELD_TYPES[key], value):
+                raise StateError(f"VM {name}: vm.json field {key!r} has an invalid value")
+        if values.get("name") != name:
+            raise StateError(f"VM {name}: vm.json names another VM")
+        return cls(**values)
 
     def exit_code(self) -> int | None:
         """The entrypoint's exit code as reported by the guest, if any."""
@@ -114,10 +135,22 @@ class VmRecord:
         return None
 
     def qemu_alive(self) -> bool:
-        return pid_alive(self.pid, self.pid_start)
+        return self.live_pid() is not None
+
+    def live_pid(self) -> int | None:
+        """QEMU's pid if it runs: the recorded one, else the one found in the run
+        directory (an ``up`` killed before it saved the pid)."""
+        if pid_alive(self.pid, self.pid_start):
+            return self.pid
+        if self.pid is None and not pid_alive(self.owner_pid, self.owner_start):
+            found = owned_pid(self.dir)
+            if found is not None:
+                self.pid, self.pid_start = found, proc_start_time(found)
+                return found
+        return None
 
     def state(self) -> VmState:
-        if self.qemu_alive():
+        if self.live_pid() is not None:
             return VmState.RUNNING
         if self.pid is None:
             if pid_alive(self.owner_pid, self.owner_start):
@@ -142,13 +175,71 @@ class VmRecord:
         self.owner_start = proc_start_time(self.owner_pid)
 
 
-def list_records() -> list[VmRecord]:
+@dataclass
+class BrokenRecord:
+    """A VM directory whose ``vm.json`` cannot be used (missing, corrupt, edited)."""
+
+    name: str
+    reason: str
+
+    @property
+    def dir(self) -> Path:
+        return paths.vm_dir(self.name)
+
+    def live_pid(self) -> int | None:
+        return owned_pid(self.dir)
+
+    def state(self) -> VmState:
+        return VmState.BROKEN
+
+    def is_active(self) -> bool:
+        return self.live_pid() is not None
+
+
+def load_entry(name: str) -> VmRecord | BrokenRecord:
+    """The record of ``name``, or a :class:`BrokenRecord` saying why it cannot be read."""
+    try:
+        return VmRecord.load(name)
+    except FileNotFoundError:
+        return BrokenRecord(name, "vm.json is missing")
+    except (StateError, TypeError, ValueError) as exc:
+        return BrokenRecord(name, str(exc))
+
+
+def list_entries() -> list[VmRecord | BrokenRecord]:
+    """Every VM directory, readable or not (a broken one must not hide a running QEMU)."""
     root = paths.vms_dir()
     if not root.is_dir():
         return []
-    out = []
-    for d in sorted(root.iterdir()):
-        if d.is_dir() and (d / "vm.json").is_file() and paths.NAME_RE.match(d.name):
-            with contextlib.suppress(StateError, FileNotFoundError):
-                out.append(VmRecord.load(d.name))
-    return out
+    return [
+        load_entry(d.name)
+        for d in sorted(root.iterdir())
+        if d.is_dir() and paths.NAME_RE.fullmatch(d.name)
+    ]
+
+
+def list_records() -> list[VmRecord]:
+    return [r for r in list_entries() if isinstance(r, VmRecord)]
+
+
+_FIELD_TYPES: dict[str, Any] = {
+    "name": str, "mode": str, "source": str, "image": str, "image_hash": str, "revision": str,
+    "accessible": bool, "entrypoint_kind": str, "accel": str, "accel_reason": str,
+    "vcpus": int, "memory_mib": int, "ports": list, "volumes": list, "credentials": list,
+    "owner_pid": (int, None), "owner_start": (int, None), "pid": (int, None),
+    "pid_start": (int, None), "created_at": (int, float), "started_at": (int, float, None),
+    "stopped": bool, "schema": int,
+}  # fmt: skip
+
+
+def _type_ok(expected: Any, value: Any) -> bool:
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    if value is None:
+        return None in kinds
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, list):
+        return list in kinds and all(isinstance(v, str) for v in value)
+    if isinstance(value, int) and value < 0:
+        return False
+    return any(k is not None and isinstance(value, k) for k in kinds)

@@ -16,9 +16,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mvm import paths
+from mvm import paths, proc
+from mvm.errors import BackendError, ConfigError, MvmError
 from mvm.image import cpio
 from mvm.image.initramfs import busybox_path
+from mvm.state.atomic import write_json
 
 PROBE_TIMEOUT = 8.0
 MARKER = b"MVM-KVM-PROBE-OK"
@@ -37,11 +39,33 @@ def _boot_id() -> str:
         return "unknown"
 
 
+ACCELS = ("auto", "kvm", "tcg")
+
+
 def choose(kernel: Path, qemu: str) -> AccelChoice:
-    """Return the accelerator to use (cached); ``MVM_ACCEL=kvm|tcg`` forces one."""
-    forced = os.environ.get("MVM_ACCEL", "auto")
-    if forced in ("kvm", "tcg"):
-        return AccelChoice(forced, f"forced by MVM_ACCEL={forced}")
+    """Return the accelerator to use (cached).
+
+    ``MVM_ACCEL=tcg`` skips the probe; ``MVM_ACCEL=kvm`` insists on KVM but
+    still proves it can run a guest (cached), so a host where KVM opens but
+    never reaches userspace fails within the probe timeout instead of hanging.
+    """
+    forced = os.environ.get("MVM_ACCEL", "auto").strip() or "auto"
+    if forced not in ACCELS:
+        raise ConfigError(f"MVM_ACCEL={forced!r} is not one of {', '.join(ACCELS)}")
+    if forced == "tcg":
+        return AccelChoice("tcg", "forced by MVM_ACCEL=tcg")
+    choice = _kvm_verdict(kernel, qemu)
+    if forced == "kvm":
+        if choice.accel != "kvm":
+            raise BackendError(
+                f"MVM_ACCEL=kvm, but KVM cannot run a guest here: {choice.reason}",
+                hint="unset MVM_ACCEL (mvm then uses TCG) or set MVM_ACCEL=tcg",
+            )
+        return AccelChoice("kvm", f"forced by MVM_ACCEL=kvm ({choice.reason})")
+    return choice
+
+
+def _kvm_verdict(kernel: Path, qemu: str) -> AccelChoice:
     if not os.path.exists("/dev/kvm"):
         return AccelChoice("tcg", "/dev/kvm does not exist")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -50,15 +74,13 @@ def choose(kernel: Path, qemu: str) -> AccelChoice:
     key = f"{_boot_id()}:{qemu}"
     try:
         data = json.loads(cache.read_text())
-        if data.get("key") == key:
-            return AccelChoice(data["accel"], data["reason"])
-    except (OSError, ValueError, KeyError):
+        if data.get("key") == key and data.get("accel") in ("kvm", "tcg"):
+            return AccelChoice(str(data["accel"]), str(data["reason"]))
+    except (OSError, ValueError, KeyError, AttributeError):
         pass
     choice = probe(kernel, qemu)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": key, **asdict(choice)}))
-    os.replace(tmp, cache)
+    paths.ensure_private_dir(cache.parent)
+    write_json(cache, {"key": key, **asdict(choice)})
     return choice
 
 
@@ -67,8 +89,8 @@ def probe(kernel: Path, qemu: str) -> AccelChoice:
     with tempfile.TemporaryDirectory(prefix="mvm-probe-") as tmp:
         initrd = Path(tmp) / "probe.cpio"
         init = b"#!/bin/busybox sh\n/bin/busybox echo " + MARKER + b"\n/bin/busybox reboot -f\n"
-        with open(initrd, "wb") as out:
-            cpio.write(out, [
+        with open(initrd, "wb") as f:
+            cpio.write(f, [
                 cpio.directory("bin"), cpio.file("bin/busybox", busybox_path().read_bytes(), 0o755),
                 cpio.file("init", init, 0o755),
             ])  # fmt: skip
@@ -80,17 +102,26 @@ def probe(kernel: Path, qemu: str) -> AccelChoice:
         ]  # fmt: skip
         started = time.monotonic()
         try:
-            res = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT, check=False)
+            # the probe dies with us (prctl PDEATHSIG) and after PROBE_TIMEOUT: a KVM that
+            # never reaches userspace spins at full CPU until killed
+            child = proc.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               die_with_parent=True, what="KVM probe")  # fmt: skip
+        except MvmError as exc:
+            return AccelChoice("tcg", f"KVM probe could not start QEMU: {exc.message}")
+        try:
+            out, err = child.communicate(timeout=PROBE_TIMEOUT)
         except subprocess.TimeoutExpired:
+            proc.reap(child)
             return AccelChoice(
                 "tcg", f"KVM probe guest did not reach userspace in {PROBE_TIMEOUT:.0f}s "
                 "(nested/paravirtual KVM that cannot run this guest); using TCG",
             )  # fmt: skip
-        except OSError as exc:
-            return AccelChoice("tcg", f"KVM probe could not start QEMU: {exc.strerror}")
-    if MARKER in res.stdout:
+        finally:
+            if child.poll() is None:
+                proc.reap(child)
+    if MARKER in out:
         return AccelChoice("kvm", f"KVM probe guest booted in {time.monotonic() - started:.2f}s")
-    last = (res.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+    last = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
     return AccelChoice("tcg", f"KVM probe failed: {last}")
 
 

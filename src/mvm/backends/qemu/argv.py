@@ -115,7 +115,10 @@ def build_argv(cfg: MachineConfig, qemu: str = "qemu-system-x86_64") -> list[str
         "-device", "virtio-serial-device,max_ports=4",
         "-chardev", f"file,id=status,path={rd / 'status'}",
         "-device", "virtserialport,chardev=status,name=org.mvm.status",
-        "-chardev", f"socket,id=control,path={rd / 'control.sock'},server=on,wait=off",
+        # a pipe (FIFOs control.in/.out), not a socket: the guest sees the port as
+        # connected from boot, so its watcher blocks in read() instead of seeing EOF
+        # until a host client connects (which made every `down` wait out its grace)
+        "-chardev", f"pipe,id=control,path={rd / 'control'}",
         "-device", "virtserialport,chardev=control,name=org.mvm.control",
         "-chardev", f"socket,id=agent,path={rd / 'agent.sock'},server=on,wait=off",
         "-device", "virtserialport,chardev=agent,name=org.mvm.agent",

@@ -13,11 +13,11 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from mvm import proc
 from mvm.backends.base import Capabilities, VmBackend
 from mvm.backends.qemu import qmp
 from mvm.backends.qemu.argv import MachineConfig, build_argv
@@ -55,19 +55,24 @@ class QemuBackend(VmBackend):
         return m.group(1).decode() if m else "unknown"
 
     def spawn(self, cfg: MachineConfig, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
-        """Start QEMU for ``cfg``; the caller decides whether to wait for it."""
+        """Start QEMU for ``cfg``; the caller decides whether to wait for it.
+
+        QEMU gets a minimal environment (mvmctl's may hold registry or API
+        secrets), umask 077 (console.log, status and sockets are private),
+        its run directory as cwd (how a QEMU is recognised as this VM's even
+        without a record: :func:`owned_pid`) and its own session.
+        """
         argv = self.argv(cfg)
-        # everything QEMU creates (console.log, status, sockets) is private: umask 077
+        for end in ("in", "out"):  # the control port's pipe chardev (see argv.py)
+            fifo = cfg.run_dir / f"control.{end}"
+            if not fifo.exists():
+                os.mkfifo(fifo, 0o600)
         logf = os.fdopen(
             os.open(cfg.run_dir / "qemu.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
         )
         try:
-            return subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                start_new_session=True, umask=0o077, pass_fds=pass_fds, cwd=cfg.run_dir,
-            )  # fmt: skip
-        except OSError as exc:
-            raise BackendError(f"cannot start {argv[0]}: {exc.strerror}") from exc
+            return proc.spawn(argv, stdout=logf, stderr=logf, pass_fds=pass_fds,
+                              cwd=cfg.run_dir, error=BackendError)  # fmt: skip
         finally:
             logf.close()
 
@@ -113,24 +118,73 @@ def _wait_dead(pid: int, start: int | None, timeout: float) -> bool:
     return _dead(pid, start)
 
 
-def request_poweroff(run_dir: Path) -> bool:
-    """Ask the guest's /init to sync and power off over the control port."""
+def owned_pid(run_dir: Path) -> int | None:
+    """The pid of the QEMU running for ``run_dir``, found without a VM record.
+
+    QEMU writes ``qemu.pid`` early and runs with ``run_dir`` as its cwd, so
+    a VM whose record is missing, corrupt or was never saved (mvmctl killed
+    right after spawning) can still be found and stopped.  The cwd check
+    keeps a recycled pid from being mistaken for ours; as a last resort
+    every process is checked (a QEMU killed before writing its pidfile).
+    """
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((run_dir / "qemu.pid").read_text().split()[0])
+        if _runs_in(pid, run_dir):
+            return pid
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _runs_in(int(entry.name), run_dir):
+            return int(entry.name)
+    return None
+
+
+def _runs_in(pid: int, run_dir: Path) -> bool:
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(1.0)
-            s.connect(str(run_dir / "control.sock"))
-            s.sendall(b"poweroff\n")
-            time.sleep(0.05)
+        if os.readlink(f"/proc/{pid}/cwd") != str(run_dir):
+            return False
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    zombie = stat.rsplit(")", 1)[1].split()[0] == "Z"
+    return not zombie and any(b"qemu" in a for a in cmd[:1])
+
+
+def run_status(run_dir: Path, timeout: float = 1.0) -> str | None:
+    """QEMU's run state (``running``, ``paused``, ``io-error``…) or None if it does not answer."""
+    try:
+        reply = qmp.command(run_dir / "qmp.sock", "query-status", timeout=timeout)
+    except BackendError:
+        return None
+    return str(reply.get("status")) if isinstance(reply, dict) else None
+
+
+def request_poweroff(run_dir: Path) -> bool:
+    """Ask the guest's /init to stop its services, sync and power off (control port)."""
+    try:
+        fd = os.open(run_dir / "control.in", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # no FIFO, or nobody (no QEMU) has it open: ENXIO
+        return False
+    try:
+        os.write(fd, b"poweroff\n")
         return True
     except OSError:
         return False
+    finally:
+        os.close(fd)
 
 
-def stop(pid: int, start: int | None, run_dir: Path, grace: float = 5.0) -> None:
-    """Stop the QEMU ``pid``: guest poweroff → QMP quit → SIGKILL."""
+def stop(pid: int, start: int | None, run_dir: Path, grace: float = 8.0) -> None:
+    """Stop the QEMU ``pid``: guest poweroff → QMP quit → SIGKILL.
+
+    The guest gives its processes up to 5 s after SIGTERM (see init.sh), so
+    ``grace`` is longer than that.  A paused guest (``mvmctl pause``, or an
+    I/O error such as a full host disk) cannot power itself off: go straight
+    to ``quit``.
+    """
     if _dead(pid, start):
         return
-    if request_poweroff(run_dir) and _wait_dead(pid, start, grace):
+    status = run_status(run_dir)
+    if status in ("running", None) and request_poweroff(run_dir) and _wait_dead(pid, start, grace):
         return
     with contextlib.suppress(BackendError):
         qmp.command(run_dir / "qmp.sock", "quit", timeout=2)
