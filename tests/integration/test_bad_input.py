@@ -132,7 +132,7 @@ def test_wait_on_a_stopped_vm_says_why() -> None:
 
         data = json.loads(rec.read_text())
         (home / "vms" / name / "status").write_text("")
-        data["stopped"] = True
+        data["phase"] = "stopping"  # as down / Ctrl-C leave it
         rec.write_text(json.dumps(data))
         assert_clean_error(mvmctl("wait", name), "is stopped and reported no exit status")
     finally:

@@ -135,7 +135,8 @@ def test_python_api_with_drive_files(
     assert env["GREETING"] == "from-api" and env["API_KEY_SHA"] == sha(SECRET)
     assert creds_of(g)["API"] == ("400", "1000", len(SECRET), sha(SECRET))
     assert SECRET not in console and SECRET not in record
-    assert json.loads(record)["credentials"] == ["API"]
+    # mvm.up() applies mvm.toml's [credentials] like `mvmctl up` does (issue 10)
+    assert json.loads(record)["credentials"] == ["API", "TOML_CRED"]
 
 
 BAD_VOLUMES = [

@@ -4,23 +4,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mvm.backends.qemu.argv import (
-    Drive,
-    FwCfg,
-    MachineConfig,
-    PortForward,
-    build_argv,
-    kernel_cmdline,
-)
+from mvm.backends.qemu.argv import QemuOptions
+from mvm.backends.qemu.argv import build_argv as _build_argv
+from mvm.backends.qemu.argv import kernel_cmdline as _kernel_cmdline
+from mvm.backends.qemu.guestdata import FwCfg, GuestData
+from mvm.backends.spec import Disk, MachineSpec, NetworkSpec, PortForward
 
 
-def cfg(**kw: object) -> MachineConfig:
+def Drive(path: Path, readonly: bool = True, snapshot: bool = False) -> Disk:
+    return Disk(path, role="data", readonly=readonly, ephemeral=snapshot)
+
+
+def cfg(**kw: object) -> tuple[MachineSpec, QemuOptions, GuestData]:
+    """The old flat MachineConfig's fields, split into spec, QEMU options and guest data."""
+    opts = {k: kw.pop(k) for k in ("accel", "tsc_khz") if k in kw}
+    data = {k: kw.pop(k) for k in ("fw_cfg",) if k in kw}
+    net = NetworkSpec(egress=bool(kw.pop("network", False)),
+                      forwards=tuple(kw.pop("ports", ())))  # type: ignore[arg-type]  # fmt: skip
+    drives = kw.pop("drives", (Drive(Path("/img/rootfs.ext4")),))
     base: dict[str, object] = dict(
         name="vm1", kernel=Path("/k/vmlinux"), initramfs=Path("/k/initramfs.cpio"),
-        drives=(Drive(Path("/img/rootfs.ext4")),), run_dir=Path("/run/vm1"),
+        disks=drives, run_dir=Path("/run/vm1"), network=net,
     )  # fmt: skip
     base.update(kw)
-    return MachineConfig(**base)  # type: ignore[arg-type]
+    return (MachineSpec(**base), QemuOptions(**opts), GuestData(**data))  # type: ignore[arg-type]
+
+
+def build_argv(c: tuple[MachineSpec, QemuOptions, GuestData]) -> list[str]:
+    return _build_argv(*c)
+
+
+def kernel_cmdline(c: tuple[MachineSpec, QemuOptions, GuestData]) -> str:
+    return _kernel_cmdline(*c)
 
 
 def opt(argv: list[str], flag: str) -> list[str]:

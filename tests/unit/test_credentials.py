@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mvm.backends.qemu.argv import Drive, MachineConfig, build_argv
+from mvm.backends.qemu import guestdata as gd
+from mvm.backends.qemu.argv import QemuOptions, build_argv
+from mvm.backends.spec import Disk, MachineSpec
 from mvm.errors import CredentialError
 from mvm.runtime.config import RunConfig
 from mvm.secrets import credentials as cr
@@ -86,6 +88,19 @@ def test_host_credentials_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert cr.host_credentials() == []
 
 
+def write(creds: list[Credential], dest: Path, smbios: bool = False) -> gd.GuestData:
+    """Plan and write the files QEMU reads (``dest`` is the run dir's creds/)."""
+    assert dest.name in ("creds", "c")
+    data = gd.plan([c.for_guest() for c in creds], dest.parent, smbios=smbios)
+    gd.write(data)
+    return data
+
+
+def spec(run_dir: Path, rootfs: str = "/r") -> MachineSpec:
+    return MachineSpec(name="v", run_dir=run_dir, kernel=Path("/k"), initramfs=Path("/i"),
+                       disks=(Disk(Path(rootfs), role="rootfs"),))  # fmt: skip
+
+
 def _unpack_newc(data: bytes) -> dict[str, tuple[int, bytes]]:
     out: dict[str, tuple[int, bytes]] = {}
     buf = io.BytesIO(data)
@@ -109,13 +124,13 @@ def test_fw_cfg_files_private_and_bundled(tmp_path: Path) -> None:
         Credential("BIG", b"b" * (100 << 10)),  # too big to read fast as one file
         Credential("EMPTY", b""),
     ]
-    d = cr.write(creds, tmp_path / "creds")
+    d = write(creds, tmp_path / "creds")
     assert stat.S_IMODE((tmp_path / "creds").stat().st_mode) == 0o700
-    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in d.files)
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f, _ in d.files)
     names = [e.name for e in d.fw_cfg]
     assert names[0] == "opt/io.systemd.credentials/SHORT"
     assert names[1:] == ["opt/mvm/credentials/00", "opt/mvm/credentials/01"]
-    assert all(len(n) <= cr.FWCFG_NAME_MAX for n in names)
+    assert all(len(n) <= gd.FWCFG_NAME_MAX for n in names)
     assert d.fw_cfg[0].file.read_bytes() == SECRET.encode()
     bundle = _unpack_newc(b"".join(e.file.read_bytes() for e in d.fw_cfg[1:]))
     assert {k: v for k, (_m, v) in bundle.items()} == {
@@ -123,35 +138,30 @@ def test_fw_cfg_files_private_and_bundled(tmp_path: Path) -> None:
         "BIG": b"b" * (100 << 10),
         "EMPTY": b"",
     }
-    argv = build_argv(MachineConfig(name="v", kernel=Path("/k"), initramfs=Path("/i"),
-                                    drives=(Drive(Path("/r")),), run_dir=tmp_path,
-                                    fw_cfg=d.fw_cfg))  # fmt: skip
+    argv = build_argv(spec(tmp_path), QemuOptions(), d)
     assert SECRET not in " ".join(argv) and "mvm.fwcfg=1" in " ".join(argv)
 
 
 def test_fw_cfg_slot_budget(tmp_path: Path) -> None:
     many = [Credential(f"C{i}", b"v" * 1000) for i in range(40)]
     many.append(Credential("HUGE", b"h" * (900 << 10)))
-    d = cr.write(many, tmp_path / "c")
-    assert len(d.fw_cfg) <= cr.FWCFG_SLOTS
-    singles = [e for e in d.fw_cfg if e.name.startswith(cr.FWCFG_PREFIX)]
-    pieces = [e for e in d.fw_cfg if e.name.startswith(cr.BUNDLE_FWCFG)]
+    d = write(many, tmp_path / "creds")
+    assert len(d.fw_cfg) <= gd.FWCFG_SLOTS
+    singles = [e for e in d.fw_cfg if e.name.startswith(gd.FWCFG_PREFIX)]
+    pieces = [e for e in d.fw_cfg if e.name.startswith(gd.BUNDLE_FWCFG)]
     bundle = _unpack_newc(b"".join(e.file.read_bytes() for e in pieces))
     assert len(singles) + len(bundle) == 41  # every credential goes somewhere, once
 
 
 def test_smbios_path_for_machines_that_have_it(tmp_path: Path) -> None:
-    d = cr.write([Credential("A", b"\0\n")], tmp_path / "c", smbios=True)
+    d = write([Credential("A", b"\0\n")], tmp_path / "creds", smbios=True)
     assert d.fw_cfg == () and len(d.smbios) == 1
     text = d.smbios[0].read_bytes()
     assert text == b"io.systemd.credential.binary:A=" + base64.b64encode(b"\0\n")
-    argv = build_argv(MachineConfig(name="v", kernel=Path("/k"), initramfs=Path("/i"),
-                                    drives=(Drive(Path("/r")),), run_dir=tmp_path,
-                                    smbios_oem=d.smbios))  # fmt: skip
+    argv = build_argv(spec(tmp_path), QemuOptions(), d)
     assert argv[argv.index("-smbios") + 1] == f"type=11,path={d.smbios[0]}"
 
 
 def test_qemu_option_paths_escape_commas(tmp_path: Path) -> None:
-    argv = build_argv(MachineConfig(name="v", kernel=Path("/k"), initramfs=Path("/i"),
-                                    drives=(Drive(Path("/a,b/r")),), run_dir=tmp_path))  # fmt: skip
+    argv = build_argv(spec(tmp_path, "/a,b/r"), QemuOptions())
     assert argv[argv.index("-drive") + 1].startswith("id=vd0,file=/a,,b/r,")

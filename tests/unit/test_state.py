@@ -12,7 +12,8 @@ import pytest
 from mvm import paths
 from mvm.errors import ConfigError
 from mvm.state.atomic import read_json, write_json
-from mvm.state.records import VmRecord, VmState, list_records, proc_start_time
+from mvm.state.procs import proc_start_time
+from mvm.state.records import Phase, VmRecord, VmState, list_records
 
 
 def test_atomic_write_is_private(tmp_path: Path) -> None:
@@ -36,6 +37,7 @@ def test_states_from_pid_and_status(tmp_path: Path) -> None:
     assert rec.state() is VmState.CRASHED  # nobody owns it, no QEMU
     rec.own()
     assert rec.state() is VmState.CREATING
+    rec.phase = Phase.RUNNING.value  # the start finished
     child = subprocess.Popen(["sleep", "30"])
     try:
         rec.pid, rec.pid_start = child.pid, proc_start_time(child.pid)
@@ -49,7 +51,7 @@ def test_states_from_pid_and_status(tmp_path: Path) -> None:
     assert rec.state() is VmState.CRASHED
     (rec.dir / "status").write_text("exit 7\n")
     assert rec.state() is VmState.EXITED and rec.exit_code() == 7
-    rec.stopped = True
+    rec.phase = Phase.STOPPING.value  # down / Ctrl-C
     assert rec.state() is VmState.STOPPED
     assert [r.name for r in list_records()] == ["t"]
     assert stat.S_IMODE(os.stat(rec.dir).st_mode) == 0o700
@@ -78,7 +80,7 @@ def test_every_record_field_is_type_checked() -> None:
         {"ports": [1]},
         {"name": "other"},
         {"schema": 99},
-        {"stopped": "no"},
+        {"phase": "bogus"},
     ],
 )
 def test_edited_records_are_broken_not_trusted(edit: dict[str, object]) -> None:

@@ -1,4 +1,4 @@
-"""run, up, down, ls, status, logs, wait, detach."""
+"""run, up, down, ls, status, logs, wait, detach, pause, resume, volume."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ def _run_options(f: Any) -> Any:
         click.option("--name", help="VM name (default: the image's name)."),
         click.option("--cpus", type=click.IntRange(1, 64), help="vCPUs (default: mvm.toml)."),
         click.option("--mem", type=click.IntRange(64, 1 << 20), help="Memory in MiB."),
-        click.option("-p", "--publish", "ports", multiple=True, metavar="HOST:GUEST",
-                     help="Forward 127.0.0.1:HOST to the guest's GUEST port (repeatable)."),
+        click.option("-p", "--publish", "ports", multiple=True, metavar="[ADDR:]HOST:GUEST",
+                     help="Forward HOST (on 127.0.0.1 unless ADDR is given) to the guest's "
+                          "GUEST port; /udp for UDP (repeatable)."),
         click.option("--net/--no-net", "network", default=None,
                      help="Give the guest outbound network (default: off)."),
         click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST_DIR:/PATH[:SIZE]",
@@ -27,43 +28,58 @@ def _run_options(f: Any) -> Any:
         click.option("--credential", "credentials", multiple=True, metavar="NAME@FILE|NAME=VALUE",
                      help="Deliver a credential to /run/credentials/@system/NAME (repeatable). "
                           "Prefer NAME@FILE: a VALUE on mvmctl's command line shows in ps."),
+        click.option("--show-command", is_flag=True,
+                     help="Print the hypervisor command line that would run, and exit."),
     ]):  # fmt: skip
         f = opt(f)
     return f
 
 
 def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tuple[str, ...],
-                network: bool | None, attached: bool, **extra: Any) -> Any:  # fmt: skip
-    from mvm.runtime.config import RunConfig
-
-    return RunConfig(name=name, cpus=cpus, memory_mib=mem, attached=attached,
-                     ports=list(ports), network=network, **extra)  # fmt: skip
-
-
-def _injected(volumes: tuple[str, ...], credentials: tuple[str, ...]) -> dict[str, Any]:
-    """Check -v and --credential before anything is built or started."""
+                network: bool | None, volumes: tuple[str, ...], credentials: tuple[str, ...],
+                attached: bool) -> Any:  # fmt: skip
+    """Parse -v and --credential before anything is built or started."""
     from mvm.drives import parse_volume
+    from mvm.runtime.config import RunConfig, parse_port
     from mvm.secrets.credentials import parse_credential
 
-    return {
-        "volumes": [parse_volume(v) for v in volumes],
-        "credentials": [parse_credential(c, i) for i, c in enumerate(credentials, 1)],
-    }
+    for p in ports:
+        parse_port(p)
+    return RunConfig(
+        name=name, cpus=cpus, memory_mib=mem, attached=attached, ports=list(ports),
+        network=network, volumes=[parse_volume(v) for v in volumes],
+        credentials=[parse_credential(c, i) for i, c in enumerate(credentials, 1)],
+    )  # fmt: skip
 
 
-def _project_credentials(project: Any) -> list[Any]:
-    """mvm.toml's [credentials], read now (each file at most 1 MiB)."""
-    from mvm.secrets.credentials import read_file
-
-    return [read_file(c.name, c.file, "mvm.toml") for c in project.spec.credentials]
-
-
-def _project_image(path: str | None) -> tuple[Any, Any]:
+def _project_run(path: str | None, run_cfg: Any) -> Any:
     from mvm.config import load_project
     from mvm.image.builder import build
+    from mvm.runtime.resolve import RuntimeDefaults, resolve
 
     project = load_project(path)
-    return project, build(project)
+    image = build(project)
+    return resolve(image, run_cfg, RuntimeDefaults.from_spec(project.spec),
+                   source=str(project.root))  # fmt: skip
+
+
+def _template_run(name: str, run_cfg: Any) -> Any:
+    from mvm.runtime.resolve import resolve
+    from mvm.runtime.templates import template_run
+
+    image, defaults, rev = template_run(name)
+    return resolve(image, run_cfg, defaults, source=f"template:{name}", revision=rev)
+
+
+def _launch(resolved: Any, show_command: bool) -> Any:
+    from mvm.runtime import start
+
+    if show_command:
+        from mvm.proc import printable
+
+        click.echo(printable(start.show_command(resolved)))
+        sys.exit(0)
+    return start.start(resolved)
 
 
 @cli.command()
@@ -72,20 +88,18 @@ def _project_image(path: str | None) -> tuple[Any, Any]:
 @_run_options
 def run(path: str | None, attached: bool, name: str | None, cpus: int | None, mem: int | None,
         ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
-        credentials: tuple[str, ...]) -> None:  # fmt: skip
+        credentials: tuple[str, ...], show_command: bool) -> None:  # fmt: skip
     """Build PATH (if needed) and boot it; detached unless --attached."""
-    from mvm.runtime import vm
-
-    extra = _injected(volumes, credentials)
-    project, image = _project_image(path)
-    run_cfg = _run_config(name, cpus, mem, ports + project.spec.ports,
-                          network if network is not None else project.spec.network, attached,
-                          project_credentials=_project_credentials(project), **extra)  # fmt: skip
-    record, popen = vm.start(image, run_cfg, source=str(project.root))
+    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, attached)
+    started = _launch(_project_run(path, run_cfg), show_command)
     if not attached:
-        click.echo(f"{record.name}: running (detached); `mvmctl logs -f {record.name}` to follow")
+        started.machine.close()
+        name_ = started.record.name
+        click.echo(f"{name_}: running (detached); `mvmctl logs -f {name_}` to follow")
         return
-    sys.exit(vm.run_attached(record, popen))
+    from mvm.runtime.attach import run_attached
+
+    sys.exit(run_attached(started))
 
 
 @cli.command()
@@ -94,40 +108,29 @@ def run(path: str | None, attached: bool, name: str | None, cpus: int | None, me
 @_run_options
 def up(flake: str | None, template: str | None, name: str | None, cpus: int | None,
        mem: int | None, ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
-       credentials: tuple[str, ...]) -> None:  # fmt: skip
+       credentials: tuple[str, ...], show_command: bool) -> None:  # fmt: skip
     """Start a detached VM from a project (--flake) or a template."""
     from mvm.errors import ConfigError
-    from mvm.runtime import vm
 
     if flake and template:
         raise ConfigError("use either --flake or --template, not both")
-    extra = _injected(volumes, credentials)
-    extra_ports: tuple[str, ...] = ()
-    if template:
-        from mvm.templates.store import current_image
-
-        image, revision = current_image(template)
-        source, rev = f"template:{template}", revision
-    else:
-        project, image = _project_image(flake)
-        source, rev = str(project.root), ""
-        extra_ports = project.spec.ports
-        if network is None:
-            network = project.spec.network
-        extra["project_credentials"] = _project_credentials(project)
-    run_cfg = _run_config(name, cpus, mem, ports + extra_ports, network, attached=False, **extra)
-    handle = vm.up(image, run_cfg, source=source, revision=rev)
-    click.echo(f"{handle.name}: running")
+    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, False)
+    resolved = _template_run(template, run_cfg) if template else _project_run(flake, run_cfg)
+    started = _launch(resolved, show_command)
+    started.machine.close()
+    click.echo(f"{started.record.name}: running")
 
 
 @cli.command()
 @click.argument("name")
-def down(name: str) -> None:
+@click.option("--volumes", is_flag=True, help="Also remove the VM's persistent data volumes.")
+def down(name: str, volumes: bool) -> None:
     """Stop NAME (if running) and remove it."""
     from mvm.runtime import vm
 
-    state = vm.down(name)
-    click.echo(f"{name}: removed (was {state.value})")
+    state = vm.down(name, volumes=volumes)
+    extra = " and its data volumes" if volumes else ""
+    click.echo(f"{name}: removed{extra} (was {state.value})")
 
 
 @cli.command("ls")
@@ -151,7 +154,8 @@ def ls(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
 def status(name: str, as_json: bool) -> None:
-    """Show NAME's state, accelerator, pid, mode, image revision and uptime."""
+    """Show NAME's state, accelerator, pid, mode, image revision, uptime and
+    where each setting came from."""
     from mvm.runtime import vm
 
     info = vm.get(name).info()
@@ -161,22 +165,24 @@ def status(name: str, as_json: bool) -> None:
     if info["state"] == "broken":
         for key in ("name", "state", "reason", "pid"):
             click.echo(f"{key + ':':<14}{'-' if info[key] is None else info[key]}")
-        click.echo(f"hint: `mvmctl down {name}` stops its QEMU (if any) and removes it")
+        click.echo(f"hint: `mvmctl down {name}` stops its hypervisor (if any) and removes it")
         return
-    for key in ("name", "state", "mode", "accel", "accel_reason", "pid", "revision", "source",
-                "entrypoint", "accessible", "vcpus", "memory_mib", "ports", "volumes",
+    for key in ("name", "state", "mode", "hypervisor", "accel", "accel_reason", "pid", "revision",
+                "source", "entrypoint", "accessible", "vcpus", "memory_mib", "ports", "volumes",
                 "credentials", "exit_code"):  # fmt: skip
         value = info[key]
         if isinstance(value, list):
             value = ", ".join(value) or None
-        click.echo(f"{key + ':':<14}{'-' if value is None else value}")
+        src = info["settings"].get(key)
+        suffix = f"  ({src})" if src else ""
+        click.echo(f"{key + ':':<14}{'-' if value is None else value}{suffix}")
     click.echo(f"{'uptime:':<14}{duration(info['uptime_s'])}")
 
 
 @cli.command()
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the VM stops.")
-@click.option("-n", "--lines", type=int, default=0, help="Only the last N lines (0: all).")
+@click.option("-n", "--lines", type=click.IntRange(0), default=0, help="Only the last N lines.")
 def logs(name: str, follow: bool, lines: int) -> None:
     """Print NAME's console output."""
     from mvm.runtime import vm
@@ -196,8 +202,7 @@ def wait(name: str, timeout: float | None) -> None:
     """Block until NAME exits; exit with its entrypoint's exit code."""
     from mvm.runtime import vm
 
-    code = vm.wait(name, timeout)
-    sys.exit(code if code is not None else 1)  # wait() raises when there is no exit code
+    sys.exit(vm.wait(name, timeout))
 
 
 @cli.command()
@@ -208,3 +213,61 @@ def detach(name: str) -> None:
 
     vm.detach(name)
     click.echo(f"{name}: detached")
+
+
+@cli.command()
+@click.argument("name")
+def pause(name: str) -> None:
+    """Stop NAME's vCPUs; its memory and devices stay (resume continues it)."""
+    from mvm.runtime import vm
+
+    vm.pause(name)
+    click.echo(f"{name}: paused")
+
+
+@cli.command()
+@click.argument("name")
+def resume(name: str) -> None:
+    """Continue a paused VM."""
+    from mvm.runtime import vm
+
+    vm.resume(name)
+    click.echo(f"{name}: running")
+
+
+@cli.group()
+def volume() -> None:
+    """Persistent data volumes (kept across `down`/`up` of the same VM name)."""
+
+
+@volume.command("ls")
+@click.argument("vm_name", required=False)
+@click.option("--json", "as_json", is_flag=True)
+def volume_ls(vm_name: str | None, as_json: bool) -> None:
+    """List data volumes (of VM_NAME, or of every VM)."""
+    from mvm import drives
+
+    vols = drives.list_volumes(vm_name)
+    if as_json:
+        emit_json([v.to_json() for v in vols])
+        return
+    rows = [[v.vm, v.guest, f"{v.size >> 20}M", f"{v.used >> 20}M", v.path] for v in vols]
+    table(["VM", "GUEST", "SIZE", "USED", "PATH"], rows)
+
+
+@volume.command("rm")
+@click.argument("vm_name")
+@click.argument("guest_path", required=False)
+def volume_rm(vm_name: str, guest_path: str | None) -> None:
+    """Remove VM_NAME's data volumes (or only the one at GUEST_PATH)."""
+    from mvm import drives, paths
+    from mvm.errors import ConflictError
+    from mvm.runtime import lifecycle
+    from mvm.state.records import load_entry
+
+    with lifecycle.vm_lock(vm_name):
+        if paths.vm_dir(vm_name).is_dir() and load_entry(vm_name).is_active():
+            raise ConflictError(f"VM {vm_name} is running: its volumes are in use",
+                                hint=f"`mvmctl down {vm_name}` first")  # fmt: skip
+        gone = drives.remove_volumes(vm_name, guest_path)
+    click.echo(f"{vm_name}: removed {len(gone)} data volume{'s' if len(gone) != 1 else ''}")

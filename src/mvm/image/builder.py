@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class Image:
 
     path: Path
     revision: dict[str, Any]
+    spec: GuestSpec | None = None  # what it was built from, when known (not persisted)
 
     @property
     def kernel(self) -> Path:
@@ -119,17 +120,17 @@ def build(project: Project, *, force: bool = False) -> Image:
     images = paths.images_dir()
     dest = images / digest
     if not force and (dest / "revision.json").is_file():
-        return Image.load(dest)
+        return replace(Image.load(dest), spec=spec)
     images.mkdir(parents=True, exist_ok=True)
     with open(images / f".{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not force and (dest / "revision.json").is_file():
-            return Image.load(dest)  # someone else built it while we waited
+            return replace(Image.load(dest), spec=spec)  # someone else built it meanwhile
         # the guest's file modes must not depend on the caller's umask (mvmctl runs with
         # 077): directories and files in the image are created as with the usual 022
         old_umask = os.umask(0o022)
         try:
-            return _build(spec, kernel, digest, images, dest)
+            return replace(_build(spec, kernel, digest, images, dest), spec=spec)
         except OSError as exc:
             if is_disk_full(exc):
                 raise DiskFullError("no space left on device while building the image") from exc

@@ -1,21 +1,23 @@
-"""Run-time settings for one VM (the library counterpart of the CLI flags).
-
-Resolution order for each setting is CLI/API > mvm.toml > default; the
-record keeps the resolved values.
+"""Run-time settings for one VM as the caller gives them (the library
+counterpart of the CLI flags).  ``None`` means "not given": the resolver
+(:mod:`mvm.runtime.resolve`) then takes mvm.toml's or the template's value,
+or the default, and remembers which it was.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from mvm.backends.qemu.argv import PortForward
-from mvm.config.loader import PORT_RE
+from mvm.backends.spec import PortForward, Proto
 from mvm.errors import ConfigError
 
 if TYPE_CHECKING:
     from mvm.drives import DriveFile, VolumeSpec
     from mvm.secrets.credentials import Credential
+
+PORT_RE = re.compile(r"(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(?:(\d{1,5}):)?(\d{1,5})(?:/(tcp|udp))?")
 
 
 @dataclass
@@ -29,10 +31,11 @@ class RunConfig:
                   credentials=[Credential("DB_PASS", b"...")])
 
     ``volumes`` takes ``-v`` strings (``HOST_DIR:/guest/path[:SIZE]``) or
-    :class:`~mvm.drives.VolumeSpec`.  ``credentials`` win over
-    ``project_credentials`` (mvm.toml's ``[credentials]``), which win over
-    the files in ``$CREDENTIALS_DIRECTORY`` when ``forward_host_credentials``.
-    Values never appear in ``repr``, the VM record or errors.
+    :class:`~mvm.drives.VolumeSpec`.  ``credentials`` win over mvm.toml's
+    ``[credentials]`` (or ``project_credentials``, already read), which win
+    over the files in ``$CREDENTIALS_DIRECTORY`` when
+    ``forward_host_credentials``.  ``ports`` add to mvm.toml's.  Values never
+    appear in ``repr``, the VM record or errors.
     """
 
     name: str | None = None
@@ -45,18 +48,21 @@ class RunConfig:
     config_files: list[DriveFile] = field(default_factory=list)
     secret_files: list[DriveFile] = field(default_factory=list)
     credentials: list[Credential] = field(default_factory=list)
-    project_credentials: list[Credential] = field(default_factory=list)
+    project_credentials: list[Credential] | None = None
     forward_host_credentials: bool = True
+    hypervisor: str | None = None
 
 
 def parse_port(spec: str) -> PortForward:
-    """``HOST:GUEST[/proto]`` or ``PORT`` → PortForward (host bound to 127.0.0.1)."""
-    m = PORT_RE.match(spec)
+    """``[ADDR:]HOST:GUEST[/udp]`` or ``PORT`` → PortForward (host side on 127.0.0.1
+    unless an address is given)."""
+    m = PORT_RE.fullmatch(spec) if isinstance(spec, str) else None
     if not m:
-        raise ConfigError(f"invalid port {spec!r}: use HOST:GUEST, e.g. 8080:80")
-    guest = int(m.group(2))
-    host = int(m.group(1)) if m.group(1) else guest
+        raise ConfigError(f"invalid port {spec!r}: use [ADDR:]HOST:GUEST[/udp], e.g. 8080:80")
+    addr, host_s, guest_s, proto = m.groups()
+    guest = int(guest_s)
+    host = int(host_s) if host_s else guest
     for p in (host, guest):
         if not 1 <= p <= 65535:
             raise ConfigError(f"invalid port {spec!r}: ports are 1-65535")
-    return PortForward(host, guest, m.group(3) or "tcp")
+    return PortForward(host, guest, cast(Proto, proto or "tcp"), addr or "127.0.0.1")

@@ -1,8 +1,9 @@
 """Attach a terminal (or pipe) to a VM's serial console.
 
-QEMU itself writes every console byte to ``console.log``; this pump only
-copies the console socket to stdout and, for accessible images, stdin to the
-guest.  Ctrl-C stays a signal (ISIG kept) so it stops the VM as documented.
+The hypervisor itself writes every console byte to ``console.log``; this
+pump only copies the console socket (:func:`mvm.channels.connect_console`)
+to stdout and, for accessible images, stdin to the guest.  Ctrl-C stays a
+signal (ISIG kept) so it stops the VM as documented.
 """
 
 from __future__ import annotations
@@ -13,27 +14,7 @@ import select
 import socket
 import sys
 import termios
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-
-from mvm.errors import BackendError
-
-
-def connect(sock_path: Path, alive: Callable[[], bool], timeout: float = 15.0) -> socket.socket:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sock_path.exists():
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(str(sock_path))
-                return s
-            except OSError:
-                s.close()
-        if not alive():
-            raise BackendError("QEMU exited before its console was ready")
-        time.sleep(0.003)
-    raise BackendError(f"console socket {sock_path} did not appear within {timeout:.0f}s")
 
 
 @contextlib.contextmanager

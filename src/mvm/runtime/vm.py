@@ -1,59 +1,65 @@
-"""Start, attach to, stop, list and inspect VMs.
+"""VMs after they started: list, inspect, stop, wait, detach, pause, resume, logs;
+and the library's :func:`up`.
 
-Creation is serialised by a lock on ``MVM_HOME/vms/.lock``: two ``up`` with
-one name → one wins, the other gets ``ConflictError``.  Whatever fails
-between reserving a name and QEMU running is rolled back, so a failed start
-leaves nothing behind.
+Every verb goes through the VM's lifecycle guard and lock
+(:mod:`mvm.runtime.lifecycle`) and finds the VM's hypervisor through its
+backend (:meth:`Backend.attach`), so it works from any mvmctl, whichever
+one started the VM.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from mvm import drives, paths
-from mvm.backends.base import get_backend
-from mvm.backends.qemu import accel as accel_mod
-from mvm.backends.qemu import qmp
-from mvm.backends.qemu.argv import Drive, MachineConfig, PortForward
-from mvm.backends.qemu.machine import qemu_binary, run_status, start_failure, stop, wait_ready
+from mvm import paths
+from mvm.backends.base import Machine, get_backend
 from mvm.errors import ConflictError, MvmError, NotFoundError, StateError
-from mvm.image.builder import Image
 from mvm.log import get_logger
-from mvm.runtime import console, inject
-from mvm.runtime.config import RunConfig, parse_port
-from mvm.state.atomic import locked
+from mvm.runtime import lifecycle
+from mvm.runtime.config import RunConfig
+from mvm.runtime.resolve import RuntimeDefaults, resolve
+from mvm.runtime.start import remove_run_dir, start
 from mvm.state.records import (
     BrokenRecord,
+    Entry,
     Mode,
+    Phase,
     VmRecord,
     VmState,
     list_entries,
     load_entry,
-    pid_alive,
-    proc_start_time,
 )
 
 log = get_logger(__name__)
 
 
+def _machine(entry: Entry) -> Machine | None:
+    """A Machine for the VM's running hypervisor (None if it is not running)."""
+    pid = entry.live_pid()
+    if pid is None:
+        return None
+    hypervisor = entry.hypervisor if isinstance(entry, VmRecord) else "qemu"
+    try:
+        backend = get_backend(hypervisor)
+    except MvmError:
+        return None
+    start_time = entry.pid_start if isinstance(entry, VmRecord) and entry.pid == pid else None
+    return backend.attach(entry.dir, pid, start_time)
+
+
 @dataclass
 class Vm:
-    """A handle on a VM record; ``state`` is computed live.
+    """A handle on a VM; ``state`` is computed live.
 
     ``record`` is a :class:`BrokenRecord` when ``vm.json`` cannot be read:
-    such a VM is still listed (as ``broken``), and ``down`` still stops its QEMU.
+    such a VM is still listed (as ``broken``), and ``down`` still stops it.
     """
 
-    record: VmRecord | BrokenRecord
+    record: Entry
 
     @property
     def name(self) -> str:
@@ -64,17 +70,24 @@ class Vm:
         return self.record.state()
 
     def run_state(self) -> str:
-        """The state as users should see it: a running QEMU may be paused
-        (``mvmctl pause``) or stopped by a failed write (``paused (disk full)``)."""
+        """The state as users should see it: a running hypervisor may have stopped
+        the guest after a failed write (``paused (disk full)``)."""
         state = self.record.state()
-        if state is not VmState.RUNNING:
+        if state not in (VmState.RUNNING, VmState.PAUSED):
             return state.value
-        status = run_status(self.record.dir, timeout=0.5)
-        if status == "io-error":
-            return "paused (disk full)" if _disk_full(self.record.dir) else "paused (I/O error)"
-        if status in ("paused", "suspended"):
-            return "paused"
-        return state.value
+        machine = _machine(self.record)
+        if machine is None:
+            return state.value
+        try:
+            status = machine.status(timeout=0.5)
+            if status == "io-error":
+                full = getattr(machine, "disk_full", lambda: False)()
+                return "paused (disk full)" if full else "paused (I/O error)"
+            if status == "paused":
+                return VmState.PAUSED.value
+            return state.value
+        finally:
+            machine.close()
 
     def info(self) -> dict[str, Any]:
         r = self.record
@@ -82,11 +95,11 @@ class Vm:
             return {"name": r.name, "state": VmState.BROKEN.value, "reason": r.reason,
                     "pid": r.live_pid(), "mode": None, "accel": None, "uptime_s": None,
                     "exit_code": None, "source": None}  # fmt: skip
-        state = self.run_state()
         return {
             "name": r.name,
-            "state": state,
+            "state": self.run_state(),
             "mode": r.mode,
+            "hypervisor": r.hypervisor,
             "accel": r.accel,
             "accel_reason": r.accel_reason,
             "pid": r.live_pid(),
@@ -100,220 +113,11 @@ class Vm:
             "ports": r.ports,
             "volumes": r.volumes,
             "credentials": r.credentials,
+            "settings": r.settings,
             "uptime_s": round(u, 1) if (u := r.uptime()) is not None else None,
             "exit_code": r.exit_code(),
             "created_at": r.created_at,
         }
-
-
-def _disk_full(run_dir: Path) -> bool:
-    """Whether QEMU's last block error was ENOSPC (it logs nothing: ask QMP)."""
-    try:
-        devices = qmp.command(run_dir / "qmp.sock", "query-block", timeout=0.5)
-    except MvmError:
-        return False
-    return any(isinstance(d, dict) and d.get("io-status") == "nospace" for d in devices or [])
-
-
-def _unique_name(base: str) -> str:
-    taken = {r.name: r for r in list_entries()}
-    if base not in taken or not taken[base].is_active():
-        return base
-    for i in range(2, 1000):
-        cand = f"{base}-{i}"[:63]
-        if cand not in taken or not taken[cand].is_active():
-            return cand
-    raise ConflictError(f"no free VM name starting with {base!r}")
-
-
-def _check_ports(ports: list[PortForward]) -> None:
-    for p in ports:
-        kind = socket.SOCK_STREAM if p.proto == "tcp" else socket.SOCK_DGRAM
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", p.host))
-            except OSError as exc:
-                raise ConflictError(f"host port {p.host} is already in use") from exc
-
-
-@contextlib.contextmanager
-def _reserved(name: str, explicit: bool) -> Iterator[VmRecord]:
-    """Reserve ``name`` (record in state creating) and roll back on failure.
-
-    A name is never reused while a QEMU runs for it, even when its record is
-    broken (the QEMU is found through its run directory): starting a second
-    one would delete the live run directory under the first.
-    """
-    vms = paths.vms_dir()
-    paths.ensure_private_dir(vms)
-    with locked(vms / ".lock"):
-        if not explicit:
-            name = _unique_name(name)
-        vdir = paths.vm_dir(name)
-        if vdir.exists():
-            old = load_entry(name)
-            if old.is_active():
-                what = old.state().value
-                if isinstance(old, BrokenRecord):
-                    what = f"broken record, QEMU pid {old.live_pid()} still running"
-                raise ConflictError(
-                    f"VM name {name!r} is already in use ({what})",
-                    hint=f"choose another --name or run `mvmctl down {name}`",
-                )
-            _remove_run_dir(vdir)
-        try:
-            paths.ensure_private_dir(vdir)
-            record = VmRecord(name=name)
-            record.own()
-            record.save()
-        except BaseException:
-            _remove_run_dir(vdir)
-            raise
-    ok = False
-    try:
-        yield record
-        ok = True
-    finally:
-        if not ok:
-            if record.pid:
-                stop(record.pid, record.pid_start, vdir, grace=0.5)
-            _remove_run_dir(vdir)
-
-
-def _remove_run_dir(vdir: Path) -> None:
-    """Remove a run directory (drives and credentials inside may be read-only)."""
-    drives.rmtree_force(vdir)
-
-
-def start(image: Image, run: RunConfig, *, source: str, revision: str = "") -> tuple[VmRecord, Any]:
-    """Start a VM from ``image``; return its record and the QEMU Popen."""
-    rev = image.revision
-    defaults = rev.get("defaults", {})
-    backend = get_backend(str(rev.get("hypervisor", "qemu")))
-    accel = accel_mod.choose(image.kernel, qemu_binary())
-    ports = [parse_port(p) for p in run.ports]
-    base = run.name or str(rev["name"])
-    paths.validate_name(base, "VM name")
-    _check_ports(ports)
-    injection = inject.prepare(image, run)  # bad -v/credentials fail here: nothing created yet
-    with _reserved(base, explicit=run.name is not None) as record:
-        record.mode = (Mode.ATTACHED if run.attached else Mode.DETACHED).value
-        record.source = source
-        record.image = str(image.path)
-        record.image_hash = image.input_hash
-        record.revision = revision
-        record.accessible = image.accessible
-        record.entrypoint_kind = str(rev["entrypointKind"])
-        record.accel, record.accel_reason = accel.accel, accel.reason
-        record.vcpus = run.cpus or int(defaults.get("vcpus", 1))
-        record.memory_mib = run.memory_mib or int(defaults.get("memory_mib", 256))
-        record.ports = list(run.ports)
-        record.volumes = injection.record_volumes()
-        record.credentials = injection.record_credentials()  # names only
-        record.save()
-        handover = inject.materialise(injection, record.dir, record.name,
-                                      smbios=backend.capabilities.smbios)  # fmt: skip
-        cfg = MachineConfig(
-            name=record.name,
-            kernel=image.kernel,
-            initramfs=image.initramfs,
-            drives=(
-                Drive(image.rootfs, readonly=not image.accessible, snapshot=image.accessible),
-                *handover.drives,
-            ),
-            run_dir=record.dir,
-            vcpus=record.vcpus,
-            memory_mib=record.memory_mib,
-            accel=accel.accel,
-            tsc_khz=accel_mod.host_tsc_khz(),
-            network=bool(run.network),
-            ports=tuple(ports),
-            fw_cfg=handover.fw_cfg,
-            smbios_oem=handover.smbios,
-            cmdline_extra=(
-                *(("mvm.trace=1",) if os.environ.get("MVM_TRACE_BOOT") else ()),
-                *handover.cmdline,
-            ),
-        )
-        try:
-            popen = backend.spawn(cfg)
-            record.pid = popen.pid
-            record.pid_start = proc_start_time(popen.pid)
-            record.started_at = time.time()
-            record.save()
-            if not run.attached:
-                wait_ready(popen, record.dir)
-                inject.scrub(record.dir)  # QEMU has read the credentials and opened the drives
-            elif popen.poll() is not None:
-                raise start_failure(record.dir)
-        except BaseException:
-            handover.discard_created()  # a data volume made by this failed start
-            raise
-    return record, popen
-
-
-class _Interrupted(Exception):
-    pass
-
-
-def run_attached(record: VmRecord, popen: Any) -> int:
-    """Stream the console until the VM ends; Ctrl-C/SIGTERM/SIGHUP stop it.
-
-    Returns the entrypoint's exit code (130 when interrupted).  If someone runs
-    ``mvmctl detach`` meanwhile, return 0 and leave the VM running.
-    """
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        raise _Interrupted()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    detached = False
-
-    def keep_going() -> bool:
-        nonlocal detached
-        if popen.poll() is not None:
-            return False
-        with contextlib.suppress(MvmError, FileNotFoundError):
-            if VmRecord.load(record.name).mode == Mode.DETACHED.value:
-                detached = True
-                return False
-        return True
-
-    interrupted = False
-    try:
-        sock = console.connect(record.dir / "console.sock", lambda: popen.poll() is None)
-        if inject.pending(record.dir):
-            with contextlib.suppress(MvmError):  # console bytes queue in the socket meanwhile
-                wait_ready(popen, record.dir)
-            inject.scrub(record.dir)
-        with sock, console.cbreak(0) if record.accessible else contextlib.nullcontext():
-            console.pump(sock, interactive=record.accessible, keep_going=keep_going)
-        if not detached:
-            popen.wait()
-    except _Interrupted:
-        interrupted = True
-        record.stopped = True
-        with contextlib.suppress(OSError, MvmError):  # a full disk must not keep the VM alive
-            record.save()
-        stop(record.pid or popen.pid, record.pid_start, record.dir, grace=3.0)
-        popen.wait()
-    finally:
-        inject.scrub(record.dir)
-        for s, h in old.items():
-            signal.signal(s, h)
-    if detached:
-        return 0
-    code = record.exit_code()
-    if code is not None and not interrupted:
-        return code
-    if interrupted:
-        return 130
-    if popen.returncode:
-        raise start_failure(record.dir)
-    raise MvmError(
-        f"VM {record.name} stopped without reporting an exit status; "
-        f"see `mvmctl logs {record.name}`"
-    )
 
 
 def get(name: str) -> Vm:
@@ -332,49 +136,68 @@ def list_vms() -> list[Vm]:
     return [Vm(e) for e in entries]
 
 
-def sweep(entry: VmRecord | BrokenRecord) -> None:
-    """Remove secret staging (drive images, credential files) that a killed
-    ``up`` left behind: the promise is that they exist only until QEMU has read
-    them.  Safe only when no mvmctl is still creating the VM and QEMU is either
-    gone or already answering (it reads fw_cfg files and opens drives before
-    its monitor starts)."""
-    if not inject.pending(entry.dir):
+def sweep(entry: Entry) -> None:
+    """Remove secret staging (drive images, credential files) that a killed ``up``
+    left behind: the promise is that they exist only until the hypervisor has
+    read them.  Safe only when no mvmctl is still creating the VM and the
+    hypervisor is either gone or already answering."""
+    from mvm.drives.images import DRIVES_DIR
+
+    hypervisor = entry.hypervisor if isinstance(entry, VmRecord) else "qemu"
+    try:
+        backend = get_backend(hypervisor)
+    except MvmError:
         return
-    if isinstance(entry, VmRecord) and pid_alive(entry.owner_pid, entry.owner_start):
+    staged = [entry.dir / DRIVES_DIR, *backend.ephemeral(entry.dir)]
+    if not any(p.exists() for p in staged):
         return
-    pid = entry.live_pid()
-    if pid is not None and run_status(entry.dir, timeout=0.5) is None:
+    if isinstance(entry, VmRecord) and entry.phase == Phase.CREATING.value and entry.owner_alive():
         return
-    inject.scrub(entry.dir)
+    machine = _machine(entry)
+    if machine is not None:
+        try:
+            if machine.status(timeout=0.5) in ("unknown", "gone"):
+                return  # still starting (or busy): it may not have read everything yet
+        finally:
+            machine.close()
+    from mvm.drives import rmtree_force
+
+    for p in staged:
+        with contextlib.suppress(OSError):
+            rmtree_force(p)
 
 
-def down(name: str) -> VmState:
-    """Stop ``name`` if running and remove its record and run directory.
+def down(name: str, *, volumes: bool = False) -> VmState:
+    """Stop ``name`` if it runs and remove its record and run directory.
 
-    Writes no state on the way (a full disk must not keep a VM alive), and
-    stops whatever QEMU belongs to the run directory even when the record is
-    broken or lacks the pid.
+    Writes nothing but the phase on the way (a full disk must not keep a VM
+    alive), and stops whatever hypervisor belongs to the run directory even
+    when the record is broken or lacks the pid.  ``volumes`` also removes the
+    VM's persistent data volumes.
     """
     vm = get(name)
-    rec = vm.record
-    with locked(paths.vms_dir() / ".lock"):
+    with lifecycle.vm_lock(name):
+        rec = load_entry(name)
         state = rec.state()
-        pid = rec.live_pid()
-        if pid is not None:
-            start = rec.pid_start if isinstance(rec, VmRecord) else proc_start_time(pid)
-            stop(pid, start, rec.dir)
-        _remove_run_dir(rec.dir)
+        machine = _machine(rec)
+        if machine is not None:
+            if isinstance(rec, VmRecord):
+                rec.phase = Phase.STOPPING.value
+                with contextlib.suppress(OSError, MvmError):
+                    rec.save()
+            try:
+                machine.stop()
+            finally:
+                machine.close()
+        remove_run_dir(vm.record.dir)
+        if volumes:
+            from mvm.drives import remove_volumes
+
+            remove_volumes(name)
     return state
 
 
-def up(image: Image, run: RunConfig, *, source: str, revision: str = "") -> Vm:
-    """Start a detached VM and return once QEMU answers."""
-    run.attached = False
-    record, _popen = start(image, run, source=source, revision=revision)
-    return Vm(record)
-
-
-def wait(name: str, timeout: float | None = None) -> int | None:
+def wait(name: str, timeout: float | None = None) -> int:
     """Block until ``name`` is no longer running; return its exit code.
 
     Raises ``StateError`` when the VM ended without an exit code (stopped by
@@ -386,27 +209,56 @@ def wait(name: str, timeout: float | None = None) -> int | None:
         if deadline is not None and time.monotonic() > deadline:
             raise ConflictError(f"VM {name} still running after {timeout:.0f}s")
         time.sleep(0.1)
+        vm = Vm(load_entry(name))
     record = vm.record
     code = record.exit_code() if isinstance(record, VmRecord) else None
     if code is None:
-        state = record.state().value
         raise StateError(
-            f"VM {name} is {state} and reported no exit status",
+            f"VM {name} is {record.state().value} and reported no exit status",
             hint=f"see `mvmctl logs {name}`",
         )
     return code
 
 
 def detach(name: str) -> None:
-    vm = get(name)
-    if not isinstance(vm.record, VmRecord) or not vm.record.is_active():
-        raise ConflictError(f"VM {name} is not running ({vm.state.value})")
-    vm.record.mode = Mode.DETACHED.value
-    vm.record.save()
+    """Let an attached VM outlive its ``run --attached``."""
+    with lifecycle.vm_lock(name):
+        vm = get(name)
+        lifecycle.require(vm.record, "detach")
+        assert isinstance(vm.record, VmRecord)
+        vm.record.mode = Mode.DETACHED.value
+        vm.record.save()
+
+
+def pause(name: str) -> None:
+    """Stop the VM's vCPUs (its memory stays; ``resume`` continues it)."""
+    _set_paused(name, True)
+
+
+def resume(name: str) -> None:
+    _set_paused(name, False)
+
+
+def _set_paused(name: str, paused: bool) -> None:
+    with lifecycle.vm_lock(name):
+        vm = get(name)
+        lifecycle.require(vm.record, "pause" if paused else "resume")
+        assert isinstance(vm.record, VmRecord)
+        machine = _machine(vm.record)
+        if machine is None:
+            raise ConflictError(f"VM {name} is not running")
+        try:
+            machine.pause() if paused else machine.resume()
+        finally:
+            machine.close()
+        vm.record.phase = (Phase.PAUSED if paused else Phase.RUNNING).value
+        vm.record.save()
 
 
 def log_path(name: str) -> Path:
-    return get(name).record.dir / "console.log"
+    vm = get(name)
+    hypervisor = vm.record.hypervisor if isinstance(vm.record, VmRecord) else "qemu"
+    return get_backend(hypervisor).channels(vm.record.dir).console_log
 
 
 def tail_lines(path: Path, n: int) -> bytes:
@@ -422,13 +274,12 @@ def tail_lines(path: Path, n: int) -> bytes:
 
 def follow(name: str, n: int, out: Any) -> None:
     """Print the last ``n`` lines then new output until the VM stops."""
-    vm = get(name)
-    path = vm.record.dir / "console.log"
+    path = log_path(name)
     out.write(tail_lines(path, n))
     out.flush()
     pos = path.stat().st_size if path.exists() else 0
     while True:
-        active = vm.record.is_active()
+        active = load_entry(name).is_active() if paths.vm_dir(name).is_dir() else False
         if path.exists() and path.stat().st_size > pos:
             with open(path, "rb") as f:
                 f.seek(pos)
@@ -439,3 +290,38 @@ def follow(name: str, n: int, out: Any) -> None:
         if not active:
             return
         time.sleep(0.1)
+
+
+def up(target: Any, run: RunConfig | None = None, *, source: str | None = None,
+       revision: str = "") -> Vm:  # fmt: skip
+    """Start a detached VM and return once it answers.
+
+    ``target`` is a :class:`~mvm.config.Project` (built if needed), an
+    :class:`~mvm.image.builder.Image` (its mvm.toml's runtime settings apply
+    when it was built from a project in this process), or a template name
+    given as ``"template:NAME"``.  mvm.toml's ports, network and
+    ``[credentials]`` apply as they do for ``mvmctl up``.
+    """
+    from mvm.config.schema import Project
+    from mvm.image.builder import Image, build
+
+    run = run or RunConfig()
+    run.attached = False
+    if isinstance(target, str) and target.startswith("template:"):
+        from mvm.runtime.templates import template_run
+
+        image, defaults, rev = template_run(target.split(":", 1)[1])
+        label, revision = target, rev
+    elif isinstance(target, Project):
+        image = build(target)
+        defaults, label = RuntimeDefaults.from_spec(target.spec), str(target.root)
+    elif isinstance(target, Image):
+        defaults = (RuntimeDefaults.from_spec(target.spec) if target.spec is not None
+                    else RuntimeDefaults.from_revision(target.revision))  # fmt: skip
+        image, label = target, "python-api"
+    else:
+        raise TypeError("up() takes a Project, an Image or 'template:NAME'")
+    resolved = resolve(image, run, defaults, source=source or label, revision=revision, who="api")
+    started = start(resolved)
+    started.machine.close()
+    return Vm(started.record)

@@ -1,19 +1,21 @@
 """The VM record (``vm.json``) and how its live state is derived.
 
-The record stores intent and identity; liveness is computed on read from
-the QEMU pid (checked against its start time, so a recycled pid is never
-mistaken for our VM) and the guest's exit status file.  That is what lets a
-SIGKILLed QEMU show as ``crashed`` and a finished entrypoint as ``exited``.
+The record stores intent and identity: the persisted *phase* of the VM's
+life (creating → running ⇄ paused → stopping), which mvmctl owns it, and
+the hypervisor's pid with its start time.  The state users see is derived
+on every read from the phase, whether the hypervisor still runs (the pid
+checked against its start time, so a recycled pid is never mistaken for
+ours) and the guest's exit status: a SIGKILLed QEMU shows as ``crashed``, a
+finished entrypoint as ``exited``, a ``down`` in progress as ``stopping``.
 
 Records are untrusted input (a crash, a full disk or a hand edit can damage
 them): :meth:`VmRecord.load` checks every field's type, and a directory whose
-record cannot be read is listed as a :class:`BrokenRecord`, whose QEMU is
-still found through its pidfile and run directory, so it can be stopped.
+record cannot be read is listed as a :class:`BrokenRecord`, whose hypervisor
+is still found through its run directory, so it can be stopped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import time
@@ -24,17 +26,32 @@ from typing import Any
 from mvm import paths
 from mvm.errors import StateError
 from mvm.state.atomic import read_json, write_json
+from mvm.state.procs import pid_alive, proc_start_time
 
-SCHEMA = 1
+SCHEMA = 2
 
 
 class VmState(enum.StrEnum):
     CREATING = "creating"
     RUNNING = "running"
+    PAUSED = "paused"  # `mvmctl pause` (a full disk shows as "paused (disk full)")
+    STOPPING = "stopping"  # `down` or Ctrl-C is stopping it
     EXITED = "exited"  # the entrypoint finished; exit code recorded
     STOPPED = "stopped"  # stopped by `mvmctl down` / Ctrl-C
-    CRASHED = "crashed"  # QEMU died without the guest reporting an exit
-    BROKEN = "broken"  # vm.json is missing or unreadable; its QEMU may still run
+    CRASHED = "crashed"  # the hypervisor died without the guest reporting an exit
+    BROKEN = "broken"  # vm.json is missing or unreadable; its hypervisor may still run
+
+
+class Phase(enum.StrEnum):
+    """What mvmctl last did to the VM (persisted); the state is derived from it."""
+
+    CREATING = "creating"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+
+
+ACTIVE = (VmState.CREATING, VmState.RUNNING, VmState.PAUSED, VmState.STOPPING)
 
 
 class Mode(enum.StrEnum):
@@ -42,41 +59,12 @@ class Mode(enum.StrEnum):
     DETACHED = "detached"
 
 
-def proc_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    try:
-        return int(stat.rsplit(")", 1)[1].split()[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def owned_pid(run_dir: Path) -> int | None:
-    """The hypervisor running for ``run_dir``, found without trusting a record."""
-    from mvm.backends.qemu.machine import owned_pid as qemu_owned_pid
-
-    return qemu_owned_pid(run_dir)
-
-
-def pid_alive(pid: int | None, start: int | None) -> bool:
-    if not pid:
-        return False
-    now = proc_start_time(pid)
-    if now is None or (start is not None and now != start):
-        return False
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
-
-
 @dataclass
 class VmRecord:
     name: str
+    phase: str = Phase.CREATING.value
     mode: str = Mode.DETACHED.value
+    hypervisor: str = "qemu"
     source: str = ""  # project path or template:NAME
     image: str = ""  # image directory
     image_hash: str = ""
@@ -90,13 +78,13 @@ class VmRecord:
     ports: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     credentials: list[str] = field(default_factory=list)  # names only, never values
+    settings: dict[str, str] = field(default_factory=dict)  # setting -> where it came from
     owner_pid: int | None = None  # the mvmctl that is creating / attached to it
     owner_start: int | None = None
     pid: int | None = None
     pid_start: int | None = None
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
-    stopped: bool = False  # set by down/Ctrl-C before stopping
     schema: int = SCHEMA
 
     @property
@@ -110,65 +98,68 @@ class VmRecord:
     def load(cls, name: str) -> VmRecord:
         path = paths.vm_dir(name) / "vm.json"
         data = read_json(path)
+        if isinstance(data, dict) and data.get("schema") == 1:
+            data = _migrate_v1(data)
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             schema = data.get("schema") if isinstance(data, dict) else None
             raise StateError(f"VM {name}: unsupported record schema {schema!r}")
-        known = {f.name: f for f in fields(cls)}
+        known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         for key, value in values.items():
             if not _type_ok(_FIELD_TYPES[key], value):
                 raise StateError(f"VM {name}: vm.json field {key!r} has an invalid value")
         if values.get("name") != name:
             raise StateError(f"VM {name}: vm.json names another VM")
+        if values.get("phase", Phase.CREATING.value) not in {p.value for p in Phase}:
+            raise StateError(f"VM {name}: vm.json has an unknown phase")
         return cls(**values)
 
-    def exit_code(self) -> int | None:
-        """The entrypoint's exit code as reported by the guest, if any."""
-        try:
-            text = (self.dir / "status").read_text()
-        except OSError:
-            return None
-        for line in reversed(text.splitlines()):
-            if line.startswith("exit "):
-                with contextlib.suppress(ValueError):
-                    return int(line.split()[1])
-        return None
+    # -- liveness ------------------------------------------------------------------------------
 
-    def qemu_alive(self) -> bool:
-        return self.live_pid() is not None
+    def owner_alive(self) -> bool:
+        return pid_alive(self.owner_pid, self.owner_start)
 
     def live_pid(self) -> int | None:
-        """QEMU's pid if it runs: the recorded one, else the one found in the run
-        directory (an ``up`` killed before it saved the pid)."""
+        """The hypervisor's pid if it runs: the recorded one, else the one found in the
+        run directory (an ``up`` killed before it saved the pid)."""
         if pid_alive(self.pid, self.pid_start):
             return self.pid
-        if self.pid is None and not pid_alive(self.owner_pid, self.owner_start):
-            found = owned_pid(self.dir)
+        if self.pid is None and not self.owner_alive():
+            found = _owned_pid(self.hypervisor, self.dir)
             if found is not None:
                 self.pid, self.pid_start = found, proc_start_time(found)
                 return found
         return None
 
+    def exit_code(self) -> int | None:
+        """The entrypoint's exit code as reported by the guest, if any."""
+        from mvm import channels
+
+        return channels.exit_code(_channels(self.hypervisor, self.dir))
+
     def state(self) -> VmState:
+        phase = self.phase
+        if phase == Phase.CREATING.value and self.owner_alive():
+            return VmState.CREATING
         if self.live_pid() is not None:
+            if phase == Phase.STOPPING.value:
+                return VmState.STOPPING
+            if phase == Phase.PAUSED.value:
+                return VmState.PAUSED
             return VmState.RUNNING
-        if self.pid is None:
-            if pid_alive(self.owner_pid, self.owner_start):
-                return VmState.CREATING
-            return VmState.CRASHED
-        if self.stopped:
+        if phase == Phase.STOPPING.value:
             return VmState.STOPPED
-        if self.exit_code() is not None:
+        if self.pid is not None and self.exit_code() is not None:
             return VmState.EXITED
         return VmState.CRASHED
 
     def uptime(self) -> float | None:
-        if self.started_at is None or not self.qemu_alive():
+        if self.started_at is None or self.live_pid() is None:
             return None
         return max(0.0, time.time() - self.started_at)
 
     def is_active(self) -> bool:
-        return self.state() in (VmState.RUNNING, VmState.CREATING)
+        return self.state() in ACTIVE
 
     def own(self) -> None:
         self.owner_pid = os.getpid()
@@ -187,7 +178,8 @@ class BrokenRecord:
         return paths.vm_dir(self.name)
 
     def live_pid(self) -> int | None:
-        return owned_pid(self.dir)
+        # the record is gone, so try every backend that can find its process
+        return _owned_pid("qemu", self.dir)
 
     def state(self) -> VmState:
         return VmState.BROKEN
@@ -196,7 +188,26 @@ class BrokenRecord:
         return self.live_pid() is not None
 
 
-def load_entry(name: str) -> VmRecord | BrokenRecord:
+Entry = VmRecord | BrokenRecord
+
+
+def _owned_pid(hypervisor: str, run_dir: Path) -> int | None:
+    from mvm.backends.base import get_backend
+    from mvm.errors import MvmError
+
+    try:
+        return get_backend(hypervisor).owned_pid(run_dir)
+    except MvmError:
+        return None
+
+
+def _channels(hypervisor: str, run_dir: Path) -> Any:
+    from mvm.backends.base import get_backend
+
+    return get_backend(hypervisor).channels(run_dir)
+
+
+def load_entry(name: str) -> Entry:
     """The record of ``name``, or a :class:`BrokenRecord` saying why it cannot be read."""
     try:
         return VmRecord.load(name)
@@ -206,8 +217,8 @@ def load_entry(name: str) -> VmRecord | BrokenRecord:
         return BrokenRecord(name, str(exc))
 
 
-def list_entries() -> list[VmRecord | BrokenRecord]:
-    """Every VM directory, readable or not (a broken one must not hide a running QEMU)."""
+def list_entries() -> list[Entry]:
+    """Every VM directory, readable or not (a broken one must not hide a running VM)."""
     root = paths.vms_dir()
     if not root.is_dir():
         return []
@@ -222,13 +233,24 @@ def list_records() -> list[VmRecord]:
     return [r for r in list_entries() if isinstance(r, VmRecord)]
 
 
+def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 had no phase (``stopped`` meant "down was called")."""
+    out = {k: v for k, v in data.items() if k != "stopped"}
+    if data.get("stopped") is True:
+        out["phase"] = Phase.STOPPING.value
+    else:
+        out["phase"] = Phase.RUNNING.value if data.get("pid") else Phase.CREATING.value
+    out["schema"] = SCHEMA
+    return out
+
+
 _FIELD_TYPES: dict[str, Any] = {
-    "name": str, "mode": str, "source": str, "image": str, "image_hash": str, "revision": str,
-    "accessible": bool, "entrypoint_kind": str, "accel": str, "accel_reason": str,
-    "vcpus": int, "memory_mib": int, "ports": list, "volumes": list, "credentials": list,
-    "owner_pid": (int, None), "owner_start": (int, None), "pid": (int, None),
-    "pid_start": (int, None), "created_at": (int, float), "started_at": (int, float, None),
-    "stopped": bool, "schema": int,
+    "name": str, "phase": str, "mode": str, "hypervisor": str, "source": str, "image": str,
+    "image_hash": str, "revision": str, "accessible": bool, "entrypoint_kind": str,
+    "accel": str, "accel_reason": str, "vcpus": int, "memory_mib": int, "ports": list,
+    "volumes": list, "credentials": list, "settings": dict, "owner_pid": (int, None),
+    "owner_start": (int, None), "pid": (int, None), "pid_start": (int, None),
+    "created_at": (int, float), "started_at": (int, float, None), "schema": int,
 }  # fmt: skip
 
 
@@ -240,6 +262,10 @@ def _type_ok(expected: Any, value: Any) -> bool:
         return bool in kinds
     if isinstance(value, list):
         return list in kinds and all(isinstance(v, str) for v in value)
-    if isinstance(value, int) and value < 0:
+    if isinstance(value, dict):
+        return dict in kinds and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        )
+    if isinstance(value, int | float) and value < 0:
         return False
     return any(k is not None and isinstance(value, k) for k in kinds)

@@ -1,64 +1,41 @@
-"""The QEMU command line as a pure function of a ``MachineConfig``.
+"""The QEMU command line as a pure function of (MachineSpec, QEMU options, guest data).
 
 Fast settings come from docs/platform-facts.md: ``-M microvm`` with an RTC,
 PVH entry into an uncompressed vmlinux, an uncompressed cpio initramfs, and
 kernel arguments that skip calibration (``lpj``/``tsc_early_khz`` derived
 from the host, never hard-coded).  Nothing secret is ever put here: files
 holding secrets are referenced by path only (``/proc/PID/cmdline`` is
-world-readable).
+world-readable).  Everything QEMU-specific about a VM's devices is decided
+here: virtio-mmio drive order (the guest's vda, vdb… follow ``spec.disks``),
+the virtio-serial ports of the host channels, slirp networking, fw_cfg.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from mvm.backends.qemu.guestdata import GuestData
+from mvm.backends.spec import MachineSpec
 
 FAST_CMDLINE = (
     "console=ttyS0 quiet loglevel=3 panic=-1 reboot=t tsc=reliable no_timer_check "
     "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd pci=off random.trust_cpu=on "
     "8250.nr_uarts=1 mitigations=off nokaslr init_on_alloc=0"
 )
+QEMU = "qemu-system-x86_64"
+# the virtio-serial port names the guest's /init looks for (see guest/init.sh)
+NO_DATA = GuestData()
+PORT_NAMES = {"status": "org.mvm.status", "control": "org.mvm.control", "agent": "org.mvm.agent"}
 
 
 @dataclass(frozen=True)
-class Drive:
-    path: Path
-    readonly: bool = True
-    snapshot: bool = False  # writes go to a throw-away overlay; the file stays pristine
-    fmt: str = "raw"
+class QemuOptions:
+    """What QEMU needs beyond the neutral spec: host facts and the accelerator."""
 
-
-@dataclass(frozen=True)
-class PortForward:
-    host: int
-    guest: int
-    proto: str = "tcp"
-
-
-@dataclass(frozen=True)
-class FwCfg:
-    name: str  # e.g. opt/io.systemd.credentials/DB_PASS (≤ 55 bytes)
-    file: Path
-
-
-@dataclass(frozen=True)
-class MachineConfig:
-    name: str
-    kernel: Path
-    initramfs: Path
-    drives: tuple[Drive, ...]  # drives[0] is the rootfs (/dev/vda)
-    run_dir: Path
-    vcpus: int = 1
-    memory_mib: int = 256
     accel: str = "tcg"
     tsc_khz: int | None = None
-    network: bool = False
-    ports: tuple[PortForward, ...] = ()
-    fw_cfg: tuple[FwCfg, ...] = ()
-    # SMBIOS type 11 OEM strings, one file per string (q35/pc only: -M microvm has no
-    # SMBIOS, so mvm's QEMU backend delivers credentials by fw_cfg instead)
-    smbios_oem: tuple[Path, ...] = ()
-    cmdline_extra: tuple[str, ...] = field(default_factory=tuple)
+    qemu: str = QEMU
     incoming_fd: int | None = None  # restore a snapshot from this inherited fd
 
 
@@ -67,70 +44,74 @@ def _opt(path: Path) -> str:
     return str(path).replace(",", ",,")
 
 
-def kernel_cmdline(cfg: MachineConfig) -> str:
+def kernel_cmdline(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) -> str:
     parts = [FAST_CMDLINE]
-    if cfg.tsc_khz:
-        parts.append(f"lpj={cfg.tsc_khz * 4} tsc_early_khz={cfg.tsc_khz}")
-    if not cfg.drives[0].readonly:
+    if opts.tsc_khz:
+        parts.append(f"lpj={opts.tsc_khz * 4} tsc_early_khz={opts.tsc_khz}")
+    if not spec.rootfs.readonly:
         parts.append("mvm.rw=1")
-    if cfg.network or cfg.ports:
+    if spec.network.enabled:
         parts.append("mvm.net=1")
-    if cfg.fw_cfg:
+    if data.fw_cfg:
         parts.append("mvm.fwcfg=1")
-    parts.append(f"mvm.hostname={cfg.name}")
-    parts.extend(cfg.cmdline_extra)
+    parts.append(f"mvm.hostname={spec.name}")
+    parts.extend(spec.cmdline)
     return " ".join(parts)
 
 
-def build_argv(cfg: MachineConfig, qemu: str = "qemu-system-x86_64") -> list[str]:
-    """Return QEMU's argv for ``cfg`` (no side effects, unit-tested as data)."""
-    rd = cfg.run_dir
-    accel = "kvm" if cfg.accel == "kvm" else "tcg"
+def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) -> list[str]:
+    """Return QEMU's argv (no side effects, unit-tested as data)."""
+    rd = spec.run_dir
+    accel = "kvm" if opts.accel == "kvm" else "tcg"
     argv = [
-        qemu,
-        "-name", f"mvm-{cfg.name},process=mvm-{cfg.name}",
+        opts.qemu,
+        "-name", f"mvm-{spec.name},process=mvm-{spec.name}",
         "-M", "microvm,isa-serial=on,rtc=on",
         "-accel", accel,
         *(["-cpu", "host"] if accel == "kvm" else []),
-        "-smp", str(cfg.vcpus),
-        "-m", f"{cfg.memory_mib}M",
+        "-smp", str(spec.vcpus),
+        "-m", f"{spec.memory_mib}M",
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-kernel", str(cfg.kernel),
-        "-initrd", str(cfg.initramfs),
-        "-append", kernel_cmdline(cfg),
+        "-kernel", str(spec.kernel),
+        *(["-initrd", str(spec.initramfs)] if spec.initramfs else []),
+        "-append", kernel_cmdline(spec, opts, data),
         "-chardev", f"socket,id=con0,path={rd / 'console.sock'},server=on,wait=off,"
                     f"logfile={rd / 'console.log'},logappend=on",
         "-serial", "chardev:con0",
+        # two monitors: one for the Machine that launched the VM, one for everyone else
+        # (`ls`, `down` from another terminal) — a QMP socket serves one client at a time
         "-qmp", f"unix:{rd / 'qmp.sock'},server=on,wait=off",
+        "-qmp", f"unix:{rd / 'qmp-ctl.sock'},server=on,wait=off",
         "-pidfile", str(rd / "qemu.pid"),
     ]  # fmt: skip
-    for i, d in enumerate(cfg.drives):
-        opts = f"id=vd{i},file={_opt(d.path)},format={d.fmt},if=none"
+    for i, d in enumerate(spec.disks):
+        opts_s = f"id=vd{i},file={_opt(d.path)},format=raw,if=none"
         if d.readonly:
-            opts += ",readonly=on"
-        if d.snapshot:
-            opts += ",snapshot=on"
-        argv += ["-drive", opts, "-device", f"virtio-blk-device,drive=vd{i}"]
+            opts_s += ",readonly=on"
+        if d.ephemeral:
+            opts_s += ",snapshot=on"
+        argv += ["-drive", opts_s, "-device", f"virtio-blk-device,drive=vd{i}"]
     argv += [
         "-device", "virtio-serial-device,max_ports=4",
         "-chardev", f"file,id=status,path={rd / 'status'}",
-        "-device", "virtserialport,chardev=status,name=org.mvm.status",
+        "-device", f"virtserialport,chardev=status,name={PORT_NAMES['status']}",
         # a pipe (FIFOs control.in/.out), not a socket: the guest sees the port as
         # connected from boot, so its watcher blocks in read() instead of seeing EOF
         # until a host client connects (which made every `down` wait out its grace)
         "-chardev", f"pipe,id=control,path={rd / 'control'}",
-        "-device", "virtserialport,chardev=control,name=org.mvm.control",
+        "-device", f"virtserialport,chardev=control,name={PORT_NAMES['control']}",
         "-chardev", f"socket,id=agent,path={rd / 'agent.sock'},server=on,wait=off",
-        "-device", "virtserialport,chardev=agent,name=org.mvm.agent",
+        "-device", f"virtserialport,chardev=agent,name={PORT_NAMES['agent']}",
     ]  # fmt: skip
-    if cfg.network or cfg.ports:
-        fwd = "".join(f",hostfwd={p.proto}:127.0.0.1:{p.host}-:{p.guest}" for p in cfg.ports)
-        restrict = "" if cfg.network else ",restrict=on"
+    net = spec.network
+    if net.enabled:
+        fwd = "".join(f",hostfwd={p.proto}:{p.address}:{p.host}-:{p.guest}" for p in net.forwards)
+        restrict = "" if net.egress else ",restrict=on"
         argv += ["-netdev", f"user,id=n0{restrict}{fwd}", "-device", "virtio-net-device,netdev=n0"]
-    for fw in cfg.fw_cfg:
+    for fw in data.fw_cfg:
         argv += ["-fw_cfg", f"name={fw.name},file={_opt(fw.file)}"]
-    if cfg.smbios_oem:
-        argv += ["-smbios", "type=11" + "".join(f",path={_opt(p)}" for p in cfg.smbios_oem)]
-    if cfg.incoming_fd is not None:
-        argv += ["-incoming", f"fd:{cfg.incoming_fd}"]
+    if data.smbios:
+        argv += ["-smbios", "type=11" + "".join(f",path={_opt(p)}" for p in data.smbios)]
+    if opts.incoming_fd is not None:
+        argv += ["-incoming", f"fd:{opts.incoming_fd}"]
     return argv

@@ -1,9 +1,11 @@
-"""Start and stop QEMU processes.
+"""The QEMU backend: launching QEMU for a :class:`MachineSpec` and the
+:class:`QemuMachine` that owns the running process.
 
 A VM's QEMU runs in its own session (so a terminal's Ctrl-C reaches only
-mvmctl, which then stops the VM deliberately), with stdout/stderr going to
-``qemu.log`` in the VM's private run directory.  Stopping escalates:
-ask the guest to power off (it syncs its disks) → QMP ``quit`` → SIGKILL.
+mvmctl, which then stops the VM deliberately), with a minimal environment
+(mvmctl's may hold registry or API secrets), umask 077 (console.log,
+status and sockets are private), its run directory as cwd (how a QEMU is
+recognised as this VM's without a record) and its output in ``qemu.log``.
 """
 
 from __future__ import annotations
@@ -12,20 +14,27 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 from mvm import proc
-from mvm.backends.base import Capabilities, VmBackend
-from mvm.backends.qemu import qmp
-from mvm.backends.qemu.argv import MachineConfig, build_argv
+from mvm.backends.base import Backend, Capabilities, LaunchError, Machine, RunStatus
+from mvm.backends.qemu import accel as accel_mod
+from mvm.backends.qemu import guestdata
+from mvm.backends.qemu.argv import QEMU, QemuOptions, build_argv
+from mvm.backends.qemu.qmp import QmpSession
+from mvm.backends.spec import HostChannels, MachineSpec
 from mvm.errors import BackendError, HypervisorMissing
 from mvm.log import get_logger
+from mvm.state.procs import pid_alive, proc_start_time
 
 log = get_logger(__name__)
-QEMU = "qemu-system-x86_64"
+STATUS_MAP: dict[str, RunStatus] = {
+    "running": "running", "paused": "paused", "suspended": "paused", "io-error": "io-error",
+    "shutdown": "shutdown", "inmigrate": "paused", "postmigrate": "paused",
+    "finish-migrate": "paused", "prelaunch": "paused", "restore-vm": "paused",
+    "save-vm": "paused", "internal-error": "io-error", "guest-panicked": "shutdown",
+}  # fmt: skip
 
 
 def qemu_binary() -> str:
@@ -38,103 +47,188 @@ def qemu_binary() -> str:
     return path
 
 
-class QemuBackend(VmBackend):
+class QemuMachine(Machine):
+    """A running QEMU: its process, run directory and one persistent QMP session."""
+
+    def __init__(
+        self,
+        backend: QemuBackend,
+        run_dir: Path,
+        pid: int,
+        pid_start: int | None,
+        *,
+        popen: subprocess.Popen[bytes] | None = None,
+        command: list[str] | None = None,
+        monitor: str = "qmp.sock",
+        accel: accel_mod.AccelChoice | None = None,
+    ):
+        super().__init__(backend, run_dir, pid, pid_start)
+        self.popen = popen
+        self.command = command or []
+        self.accel = accel
+        self.session = QmpSession(run_dir / monitor)
+
+    def qmp(self, cmd: str, timeout: float = 5.0, **args: object) -> object:
+        return self.session.command(cmd, timeout, **args)
+
+    def status(self, timeout: float = 1.0) -> RunStatus:
+        if not self.alive():
+            return "gone"
+        try:
+            reply = self.session.command("query-status", timeout)
+        except BackendError:
+            return "unknown"
+        raw = reply.get("status") if isinstance(reply, dict) else None
+        return STATUS_MAP.get(str(raw), "unknown")
+
+    def disk_full(self) -> bool:
+        """Whether a block device stopped the guest with ENOSPC (``io-status: nospace``)."""
+        try:
+            devices = self.session.command("query-block", 1.0)
+        except BackendError:
+            return False
+        return isinstance(devices, list) and any(
+            isinstance(d, dict) and d.get("io-status") == "nospace" for d in devices
+        )
+
+    def pause(self) -> None:
+        self.session.command("stop")
+
+    def resume(self) -> None:
+        self.session.command("cont")
+
+    def _answering(self) -> bool:
+        if not self.session.sock.exists():  # not listening yet: no noisy failed connect
+            return False
+        try:
+            self.session.command("query-status", 2.0)
+            return True
+        except BackendError:
+            return False
+
+    def _quit(self) -> None:
+        self.session.command("quit", 2.0)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.popen is not None:
+            try:
+                return self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        return super().wait(timeout)
+
+    def alive(self) -> bool:
+        if self.popen is not None and self.popen.poll() is not None:
+            return False
+        return pid_alive(self.pid, self.pid_start)
+
+    def launch_error(self, message: str) -> LaunchError:
+        tail = ""
+        with contextlib.suppress(OSError):
+            tail = (self.run_dir / "qemu.log").read_text(errors="replace").strip()
+        last = tail.splitlines()[-1] if tail else ""
+        last = re.sub(r"^qemu-system-x86_64: ", "", last)
+        if not last:
+            with contextlib.suppress(OSError):
+                console = (self.run_dir / "console.log").read_text(errors="replace").strip()
+                tail = console[-2000:]
+        text = f"QEMU failed to start: {last}" if last else f"QEMU: {message}"
+        return LaunchError(text, command=self.command, log_tail=tail[-2000:] or None)
+
+
+class QemuBackend(Backend):
     name = "qemu"
     capabilities = Capabilities(
         smbios=False, fw_cfg=True, snapshots=True, agent_transport="virtio-serial"
     )
 
-    def argv(self, cfg: MachineConfig) -> list[str]:
-        return build_argv(cfg, qemu_binary())
-
     def version(self) -> str:
-        out = subprocess.run(
-            [qemu_binary(), "--version"], capture_output=True, check=False, timeout=10
-        )
+        out = proc.run([qemu_binary(), "--version"], timeout=10, error=BackendError)
         m = re.search(rb"version (\S+)", out.stdout)
         return m.group(1).decode() if m else "unknown"
 
-    def spawn(self, cfg: MachineConfig, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
-        """Start QEMU for ``cfg``; the caller decides whether to wait for it.
+    def doctor(self, kernel: Path | None) -> dict[str, str]:
+        """QEMU's version and path, and which accelerator it would use and why."""
+        try:
+            qemu = qemu_binary()
+            info = {"version": f"{self.version()} ({qemu})"}
+        except BackendError as exc:
+            return {"version": f"missing: {exc.message}", "accelerator": "unknown"}
+        if kernel is None:
+            info["accelerator"] = "unknown (needs a kernel to probe)"
+        else:
+            choice = accel_mod.choose(kernel, qemu)
+            info["accelerator"], info["accel_reason"] = choice.accel, choice.reason
+        return info
 
-        QEMU gets a minimal environment (mvmctl's may hold registry or API
-        secrets), umask 077 (console.log, status and sockets are private),
-        its run directory as cwd (how a QEMU is recognised as this VM's even
-        without a record: :func:`owned_pid`) and its own session.
-        """
-        argv = self.argv(cfg)
+    def accel(self, spec: MachineSpec) -> accel_mod.AccelChoice:
+        return accel_mod.choose(spec.kernel, qemu_binary())
+
+    def options(self, spec: MachineSpec, choice: accel_mod.AccelChoice) -> QemuOptions:
+        return QemuOptions(accel=choice.accel, tsc_khz=accel_mod.host_tsc_khz(), qemu=qemu_binary())
+
+    def _plan(
+        self, spec: MachineSpec
+    ) -> tuple[list[str], guestdata.GuestData, accel_mod.AccelChoice]:
+        choice = self.accel(spec)
+        data = guestdata.plan(spec.credentials, spec.run_dir, smbios=self.capabilities.smbios)
+        return build_argv(spec, self.options(spec, choice), data), data, choice
+
+    def command(self, spec: MachineSpec) -> list[str]:
+        return self._plan(spec)[0]
+
+    def launch(self, spec: MachineSpec) -> QemuMachine:
+        argv, data, choice = self._plan(spec)
+        rd = spec.run_dir
+        guestdata.write(data)
         for end in ("in", "out"):  # the control port's pipe chardev (see argv.py)
-            fifo = cfg.run_dir / f"control.{end}"
+            fifo = rd / f"control.{end}"
             if not fifo.exists():
                 os.mkfifo(fifo, 0o600)
-        logf = os.fdopen(
-            os.open(cfg.run_dir / "qemu.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
-        )
+        fd = os.open(rd / "qemu.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            return proc.spawn(argv, stdout=logf, stderr=logf, pass_fds=pass_fds,
-                              cwd=cfg.run_dir, error=BackendError)  # fmt: skip
-        finally:
-            logf.close()
+            with os.fdopen(fd, "ab") as logf:
+                popen = proc.spawn(argv, stdout=logf, stderr=logf, cwd=rd, error=BackendError,
+                                   what="starting QEMU")  # fmt: skip
+        except BaseException:
+            if data.directory is not None:
+                shutil.rmtree(data.directory, ignore_errors=True)
+            raise
+        machine = QemuMachine(self, rd, popen.pid, proc_start_time(popen.pid), popen=popen,
+                              command=argv, accel=choice)  # fmt: skip
+        machine._scrub = [p for p in (data.directory, *spec.scrub) if p is not None]
+        return machine
 
+    def channels(self, run_dir: Path) -> HostChannels:
+        return HostChannels(
+            status=run_dir / "status", control=run_dir / "control.in",
+            agent=run_dir / "agent.sock", console=run_dir / "console.sock",
+            console_log=run_dir / "console.log",
+        )  # fmt: skip
 
-def wait_ready(popen: subprocess.Popen[bytes], run_dir: Path, timeout: float = 10.0) -> None:
-    """Wait until QEMU answers on QMP (or died: raise with its log tail)."""
-    deadline = time.monotonic() + timeout
-    sock = run_dir / "qmp.sock"
-    while time.monotonic() < deadline:
-        if popen.poll() is not None:
-            raise start_failure(run_dir)
-        if sock.exists():
-            try:
-                qmp.command(sock, "query-status", timeout=2)
-                return
-            except BackendError:
-                pass
-        time.sleep(0.02)
-    raise BackendError(f"QEMU did not answer on {sock} within {timeout:.0f}s")
+    def ephemeral(self, run_dir: Path) -> tuple[Path, ...]:
+        return (run_dir / guestdata.CREDS_DIR,)
 
+    def owned_pid(self, run_dir: Path) -> int | None:
+        """QEMU writes ``qemu.pid`` early and runs with ``run_dir`` as its cwd, so a VM
+        whose record is missing, corrupt or was never saved (mvmctl killed right after
+        spawning) can still be found; the cwd check keeps a recycled pid from being
+        mistaken for ours.  Last resort: check every process (killed before the pidfile)."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int((run_dir / "qemu.pid").read_text().split()[0])
+            if _runs_in(pid, run_dir):
+                return pid
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and _runs_in(int(entry.name), run_dir):
+                return int(entry.name)
+        return None
 
-def start_failure(run_dir: Path) -> BackendError:
-    tail = ""
-    with contextlib.suppress(OSError):
-        tail = (run_dir / "qemu.log").read_text(errors="replace").strip()
-    last = tail.splitlines()[-1] if tail else "no output"
-    last = re.sub(r"^qemu-system-x86_64: ", "", last)
-    return BackendError(f"QEMU failed to start: {last}", log_tail=tail[-2000:])
-
-
-def _dead(pid: int, start: int | None) -> bool:
-    from mvm.state.records import pid_alive
-
-    return not pid_alive(pid, start)
-
-
-def _wait_dead(pid: int, start: int | None, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _dead(pid, start):
-            return True
-        time.sleep(0.02)
-    return _dead(pid, start)
-
-
-def owned_pid(run_dir: Path) -> int | None:
-    """The pid of the QEMU running for ``run_dir``, found without a VM record.
-
-    QEMU writes ``qemu.pid`` early and runs with ``run_dir`` as its cwd, so
-    a VM whose record is missing, corrupt or was never saved (mvmctl killed
-    right after spawning) can still be found and stopped.  The cwd check
-    keeps a recycled pid from being mistaken for ours; as a last resort
-    every process is checked (a QEMU killed before writing its pidfile).
-    """
-    with contextlib.suppress(OSError, ValueError):
-        pid = int((run_dir / "qemu.pid").read_text().split()[0])
-        if _runs_in(pid, run_dir):
-            return pid
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _runs_in(int(entry.name), run_dir):
-            return int(entry.name)
-    return None
+    def attach(self, run_dir: Path, pid: int, pid_start: int | None) -> QemuMachine:
+        # the second monitor: the launching mvmctl may hold the first for its whole life
+        return QemuMachine(self, run_dir, pid, pid_start, monitor="qmp-ctl.sock")
 
 
 def _runs_in(pid: int, run_dir: Path) -> bool:
@@ -142,54 +236,6 @@ def _runs_in(pid: int, run_dir: Path) -> bool:
         if os.readlink(f"/proc/{pid}/cwd") != str(run_dir):
             return False
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    zombie = stat.rsplit(")", 1)[1].split()[0] == "Z"
-    return not zombie and any(b"qemu" in a for a in cmd[:1])
-
-
-def run_status(run_dir: Path, timeout: float = 1.0) -> str | None:
-    """QEMU's run state (``running``, ``paused``, ``io-error``…) or None if it does not answer."""
-    try:
-        reply = qmp.command(run_dir / "qmp.sock", "query-status", timeout=timeout)
-    except BackendError:
-        return None
-    return str(reply.get("status")) if isinstance(reply, dict) else None
-
-
-def request_poweroff(run_dir: Path) -> bool:
-    """Ask the guest's /init to stop its services, sync and power off (control port)."""
-    try:
-        fd = os.open(run_dir / "control.in", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:  # no FIFO, or nobody (no QEMU) has it open: ENXIO
-        return False
-    try:
-        os.write(fd, b"poweroff\n")
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def stop(pid: int, start: int | None, run_dir: Path, grace: float = 8.0) -> None:
-    """Stop the QEMU ``pid``: guest poweroff → QMP quit → SIGKILL.
-
-    The guest gives its processes up to 5 s after SIGTERM (see init.sh), so
-    ``grace`` is longer than that.  A paused guest (``mvmctl pause``, or an
-    I/O error such as a full host disk) cannot power itself off: go straight
-    to ``quit``.
-    """
-    if _dead(pid, start):
-        return
-    status = run_status(run_dir)
-    if status in ("running", None) and request_poweroff(run_dir) and _wait_dead(pid, start, grace):
-        return
-    with contextlib.suppress(BackendError):
-        qmp.command(run_dir / "qmp.sock", "quit", timeout=2)
-    if _wait_dead(pid, start, 2.0):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    _wait_dead(pid, start, 2.0)
+    return pid_alive(pid, None) and b"qemu" in cmd[0]

@@ -1,0 +1,213 @@
+"""Settings resolved once: (project | template | image) + caller overrides →
+one :class:`ResolvedRun` that remembers where each value came from.
+
+The CLI, the Python API and ``up --template`` all come through
+:func:`resolve`, so mvm.toml's ``ports``, ``network`` and ``[credentials]``
+and a template's cpus, memory and data disk apply the same way everywhere.
+Precedence for every setting: CLI/API > template settings > mvm.toml >
+default; ``mvmctl status --json`` shows the provenance (``settings``).
+
+What mvm.toml says about *running* (not baked into the image) reaches
+the resolver as :class:`RuntimeDefaults`: from the project itself, or for a
+template from what its revision recorded at build time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mvm.backends.spec import PortForward
+from mvm.drives import DriveFile, VolumeSpec, parse_volume
+from mvm.errors import ConfigError
+from mvm.runtime.config import RunConfig, parse_port
+from mvm.secrets import credentials as creds_mod
+from mvm.secrets.credentials import Credential
+
+if TYPE_CHECKING:
+    from mvm.config.schema import GuestSpec
+    from mvm.image.builder import Image
+
+MiB = 1 << 20
+DATA_DISK_PATH = "/data"  # where a template's --data-disk is mounted
+DEFAULT_VCPUS = 1
+DEFAULT_MEMORY_MIB = 256
+
+
+@dataclass(frozen=True)
+class CredentialDecl:
+    """A credential declared in mvm.toml: read from ``file`` at start time."""
+
+    name: str
+    file: Path
+
+
+@dataclass(frozen=True)
+class RuntimeDefaults:
+    """What the project (or a template) says about running its image."""
+
+    origin: str  # "mvm.toml" | "template"
+    vcpus: int | None = None
+    memory_mib: int | None = None
+    ports: tuple[str, ...] = ()
+    network: bool | None = None
+    credentials: tuple[CredentialDecl, ...] = ()
+    data_disk_mib: int | None = None
+    template: str | None = None  # set for templates: its explicit settings win over mvm.toml
+    template_vcpus: int | None = None
+    template_memory_mib: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: GuestSpec) -> RuntimeDefaults:
+        return cls(
+            origin="mvm.toml", vcpus=spec.vcpus, memory_mib=spec.memory_mib,
+            ports=tuple(spec.ports), network=spec.network,
+            credentials=tuple(CredentialDecl(c.name, c.file) for c in spec.credentials),
+        )  # fmt: skip
+
+    @classmethod
+    def from_revision(cls, revision: dict[str, Any]) -> RuntimeDefaults:
+        """The image's recorded defaults (``defaults``, and ``runtime`` when present)."""
+        defaults = revision.get("defaults") if isinstance(revision.get("defaults"), dict) else {}
+        runtime = revision.get("runtime") if isinstance(revision.get("runtime"), dict) else {}
+        assert isinstance(defaults, dict) and isinstance(runtime, dict)
+        creds = tuple(
+            CredentialDecl(str(c["name"]), Path(str(c["file"])))
+            for c in runtime.get("credentials", [])
+            if isinstance(c, dict) and isinstance(c.get("name"), str) and "file" in c
+        )
+        return cls(
+            origin="mvm.toml",
+            vcpus=_int_or_none(defaults.get("vcpus")),
+            memory_mib=_int_or_none(defaults.get("memory_mib")),
+            ports=tuple(p for p in runtime.get("ports", []) if isinstance(p, str)),
+            network=runtime.get("network") if isinstance(runtime.get("network"), bool) else None,
+            credentials=creds,
+        )
+
+
+def _int_or_none(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+@dataclass(frozen=True)
+class Setting:
+    value: Any
+    source: str  # "cli" | "api" | "template" | "mvm.toml" | "default" | "image" | "host"
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """Everything one start needs, validated, with provenance."""
+
+    image: Image
+    source: str  # project path, "template:NAME" or "python-api"
+    revision: str
+    name: str
+    name_explicit: bool
+    vcpus: Setting
+    memory_mib: Setting
+    ports: tuple[PortForward, ...]
+    egress: Setting
+    volumes: tuple[VolumeSpec, ...]
+    config_files: tuple[DriveFile, ...]
+    secret_files: tuple[DriveFile, ...]
+    credentials: tuple[Credential, ...] = field(repr=False)
+    attached: bool
+    hypervisor: Setting
+    trace: bool
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def provenance(self) -> dict[str, str]:
+        """setting -> where its value came from (stored in the record, shown by status)."""
+        return dict(self.sources)
+
+
+def resolve(
+    image: Image,
+    run: RunConfig,
+    defaults: RuntimeDefaults,
+    *,
+    source: str,
+    revision: str = "",
+    who: str = "cli",
+) -> ResolvedRun:
+    """Merge ``run`` (the caller: ``who`` is "cli" or "api") over ``defaults`` over
+    the built-in defaults; check every value (bad input fails here, before
+    anything is created)."""
+    rev = image.revision
+    sources: dict[str, str] = {}
+
+    def pick(key: str, *candidates: tuple[Any, str]) -> Setting:
+        for value, origin in candidates:
+            if value is not None:
+                sources[key] = origin
+                return Setting(value, origin)
+        raise AssertionError(key)
+
+    name_given = run.name is not None
+    name = pick("name", (run.name, who), (defaults.template, "template"),
+                (str(rev.get("name", "vm")), "image"))  # fmt: skip
+    vcpus = pick("vcpus", (run.cpus, who), (defaults.template_vcpus, "template"),
+                 (defaults.vcpus, defaults.origin), (DEFAULT_VCPUS, "default"))  # fmt: skip
+    memory = pick("memory_mib", (run.memory_mib, who),
+                  (defaults.template_memory_mib, "template"),
+                  (defaults.memory_mib, defaults.origin),
+                  (DEFAULT_MEMORY_MIB, "default"))  # fmt: skip
+    for key, setting, lo, hi in (("vcpus", vcpus, 1, 64), ("memory_mib", memory, 64, 1 << 20)):
+        v = setting.value
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ConfigError(f"invalid {key} {v!r} ({setting.source}): must be {lo}..{hi}")
+    egress = pick("network", (run.network, who), (defaults.network, defaults.origin),
+                  (False, "default"))  # fmt: skip
+    hypervisor = pick("hypervisor", (run.hypervisor, who),
+                      (str(rev.get("hypervisor", "qemu")), "image"))  # fmt: skip
+
+    ports = _dedupe([parse_port(p) for p in run.ports] + [parse_port(p) for p in defaults.ports])
+    if run.ports or defaults.ports:
+        sources["ports"] = "+".join(
+            o for o, present in ((who, run.ports), (defaults.origin, defaults.ports)) if present
+        )
+
+    volumes = [v if isinstance(v, VolumeSpec) else parse_volume(v) for v in run.volumes]
+    if run.volumes:
+        sources["volumes"] = who
+    if defaults.data_disk_mib and not any(v.guest == DATA_DISK_PATH for v in volumes):
+        volumes.append(VolumeSpec(None, DATA_DISK_PATH, defaults.data_disk_mib * MiB))
+        sources["volumes"] = "+".join(filter(None, (sources.get("volumes"), "template")))
+
+    declared = run.project_credentials
+    if declared is None:
+        declared = [creds_mod.read_file(c.name, c.file, defaults.origin)
+                    for c in defaults.credentials]  # fmt: skip
+    host = creds_mod.host_credentials() if run.forward_host_credentials else []
+    creds = creds_mod.resolve(run.credentials, declared, host)
+    if creds:
+        origins = [o for o, group in ((who, run.credentials), (defaults.origin, declared),
+                                      ("host", host)) if group]  # fmt: skip
+        sources["credentials"] = "+".join(origins)
+
+    return ResolvedRun(
+        image=image, source=source, revision=revision, name=str(name.value),
+        name_explicit=name_given, vcpus=vcpus, memory_mib=memory, ports=tuple(ports),
+        egress=egress, volumes=tuple(volumes), config_files=tuple(run.config_files),
+        secret_files=tuple(run.secret_files), credentials=tuple(creds), attached=run.attached,
+        hypervisor=hypervisor, trace=bool(os.environ.get("MVM_TRACE_BOOT")), sources=sources,
+    )  # fmt: skip
+
+
+def _dedupe(ports: list[PortForward]) -> list[PortForward]:
+    """The same forward given twice (CLI and mvm.toml) is one; one host port to two
+    guest ports is an error."""
+    seen: dict[tuple[str, int, str], PortForward] = {}
+    for p in ports:
+        key = (p.address, p.host, p.proto)
+        if key in seen and seen[key].guest != p.guest:
+            raise ConfigError(
+                f"host port {p.address}:{p.host}/{p.proto} is forwarded twice "
+                f"(to guest ports {seen[key].guest} and {p.guest})"
+            )
+        seen[key] = p
+    return list(seen.values())
