@@ -122,7 +122,7 @@ _DELETE = object()
 def test_bad_values_name_the_file_and_key(path: str, value: Any, needle: str) -> None:
     data = builder_revision()
     _set(data, path, value)
-    with pytest.raises(MetadataError, match="^/srv/r/revision.json: ") as exc:
+    with pytest.raises(MetadataError, match=r"^/srv/r/revision\.json: ") as exc:
         ImageMeta.from_json(data, "/srv/r/revision.json")
     assert needle in str(exc.value) and "\n" not in str(exc.value)
 
@@ -131,7 +131,7 @@ def test_bad_values_name_the_file_and_key(path: str, value: Any, needle: str) ->
     "raw", [b"[1, 2]", b"{not json", b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe"]
 )
 def test_undecodable_or_hostile_json_is_a_metadata_error(raw: bytes) -> None:
-    with pytest.raises(MetadataError, match="^f: "):
+    with pytest.raises(MetadataError, match=r"^f: "):
         ImageMeta.from_bytes(raw, "f")
 
 
