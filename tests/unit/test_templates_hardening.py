@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -208,6 +209,11 @@ def test_push_repairs_a_corrupted_registry_object(
     monkeypatch.setenv("MVM_HOME", home)
     code, out, _ = cli("template", "push", "app")
     assert "nothing transferred" in out
+
+
+def test_lock_files_are_private(pushed: str) -> None:
+    lock = paths.templates_dir() / ".app.lock"
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
 
 
 def test_push_force_uploads_everything(pushed: str, reg: LocalRegistry) -> None:

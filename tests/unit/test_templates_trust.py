@@ -68,7 +68,7 @@ def test_key_is_made_on_first_use_private_and_printed_as_one_line() -> None:
     assert signing.own_public_key(create=False) is None
     key = signing.own_public_key(create=True)
     assert key is not None and signing.PUBLIC_KEY_RE.fullmatch(key)
-    for p in (signing.private_key_path(), signing.public_key_path()):
+    for p in (signing.private_key_path(), signing.public_key_path(), signing.keys_dir() / ".lock"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o600
     assert stat.S_IMODE(signing.keys_dir().stat().st_mode) == 0o700
     assert signing.own_public_key(create=True) == key  # stable

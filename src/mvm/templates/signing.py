@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 from mvm import paths
 from mvm.errors import ConfigError, ConflictError, IntegrityError
 from mvm.image.meta import MAX_BYTES, read_capped
-from mvm.state.atomic import atomic_file, locked
-from mvm.templates import integrity
+from mvm.state.atomic import atomic_file
+from mvm.templates import integrity, store
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -146,8 +146,7 @@ def own_public_key(*, create: bool) -> str | None:
         pass  # missing or damaged: derive it from the private key (or make one)
     if not create and not priv.exists():
         return None
-    paths.ensure_private_dir(keys_dir())
-    with locked(keys_dir() / ".lock"):
+    with store.private_lock(keys_dir() / ".lock"):
         if priv.exists():
             key = _load_private()
             line = _public_line(key)
@@ -163,8 +162,7 @@ def generate(*, force: bool = False) -> str:
     """Make a new key pair; an existing one is replaced only with ``force``."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    paths.ensure_private_dir(keys_dir())
-    with locked(keys_dir() / ".lock"):
+    with store.private_lock(keys_dir() / ".lock"):
         if private_key_path().exists() and not force:
             raise ConflictError(
                 f"a signing key already exists: {private_key_path()}",

@@ -277,8 +277,16 @@ def lock(name: str) -> Iterator[None]:
     """Serialise changes to one template (the lock lives outside its directory,
     so deleting the template cannot race with someone waiting on it)."""
     validate_name(name)
-    root = paths.ensure_private_dir(paths.templates_dir())
-    with locked(root / f".{name}.lock"):
+    with private_lock(paths.templates_dir() / f".{name}.lock"):
+        yield
+
+
+@contextlib.contextmanager
+def private_lock(path: Path) -> Iterator[None]:
+    """``locked(path)`` with the lock file (and its directory) private to the owner."""
+    paths.ensure_private_dir(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    with locked(path):
         yield
 
 

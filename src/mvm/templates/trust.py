@@ -26,11 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvm import paths
 from mvm.errors import ConfigError, NotFoundError, TrustError
 from mvm.image.meta import MAX_BYTES, read_capped
-from mvm.state.atomic import atomic_file, locked
-from mvm.templates import signing
+from mvm.state.atomic import atomic_file
+from mvm.templates import signing, store
 from mvm.templates.signing import Provenance
 
 ENV = "MVM_TEMPLATE_TRUSTED_KEYS"
@@ -145,8 +144,7 @@ def add(key: str, comment: str = "") -> tuple[str, bool]:
     """Trust ``key`` (canonical form returned); False if it was already trusted."""
     key = signing.parse_public_key(key, "key")
     comment = " ".join(comment.replace("#", " ").split())
-    paths.ensure_private_dir(signing.keys_dir())
-    with locked(signing.keys_dir() / ".lock"):
+    with store.private_lock(signing.keys_dir() / ".lock"):
         entries = file_entries()
         if any(k == key for k, _ in entries):
             return key, False
@@ -156,8 +154,7 @@ def add(key: str, comment: str = "") -> tuple[str, bool]:
 
 def remove(key: str) -> str:
     key = signing.parse_public_key(key, "key")
-    paths.ensure_private_dir(signing.keys_dir())
-    with locked(signing.keys_dir() / ".lock"):
+    with store.private_lock(signing.keys_dir() / ".lock"):
         entries = file_entries()
         kept = [(k, c) for k, c in entries if k != key]
         if len(kept) == len(entries):
