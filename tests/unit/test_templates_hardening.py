@@ -17,7 +17,7 @@ import pytest
 
 from mvm import paths
 from mvm.cli.main import main
-from mvm.errors import ConfigError, MetadataError, RegistryError, StateError
+from mvm.errors import ConfigError, MetadataError, MvmError, RegistryError, StateError
 from mvm.templates import build as tbuild
 from mvm.templates import integrity, store, sync
 from mvm.templates.registry.base import SMALL_OBJECT_MAX
@@ -407,3 +407,19 @@ def test_messages_print_names_as_given(
     code, out, _ = cli("template", "init", "my-service")
     assert code == 0 and out.startswith("my-service: created")
     one_line_error(cli("template", "init", "My-service")[2], "invalid template name 'My-service'")
+
+
+@pytest.mark.parametrize("name", ["rootfs.ext4", "checksums.json", "revision.json"])
+def test_a_fifo_or_symlink_in_a_revision_fails_verify_without_hanging(
+    pushed: str, name: str
+) -> None:
+    rev = store.current_revision("app")
+    assert rev is not None
+    (rev.path / name).unlink()
+    os.mkfifo(rev.path / name)
+    with pytest.raises(MvmError, match="not a regular file"):
+        store.verify("app")
+    (rev.path / name).unlink()
+    (rev.path / name).symlink_to("/dev/zero")
+    with pytest.raises(MvmError):
+        store.verify("app")
