@@ -16,9 +16,11 @@ escape un-wrapped.  Wrap with ``raise SomeError(...) from exc`` at the seam.
     │   └── ConflictError    name already in use / wrong lifecycle state
     ├── DriveError           --volume / drive images are invalid
     ├── CredentialError      credentials invalid or too large
+    ├── MetadataError        an image's revision.json is malformed or of an unknown schema
     ├── TemplateError        template records and revisions
     └── RegistryError        push/pull/verify against a registry
         └── IntegrityError   a checksum did not match
+            └── TrustError   a revision is unsigned or signed by a key nobody trusts
 
 Messages must never contain secret values; errors carry context fields
 (``hint``, ``log_tail``) that the CLI may show below the one line.
@@ -88,6 +90,11 @@ class CredentialError(MvmError):
     exit_code = 2
 
 
+class MetadataError(MvmError):
+    """An image's ``revision.json`` is malformed, or written for a schema this mvm
+    does not know (it names the file and the key)."""
+
+
 class TemplateError(MvmError):
     """Template records and revisions."""
 
@@ -98,3 +105,7 @@ class RegistryError(MvmError):
 
 class IntegrityError(RegistryError):
     """An artefact does not match its recorded sha256."""
+
+
+class TrustError(IntegrityError):
+    """Trust is configured and a revision is unsigned or its signer is not trusted."""

@@ -37,7 +37,7 @@ def test_init_build_up_runs_as_is(tmp_path: Path) -> None:
     assert "my-service-1: running" in ok("up", "--template", "my-service", "--name", "my-service-1")
     status = json.loads(ok("status", "my-service-1", "--json"))
     assert status["source"] == "template:my-service" and status["revision"].startswith("r1-")
-    assert (status["vcpus"], status["memory_mib"]) == (2, 1024)  # the template's defaults
+    assert (status["vcpus"], status["memory_mib"]) == (1, 256)  # the project's mvm.toml values
     assert "hello from my-service" in run_to_end("my-service-1")
 
 

@@ -10,11 +10,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mvm import paths
-from mvm.config.schema import Project
+from mvm.config.schema import GuestSpec, Project
 from mvm.image.builder import ARTEFACTS, Image, sha256_file
 
 TOML = """name = "{name}"
@@ -47,15 +48,7 @@ class FakeBuilder:
         tmp.mkdir(parents=True, exist_ok=True)
         for a in ARTEFACTS:
             (tmp / a).write_bytes(f"{a}:{digest}{salt}\n".encode() * 64)
-        spec = project.spec
-        revision = {
-            "name": spec.name,
-            "accessible": spec.accessible,
-            "entrypointKind": spec.entrypoint.kind,
-            "inputHash": digest,
-            "defaults": {"vcpus": spec.vcpus, "memory_mib": spec.memory_mib},
-            "checksums": {a: sha256_file(tmp / a) for a in ARTEFACTS},
-        }
+        revision = fake_revision(project.spec, digest, tmp)
         (tmp / "revision.json").write_text(json.dumps(revision))
         if dest.exists():
             import shutil
@@ -63,6 +56,34 @@ class FakeBuilder:
             shutil.rmtree(dest)
         tmp.rename(dest)
         return Image.load(dest)
+
+
+def fake_revision(spec: GuestSpec, digest: str, out: Path) -> dict[str, Any]:
+    """Every key the real builder writes (``image/builder.py:_revision``), so the
+    fake's images pass the same ``ImageMeta`` validation as real ones."""
+    return {
+        "schema": 1,
+        "name": spec.name,
+        "accessible": spec.accessible,
+        "sealed": spec.sealed,
+        "entrypointKind": spec.entrypoint.kind,
+        "hypervisor": spec.hypervisor,
+        "uids": {"agent": spec.uids.agent, "entrypoint": spec.uids.entrypoint},
+        "rootlessEntrypoint": spec.uids.rootless,
+        "agentBinary": "stub",
+        "guestFeatures": ["drives", "credentials"],
+        "expectedBootMs": 300,
+        "expectedBootMsByAccel": {"kvm": 300, "tcg": 2000},
+        "inputHash": digest,
+        "kernel": {"version": "6.1.0-fake", "identity": "fake:kernel"},
+        "packages": list(spec.packages),
+        "defaults": {"vcpus": spec.vcpus, "memory_mib": spec.memory_mib},
+        "checksums": {a: sha256_file(out / a) for a in ARTEFACTS},
+        "sizes": {a: (out / a).stat().st_size for a in ARTEFACTS},
+        "createdAt": "2026-12-03T12:00:00Z",
+        "buildSeconds": 0.01,
+        "mvmVersion": "0.1.0",
+    }
 
 
 @pytest.fixture

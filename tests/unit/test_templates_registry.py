@@ -216,8 +216,8 @@ class Flaky(LocalRegistry):
         self._tick()
         super().upload(key, src, sha256, progress)
 
-    def download(self, key: str, dest: Path, progress: base.Callback) -> None:
-        super().download(key, dest, progress)
+    def download(self, key: str, dest: Path, progress: base.Callback, *, max_bytes: int) -> None:
+        super().download(key, dest, progress, max_bytes=max_bytes)
         self._tick()
 
 

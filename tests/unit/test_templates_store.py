@@ -38,7 +38,7 @@ def snapshot() -> dict[str, bytes]:
     }
 
 
-def test_create_uses_seed_defaults_and_absolute_flake(
+def test_create_leaves_cpus_and_memory_to_the_project_and_stores_an_absolute_flake(
     make_project: MakeProject, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     proj = make_project("app")
@@ -46,8 +46,9 @@ def test_create_uses_seed_defaults_and_absolute_flake(
     t = store.create("app", Settings(flake="app"))
     assert t.settings == Settings(flake=str(proj.resolve()))
     assert (t.settings.profile, t.settings.role, t.settings.cpus, t.settings.memory_mib) == (
-        "default", "worker", 2, 1024,
+        "default", "worker", None, None,
     )  # fmt: skip
+    assert store.template_defaults("app") == (1, 256)  # mvm.toml's vcpus / memory_mib
     assert store.load("app").settings.flake == str(proj.resolve())
     assert [x.name for x in store.list_templates()] == ["app"]
     assert store.load("app").needs_rebuild
@@ -140,9 +141,9 @@ def test_build_makes_a_revision_only_when_inputs_change(
     store.edit("app", memory_mib=512)  # settings are inputs of a revision
     r2 = tbuild.build("app")
     assert r2.created and r2.revision.startswith("r2-") and store.current_id("app") == r2.revision
-    assert store.template_defaults("app") == (2, 512)
+    assert store.template_defaults("app") == (1, 512)  # cpus still from the project
 
-    store.edit("app", memory_mib=1024)  # back to r1's inputs: reuse r1, no r3
+    store.edit("app", memory_mib="project")  # back to r1's inputs: reuse r1, no r3
     back = tbuild.build("app")
     assert not back.created and back.revision == r1.revision
     assert store.current_id("app") == r1.revision

@@ -30,9 +30,10 @@ def _settings_options(f: Any) -> Any:
                      help="Project directory holding mvm.toml (stored absolute)."),
         click.option("--profile", default="default", show_default=True,
                      help="[profiles.NAME] of mvm.toml to build."),
-        click.option("--cpus", type=int, default=2, show_default=True, help="Default vCPUs."),
-        click.option("--mem", type=int, default=1024, show_default=True,
-                     help="Default memory in MiB."),
+        click.option("--cpus", type=int, default=None,
+                     help="Default vCPUs (default: the project's vcpus)."),
+        click.option("--mem", type=int, default=None,
+                     help="Default memory in MiB (default: the project's memory_mib)."),
         click.option("--data-disk", "data_disk", type=int, default=None, metavar="MIB",
                      help="Data disk size in MiB (recorded for data volumes)."),
     ]):  # fmt: skip
@@ -40,7 +41,8 @@ def _settings_options(f: Any) -> Any:
     return f
 
 
-def _settings(flake: str, profile: str, role: str, cpus: int, mem: int, disk: int | None) -> Any:
+def _settings(flake: str, profile: str, role: str, cpus: int | None, mem: int | None,
+              disk: int | None) -> Any:  # fmt: skip
     from mvm.templates.store import Settings
 
     return Settings(flake=flake, profile=profile, role=role, cpus=cpus, memory_mib=mem,
@@ -124,8 +126,8 @@ def init(name: str, local: bool, directory: str | None) -> None:
 @NAME
 @_settings_options
 @click.option("--role", default="worker", show_default=True, help="worker or gateway.")
-def create(name: str, flake: str, profile: str, cpus: int, mem: int, data_disk: int | None,
-           role: str) -> None:  # fmt: skip
+def create(name: str, flake: str, profile: str, cpus: int | None, mem: int | None,
+           data_disk: int | None, role: str) -> None:  # fmt: skip
     """Register template NAME built from a project directory."""
     from mvm.templates import store
 
@@ -138,7 +140,7 @@ def create(name: str, flake: str, profile: str, cpus: int, mem: int, data_disk: 
 @NAME
 @_settings_options
 @click.option("--roles", required=True, help="Comma-separated roles, e.g. worker,gateway.")
-def create_multi(name: str, flake: str, profile: str, cpus: int, mem: int,
+def create_multi(name: str, flake: str, profile: str, cpus: int | None, mem: int | None,
                  data_disk: int | None, roles: str) -> None:  # fmt: skip
     """Register NAME-ROLE for each role (all or none)."""
     from mvm.templates import store
@@ -169,65 +171,147 @@ def build(name: str, force: bool) -> None:
 @click.option("--flake", default=None, help="Project directory.")
 @click.option("--profile", default=None, help="[profiles.NAME] of mvm.toml.")
 @click.option("--role", default=None, help="worker or gateway.")
-@click.option("--cpus", type=int, default=None, help="Default vCPUs.")
-@click.option("--mem", type=int, default=None, help="Default memory in MiB.")
+@click.option(
+    "--cpus",
+    default=None,
+    metavar="N|project",
+    help="Default vCPUs; `project` takes mvm.toml's vcpus again.",
+)
+@click.option(
+    "--mem",
+    default=None,
+    metavar="MIB|project",
+    help="Default memory in MiB; `project` takes mvm.toml's memory_mib again.",
+)
 @click.option("--data-disk", "data_disk", type=int, default=None, metavar="MIB",
               help="Data disk size in MiB (0 removes it).")  # fmt: skip
-def edit(name: str, flake: str | None, profile: str | None, role: str | None, cpus: int | None,
-         mem: int | None, data_disk: int | None) -> None:  # fmt: skip
+def edit(name: str, flake: str | None, profile: str | None, role: str | None, cpus: str | None,
+         mem: str | None, data_disk: int | None) -> None:  # fmt: skip
     """Change NAME's settings; rebuild for them to take effect."""
     from mvm.templates import store
 
-    store.edit(name, flake=flake, profile=profile, role=role, cpus=cpus, memory_mib=mem,
-               data_disk_mib=data_disk)  # fmt: skip
+    store.edit(name, flake=flake, profile=profile, role=role, data_disk_mib=data_disk,
+               cpus=_int_or_project(cpus, "--cpus"),
+               memory_mib=_int_or_project(mem, "--mem"))  # fmt: skip
     click.echo(f"{name}: updated; run `mvmctl template build {name}` for it to take effect")
+
+
+def _int_or_project(value: str | None, flag: str) -> int | str | None:
+    """``edit --cpus/--mem``: a number, or ``project`` (give the choice back to mvm.toml)."""
+    from mvm.errors import ConfigError
+
+    if value is None or value == "project":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"invalid {flag} {value!r}: use a number or `project`") from None
 
 
 def _summary(t: Any) -> dict[str, Any]:
     from mvm.errors import TemplateError
     from mvm.templates import store
 
+    if isinstance(t, store.BrokenTemplate):
+        return {"name": t.name, "status": "broken", "reason": t.reason, "current": None,
+                "revisions": 0, "settings": None, "effective": None}  # fmt: skip
     revs = store.revisions(t.name)
+    effective = _effective(t)
     try:
         current = store.current_id(t.name)
     except TemplateError:  # a damaged pointer must not hide every other template
-        return {**t.to_json(), "current": None, "revisions": len(revs), "status": "damaged"}
+        return {**t.to_json(), "current": None, "revisions": len(revs), "status": "damaged",
+                "effective": effective}  # fmt: skip
     status = "not built" if current is None else ("needs rebuild" if t.needs_rebuild else "ready")
-    return {**t.to_json(), "current": current, "revisions": len(revs), "status": status}
+    return {**t.to_json(), "current": current, "revisions": len(revs), "status": status,
+            "effective": effective}  # fmt: skip
+
+
+def _effective(t: Any) -> dict[str, Any]:
+    """What ``up --template`` uses for cpus/memory and where each comes from.
+
+    The current revision's defaults when built (that is what boots); else the
+    settings, filled from the project's mvm.toml (None if it cannot be read).
+    """
+    from mvm.errors import MvmError
+    from mvm.templates import store
+
+    values: tuple[int | None, int | None] = (None, None)
+    try:
+        rev = store.current_revision(t.name)
+        if rev is not None:
+            values = (rev.meta.defaults.vcpus, rev.meta.defaults.memory_mib)
+        else:
+            values = store.project_defaults(t.settings)
+    except MvmError:
+        values = (t.settings.cpus, t.settings.memory_mib)
+    return {key: {"value": v, "source": t.settings.source(key)}
+            for key, v in zip(("cpus", "memory_mib"), values, strict=True)}  # fmt: skip
+
+
+def _shown(effective: dict[str, Any] | None, key: str) -> str:
+    if effective is None:
+        return "-"
+    e = effective[key]
+    return f"{'-' if e['value'] is None else e['value']} ({e['source']})"
 
 
 @template.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_(as_json: bool) -> None:
-    """List templates."""
+    """List templates (a template whose record cannot be read shows as broken)."""
     from mvm.templates import store
 
-    rows = [_summary(t) for t in store.list_templates()]
+    rows = [_summary(t) for t in store.list_all()]
     if as_json:
         emit_json(rows)
         return
     table(
         ["NAME", "ROLE", "CPUS", "MEM", "CURRENT", "REVS", "STATUS", "FLAKE"],
-        [[r["name"], r["settings"]["role"], r["settings"]["cpus"], r["settings"]["memory_mib"],
-          r["current"], r["revisions"], r["status"], r["settings"]["flake"]] for r in rows],
+        [[r["name"], (r["settings"] or {}).get("role", "-"), _shown(r["effective"], "cpus"),
+          _shown(r["effective"], "memory_mib"), r["current"], r["revisions"], r["status"],
+          (r["settings"] or {}).get("flake", "-")] for r in rows],
     )  # fmt: skip
+
+
+def _load_any(name: str) -> Any:
+    """The record, or a ``BrokenTemplate`` if it exists but cannot be read."""
+    from mvm.errors import NotFoundError, StateError
+    from mvm.templates import store
+
+    try:
+        return store.load(name)
+    except NotFoundError:
+        raise
+    except StateError as exc:
+        return store.BrokenTemplate(store.validate_name(name), exc.message)
 
 
 @template.command("info")
 @NAME
 @click.option("--json", "as_json", is_flag=True)
 def info(name: str, as_json: bool) -> None:
-    """Show NAME's settings and revisions (date, size, checksums, current)."""
-    from mvm.templates import store
+    """Show NAME's settings and revisions (date, size, checksums, signer, current)."""
+    from mvm.templates import store, trust
 
-    data = _summary(store.load(name))
+    data = _summary(_load_any(name))
+    if data["status"] == "broken":
+        if as_json:
+            emit_json(data)
+            return
+        click.echo(f"{'name:':<15}{name}\n{'status:':<15}broken\n{'reason:':<15}{data['reason']}")
+        click.echo(f"hint: `mvmctl template delete {name} --force` removes it")
+        return
+    policy = trust.load_policy()
     revs = []
     for rev in store.revisions(name):
         sizes = rev.sizes()
+        prov = store.provenance(rev)
         revs.append({
             "id": rev.id, "created_at": rev.created_at, "size": sum(sizes.values()),
             "sizes": sizes, "checksums": rev.checksums, "settings": rev.settings,
-            "current": rev.id == data["current"],
+            "current": rev.id == data["current"], "signer": prov.signer,
+            "trusted": policy.trusted(prov), "signature": policy.describe(prov),
         })  # fmt: skip
     data["revisions"] = revs
     if as_json:
@@ -236,7 +320,8 @@ def info(name: str, as_json: bool) -> None:
     s = data["settings"]
     for key, value in [("name", name), ("status", data["status"]), ("origin", data["origin"]),
                        ("flake", s["flake"]), ("profile", s["profile"]), ("role", s["role"]),
-                       ("cpus", s["cpus"]), ("memory_mib", s["memory_mib"]),
+                       ("cpus", _shown(data["effective"], "cpus")),
+                       ("memory_mib", _shown(data["effective"], "memory_mib")),
                        ("data_disk_mib", s["data_disk_mib"]), ("created", data["created_at"]),
                        ("updated", data["updated_at"]), ("current", data["current"])]:  # fmt: skip
         click.echo(f"{key + ':':<15}{'-' if value is None else value}")
@@ -245,6 +330,7 @@ def info(name: str, as_json: bool) -> None:
         mark = "*" if r["current"] else " "
         tag = "  (current)" if r["current"] else ""
         click.echo(f"  {mark} {r['id']}  {r['created_at']}  {_mb(r['size'])}{tag}")
+        click.echo(f"      {r['signature']}")
         for fname, digest in sorted(r["checksums"].items()):
             click.echo(f"      {fname:<15}sha256:{digest}")
 
@@ -262,20 +348,30 @@ def delete(name: str, force: bool) -> None:
 
 @template.command("push")
 @NAME
-def push(name: str) -> None:
-    """Upload NAME's current revision to the registry and make it current there."""
+@click.option("--force", is_flag=True, help="Upload every object, even those that check out.")
+def push(name: str, force: bool) -> None:
+    """Sign (if unsigned) and upload NAME's current revision; make it current there.
+
+    Objects already in the registry are checked against the local checksums
+    and sizes; missing or damaged ones are uploaded again.
+    """
     from mvm.templates import sync
     from mvm.templates.registry import from_env
 
     registry = from_env()
     try:
-        r = sync.push(name, registry, progress=_progress())
+        r = sync.push(name, registry, force=force, progress=_progress())
     finally:
         registry.close()
-    if r.bytes:
+    if r.repaired:
+        click.echo(f"{name}: {r.revision} repaired in {registry.description} "
+                   f"({r.files} damaged or missing file{'s' if r.files > 1 else ''} "
+                   f"uploaded again, {_mb(r.bytes)})")  # fmt: skip
+    elif r.bytes:
         click.echo(
             f"{name}: pushed {r.revision} to {registry.description} "
-            f"({r.files} files, {_mb(r.bytes)}, {r.seconds:.1f}s, {r.mb_per_s:.1f} MB/s)"
+            f"({r.files} files, {_mb(r.bytes)}, {r.seconds:.1f}s, {r.mb_per_s:.1f} MB/s); "
+            f"signed by {r.signer}"
         )
     elif r.moved_current:
         click.echo(f"{name}: {r.revision} already in the registry; made it current")
@@ -298,9 +394,10 @@ def pull(name: str, revision: str | None) -> None:
         r = sync.pull(name, registry, revision=revision, progress=_progress())
     finally:
         registry.close()
+    signed = f"signed by {r.signer}" if r.signer else "unsigned"
     if r.bytes:
         click.echo(f"{name}: pulled {r.revision} ({r.files} files, {_mb(r.bytes)}, "
-                   f"{r.seconds:.1f}s, {r.mb_per_s:.1f} MB/s); verified")  # fmt: skip
+                   f"{r.seconds:.1f}s, {r.mb_per_s:.1f} MB/s); verified; {signed}")  # fmt: skip
     else:
         click.echo(f"{name}: {r.revision} already here and intact; nothing transferred")
 
@@ -309,8 +406,19 @@ def pull(name: str, revision: str | None) -> None:
 @NAME
 @click.option("--revision", default=None, help="Revision id (default: current).")
 def verify(name: str, revision: str | None) -> None:
-    """Recompute every sha256 against checksums.json; fail naming a bad file."""
-    from mvm.templates import store
+    """Recompute every sha256 against checksums.json and check the signature.
+
+    Fails naming a bad file; when trust is configured, also fails for an
+    unsigned revision or one whose signer is not trusted.
+    """
+    from mvm.templates import store, trust
 
     rev = store.verify(name, store.resolve_local(name, revision) if revision else None)
-    click.echo(f"{name}: {rev.id} ok ({len(rev.checksums)} files verified)")
+    policy = trust.load_policy()
+    prov = store.provenance(rev)
+    policy.enforce(prov, rev.where)
+    click.echo(f"{name}: {rev.id} ok ({len(rev.checksums)} files verified); "
+               f"{policy.describe(prov)}")  # fmt: skip
+
+
+from mvm.cli import template_keys  # noqa: E402, F401 - registers `key`, `trust`, `sign`

@@ -6,6 +6,12 @@ its key is ``sha256(image input hash + settings)``: an unchanged project and
 unchanged settings cost one key computation and no new revision; editing
 ``--mem`` and rebuilding gives a new revision that shares the image bytes
 (hard links) with the previous one.
+
+Settings left to the project (``cpus``/``memory_mib`` of None) take the
+project's ``vcpus``/``memory_mib``; those effective values are what the
+revision's ``defaults`` record (the runtime reads them), so they are part of
+the key too.  A new revision is signed with this user's key
+(:mod:`mvm.templates.signing`).
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvm.errors import BuildError, IntegrityError
+from mvm.errors import BuildError, IntegrityError, MetadataError
 from mvm.image import builder
+from mvm.image.meta import Defaults, ImageMeta
 from mvm.log import get_logger
-from mvm.templates import integrity, store
+from mvm.templates import integrity, signing, store
 
 log = get_logger(__name__)
 
@@ -35,9 +42,14 @@ class BuildResult:
     seconds: float
 
 
-def revision_key(input_hash: str, settings: store.Settings) -> str:
-    blob = json.dumps({"image": input_hash, "settings": settings.to_json()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+def revision_key(input_hash: str, settings: store.Settings, defaults: Defaults) -> str:
+    """What makes two builds the same revision.  ``defaults`` joins the key only
+    when the project supplies part of them, so keys of records with explicit
+    numbers (all records before that was possible) stay what they were."""
+    data: dict[str, object] = {"image": input_hash, "settings": settings.to_json()}
+    if settings.cpus is None or settings.memory_mib is None:
+        data["defaults"] = {"vcpus": defaults.vcpus, "memory_mib": defaults.memory_mib}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
@@ -78,9 +90,11 @@ def build(name: str, *, force: bool = False) -> BuildResult:
         settings = record.settings
         project = load_project(settings.flake, profile=settings.profile_arg)
         image = builder.build(project, force=force)
-        key = revision_key(image.input_hash, settings)
+        meta = _image_meta(image)
+        defaults = Defaults(*settings.effective(project.spec.vcpus, project.spec.memory_mib))
+        key = revision_key(image.input_hash, settings, defaults)
         previous = store.current_id(name)
-        recorded = {a: str(image.revision["checksums"][a]) for a in builder.ARTEFACTS}
+        recorded = dict(meta.checksums)
         found = _reusable(name, key, recorded if force else None)
         if found is not None:
             if found.id != previous:
@@ -89,35 +103,42 @@ def build(name: str, *, force: bool = False) -> BuildResult:
                 record.needs_rebuild = False
                 record.save()
             return BuildResult(name, found.id, False, previous, time.monotonic() - started)
-        rev_id = _new_revision(record, image, key, recorded)
+        rev_id = _new_revision(
+            record,
+            image,
+            meta.for_template(record.name, key, settings.to_json(), store.now_iso(), defaults),
+            recorded,
+        )
         record.needs_rebuild = False
         record.save()
     log.info("template %s: new revision %s", name, rev_id)
     return BuildResult(name, rev_id, True, previous, time.monotonic() - started)
 
 
+def _image_meta(image: builder.Image) -> ImageMeta:
+    """The image's metadata, validated (a damaged image cache is a clear error)."""
+    where = str(image.path / "revision.json")
+    try:
+        return ImageMeta.from_json(image.revision, where)
+    except MetadataError as exc:
+        raise BuildError(
+            exc.message, hint="rebuild with `mvmctl template build NAME --force`"
+        ) from exc
+
+
 def _new_revision(
-    record: store.Template, image: builder.Image, key: str, recorded: dict[str, str]
+    record: store.Template, image: builder.Image, meta: ImageMeta, recorded: dict[str, str]
 ) -> str:
-    """Stage, checksum and install a revision from ``image`` (caller holds the lock)."""
-    settings = record.settings
+    """Stage, checksum, sign and install a revision from ``image`` (caller holds the lock).
+
+    ``meta`` is the image's metadata as a revision of this template (its
+    ``name`` is the template's: the default VM name for ``up --template``).
+    """
     stage = store.staging_dir("build")
     try:
         for a in builder.ARTEFACTS:
             _link_or_copy(image.path / a, stage / a)
-        meta = dict(image.revision)
-        meta.update(
-            name=record.name,  # default VM name for `up --template`
-            projectName=image.revision.get("name"),
-            defaults={"vcpus": settings.cpus, "memory_mib": settings.memory_mib},
-            template={
-                "name": record.name,
-                "key": key,
-                "settings": settings.to_json(),
-                "createdAt": store.now_iso(),
-            },
-        )
-        (stage / "revision.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (stage / "revision.json").write_bytes(meta.encode())
         checksums = integrity.compute(stage)
         for a in builder.ARTEFACTS:
             if checksums[a] != recorded[a]:
@@ -128,6 +149,7 @@ def _new_revision(
         digest = integrity.digest(checksums)
         rev_id = f"r{store.next_number(record.name)}-{digest[:8]}"
         (stage / integrity.CHECKSUMS).write_bytes(integrity.encode_checksums(checksums))
+        signing.write_local(stage, signing.sign(record.name, rev_id, checksums).encode())
         integrity.mark_verified(stage, checksums)
         store.install_revision(record, stage, rev_id, new_record=False)
     finally:

@@ -21,17 +21,19 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from mvm.errors import IntegrityError
 from mvm.image.builder import ARTEFACTS, sha256_file
+from mvm.image.meta import MAX_BYTES, read_capped
 
 REVISION_FILES: tuple[str, ...] = (*ARTEFACTS, "revision.json")
 CHECKSUMS = "checksums.json"
 MARKER = ".verified.json"
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX64 = re.compile(r"[0-9a-f]{64}")  # fullmatch only
 
 
 def parse_checksums(data: Any, where: str) -> dict[str, str]:
@@ -39,7 +41,7 @@ def parse_checksums(data: Any, where: str) -> dict[str, str]:
     if (
         not isinstance(data, dict)
         or set(data) != set(REVISION_FILES)
-        or not all(isinstance(v, str) and HEX64.match(v) for v in data.values())
+        or not all(isinstance(v, str) and HEX64.fullmatch(v) for v in data.values())
     ):
         raise IntegrityError(
             f"{where}: checksums.json is malformed "
@@ -51,7 +53,7 @@ def parse_checksums(data: Any, where: str) -> dict[str, str]:
 def decode_checksums(raw: bytes, where: str) -> dict[str, str]:
     try:
         data = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise IntegrityError(f"{where}: checksums.json is not valid JSON") from exc
     return parse_checksums(data, where)
 
@@ -68,11 +70,11 @@ def digest(checksums: dict[str, str]) -> str:
 
 def load_checksums(directory: Path, where: str) -> dict[str, str]:
     try:
-        raw = (directory / CHECKSUMS).read_bytes()
+        raw = read_capped(directory / CHECKSUMS, MAX_BYTES)
     except FileNotFoundError:
         raise IntegrityError(f"{where}: checksums.json is missing") from None
     except OSError as exc:
-        raise IntegrityError(f"{where}: cannot read checksums.json: {exc.strerror}") from exc
+        raise IntegrityError(f"{where}: cannot read checksums.json: {exc.strerror or exc}") from exc
     return decode_checksums(raw, where)
 
 
@@ -86,8 +88,8 @@ def _ident(st: os.stat_result) -> list[int]:
 
 def _read_marker(directory: Path) -> dict[str, Any]:
     try:
-        data = json.loads((directory / MARKER).read_text())
-    except (OSError, ValueError):
+        data = json.loads(read_capped(directory / MARKER, MAX_BYTES))
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -133,11 +135,13 @@ def verify_dir(directory: Path, checksums: dict[str, str], *, where: str, cached
     for name in REVISION_FILES:
         path = directory / name
         try:
-            st = path.stat()
+            st = path.lstat()
         except FileNotFoundError:
             raise IntegrityError(f"{where}: {name} is missing") from None
         except OSError as exc:
             raise IntegrityError(f"{where}: cannot read {name}: {exc.strerror}") from exc
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would hang the hash, a symlink leads out
+            raise IntegrityError(f"{where}: {name} is not a regular file")
         entry = [*_ident(st), checksums[name]]
         if cached and marker.get(name) == entry:
             fresh[name] = entry

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mvm import paths
 from mvm.errors import ConflictError, MvmError
 
 MVM_TOML = """\
@@ -52,7 +51,9 @@ again; `mvmctl template edit {name} --cpus 4 --mem 2048` changes the VM defaults
 
 def scaffold(dest: Path, name: str) -> list[Path]:
     """Write ``mvm.toml``, ``.gitignore`` and ``README.md`` into a new ``dest``."""
-    paths.validate_name(name, "template name")
+    from mvm.templates.store import validate_name
+
+    validate_name(name)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ConflictError(f"{dest} already exists and is not empty")
     created_dir = not dest.exists()

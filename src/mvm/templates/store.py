@@ -6,10 +6,11 @@ Layout::
       .NAME.lock                 flock serialising every change to NAME
       .tmp-KIND-PID-XXXX/        staging (builds, pulls); never looks usable
       NAME/
-        template.json            settings (flake, profile, role, cpus, mem, data disk)
+        template.json            settings (flake, profile, role, cpus, mem, data disk);
+                                 cpus/mem may be null: "take the project's value"
         current                  the id of the revision ``up --template`` boots
         revisions/REV/           kernel, initramfs.cpio, rootfs.ext4,
-                                 revision.json, checksums.json
+                                 revision.json, checksums.json, signature.json
 
 A revision is immutable once it appears, and it appears with one
 ``rename`` of a fully written and verified staging directory; ``current`` is
@@ -33,27 +34,33 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mvm import paths
 from mvm.errors import (
     ConfigError,
     ConflictError,
     IntegrityError,
+    MetadataError,
     NotFoundError,
     StateError,
     TemplateError,
 )
 from mvm.image.builder import Image
-from mvm.state.atomic import atomic_file, locked, read_json, write_json
+from mvm.image.meta import MAX_BYTES, MEMORY_RANGE, VCPUS_RANGE, ImageMeta, read_capped
+from mvm.state.atomic import atomic_file, locked, write_json
 from mvm.templates import integrity
+
+if TYPE_CHECKING:
+    from mvm.templates.signing import Provenance
 
 SCHEMA = 1
 ROLES: tuple[str, ...] = ("worker", "gateway")
-CPUS_RANGE = (1, 64)
-MEM_RANGE = (64, 1 << 20)
+CPUS_RANGE = VCPUS_RANGE  # the same bounds as mvm.toml's vcpus / memory_mib
+MEM_RANGE = MEMORY_RANGE
 DATA_DISK_RANGE = (1, 1 << 22)  # 1 MiB .. 4 TiB
-REV_RE = re.compile(r"^r([1-9][0-9]{0,8})-([0-9a-f]{8})$")
+# always used with fullmatch: ``$`` alone would accept a trailing newline
+REV_RE = re.compile(r"r([1-9][0-9]{0,8})-([0-9a-f]{8})")
 
 
 def now_iso() -> str:
@@ -66,15 +73,30 @@ def _int_in(value: Any, what: str, lo: int, hi: int) -> int:
     return value
 
 
+def validate_name(name: Any) -> str:
+    """A template name (a full match: ``"x\\n"`` is refused), else ``ConfigError``."""
+    if not isinstance(name, str) or not paths.NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"invalid template name {name!r}: use 1-63 characters a-z, 0-9 and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class Settings:
-    """What a template is built from and how its VMs run by default."""
+    """What a template is built from and how its VMs run by default.
+
+    ``cpus``/``memory_mib`` of None mean "the project's ``vcpus``/``memory_mib``":
+    a template overrides mvm.toml only where ``--cpus``/``--mem`` said so.
+    Records written before that (with numbers) keep their numbers.
+    """
 
     flake: str
     profile: str = "default"
     role: str = "worker"
-    cpus: int = 2
-    memory_mib: int = 1024
+    cpus: int | None = None
+    memory_mib: int | None = None
     data_disk_mib: int | None = None
 
     def validated(self) -> Settings:
@@ -89,8 +111,10 @@ class Settings:
             )
         if self.role not in ROLES:
             raise ConfigError(f"invalid --role {self.role!r}: must be one of {', '.join(ROLES)}")
-        _int_in(self.cpus, "--cpus", *CPUS_RANGE)
-        _int_in(self.memory_mib, "--mem (MiB)", *MEM_RANGE)
+        if self.cpus is not None:
+            _int_in(self.cpus, "--cpus", *CPUS_RANGE)
+        if self.memory_mib is not None:
+            _int_in(self.memory_mib, "--mem (MiB)", *MEM_RANGE)
         if self.data_disk_mib is not None:
             _int_in(self.data_disk_mib, "--data-disk (MiB)", *DATA_DISK_RANGE)
         return self
@@ -112,6 +136,17 @@ class Settings:
     def profile_arg(self) -> str | None:
         """The profile for ``load_project`` ("default" means the top level)."""
         return None if self.profile == "default" else self.profile
+
+    def effective(self, vcpus: int, memory_mib: int) -> tuple[int, int]:
+        """(cpus, memory) for a project whose mvm.toml says ``vcpus``/``memory_mib``."""
+        return (
+            vcpus if self.cpus is None else self.cpus,
+            memory_mib if self.memory_mib is None else self.memory_mib,
+        )
+
+    def source(self, key: str) -> str:
+        """Where ``cpus``/``memory_mib`` comes from: ``template`` or ``project``."""
+        return "project" if getattr(self, key) is None else "template"
 
 
 @dataclass
@@ -144,16 +179,30 @@ class Template:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise StateError(f"{where}: unsupported template record")
         name = data.get("name")
-        if not isinstance(name, str) or not paths.NAME_RE.match(name):
+        if not isinstance(name, str) or not paths.NAME_RE.fullmatch(name):
             raise StateError(f"{where}: invalid template name {name!r}")
+        for key in ("created_at", "updated_at", "origin"):
+            if not isinstance(data.get(key, ""), str):
+                raise StateError(f"{where}: {key} must be a string")
+        if not isinstance(data.get("needs_rebuild", False), bool):
+            raise StateError(f"{where}: needs_rebuild must be true or false")
         return cls(
             name=name,
             settings=Settings.from_json(data.get("settings"), where),
-            created_at=str(data.get("created_at", "")),
-            updated_at=str(data.get("updated_at", "")),
-            needs_rebuild=bool(data.get("needs_rebuild", False)),
-            origin=str(data.get("origin", "local")),
+            created_at=data.get("created_at", ""),
+            updated_at=data.get("updated_at", ""),
+            needs_rebuild=data.get("needs_rebuild", False),
+            origin=data.get("origin", "local"),
         )
+
+
+@dataclass(frozen=True)
+class BrokenTemplate:
+    """A template directory whose ``template.json`` cannot be read: still listed,
+    so it cannot vanish while ``create`` says the name is taken."""
+
+    name: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -163,7 +212,7 @@ class Revision:
     template: str
     id: str
     path: Path
-    meta: dict[str, Any]  # revision.json
+    meta: ImageMeta  # revision.json, validated
 
     @property
     def number(self) -> int:
@@ -178,20 +227,16 @@ class Revision:
         return f"template {self.template} revision {self.id}"
 
     @property
-    def info(self) -> dict[str, Any]:
-        return dict(self.meta.get("template", {}))
-
-    @property
     def key(self) -> str:
-        return str(self.info.get("key", ""))
+        return self.meta.template.key if self.meta.template else ""
 
     @property
     def created_at(self) -> str:
-        return str(self.info.get("createdAt", self.meta.get("createdAt", "")))
+        return self.meta.template.created_at if self.meta.template else self.meta.created_at
 
     @property
     def settings(self) -> dict[str, Any]:
-        return dict(self.info.get("settings", {}))
+        return dict(self.meta.template.settings) if self.meta.template else {}
 
     def sizes(self) -> dict[str, int]:
         out = {}
@@ -202,7 +247,7 @@ class Revision:
 
 
 def revision_number(rev_id: str) -> int:
-    m = REV_RE.match(rev_id)
+    m = REV_RE.fullmatch(rev_id) if isinstance(rev_id, str) else None
     if not m:
         raise TemplateError(f"invalid revision id {rev_id!r} (expected rN-xxxxxxxx)")
     return int(m.group(1))
@@ -210,7 +255,7 @@ def revision_number(rev_id: str) -> int:
 
 def check_id(rev_id: str, checksums: dict[str, str], where: str) -> None:
     """The id's digest suffix must match its checksum list (see module docstring)."""
-    m = REV_RE.match(rev_id)
+    m = REV_RE.fullmatch(rev_id)
     if not m or integrity.digest(checksums)[:8] != m.group(2):
         raise IntegrityError(f"{where}: checksums.json does not match the revision id")
 
@@ -224,16 +269,24 @@ def validate_revision_id(rev_id: str) -> str:
 
 
 def template_dir(name: str) -> Path:
-    return paths.template_dir(name)
+    return paths.template_dir(validate_name(name))
 
 
 @contextlib.contextmanager
 def lock(name: str) -> Iterator[None]:
     """Serialise changes to one template (the lock lives outside its directory,
     so deleting the template cannot race with someone waiting on it)."""
-    paths.validate_name(name, "template name")
-    root = paths.ensure_private_dir(paths.templates_dir())
-    with locked(root / f".{name}.lock"):
+    validate_name(name)
+    with private_lock(paths.templates_dir() / f".{name}.lock"):
+        yield
+
+
+@contextlib.contextmanager
+def private_lock(path: Path) -> Iterator[None]:
+    """``locked(path)`` with the lock file (and its directory) private to the owner."""
+    paths.ensure_private_dir(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    with locked(path):
         yield
 
 
@@ -271,24 +324,41 @@ def exists(name: str) -> bool:
 def load(name: str) -> Template:
     path = template_dir(name) / "template.json"
     try:
-        data = read_json(path)
+        raw = read_capped(path, MAX_BYTES)
     except FileNotFoundError:
         raise NotFoundError(
             f"no template named {name!r}", hint="`mvmctl template list` lists templates"
         ) from None
-    return Template.from_json(data, str(path))
+    except OSError as exc:
+        raise StateError(f"{path}: unreadable template record ({exc.strerror or exc})") from exc
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise StateError(f"{path}: unreadable template record (not valid JSON)") from exc
+    record = Template.from_json(data, str(path))
+    if record.name != name:
+        raise StateError(f"{path}: the record is for template {record.name!r}")
+    return record
 
 
-def list_templates() -> list[Template]:
+def list_all() -> list[Template | BrokenTemplate]:
+    """Every template directory with a record, readable or not (sorted by name)."""
     root = paths.templates_dir()
     if not root.is_dir():
         return []
-    out = []
+    out: list[Template | BrokenTemplate] = []
     for d in sorted(root.iterdir()):
-        if d.is_dir() and paths.NAME_RE.match(d.name) and (d / "template.json").is_file():
-            with contextlib.suppress(StateError):
+        if paths.NAME_RE.fullmatch(d.name) and d.is_dir() and exists(d.name):
+            try:
                 out.append(load(d.name))
+            except StateError as exc:
+                out.append(BrokenTemplate(d.name, exc.message))
     return out
+
+
+def list_templates() -> list[Template]:
+    """The templates whose records load (see ``list_all`` for the broken ones too)."""
+    return [t for t in list_all() if isinstance(t, Template)]
 
 
 def resolve_flake(flake: str | Path, profile: str) -> str:
@@ -303,7 +373,7 @@ def resolve_flake(flake: str | Path, profile: str) -> str:
 
 def create(name: str, settings: Settings) -> Template:
     """Register a template (no build yet).  Raises ``ConflictError`` if it exists."""
-    paths.validate_name(name, "template name")
+    validate_name(name)
     settings = replace(settings.validated(), flake=resolve_flake(settings.flake, settings.profile))
     with lock(name):
         if exists(name):
@@ -336,7 +406,7 @@ def create_multi(name: str, settings: Settings, roles: list[str]) -> list[Templa
         raise ConfigError(f"--roles lists a role twice: {','.join(roles)}")
     names = [f"{name}-{role}" for role in roles]
     for n, role in zip(names, roles, strict=True):
-        paths.validate_name(n, "template name")
+        validate_name(n)
         replace(settings, role=role).validated()
         if exists(n):
             raise ConflictError(f"template {n!r} already exists")
@@ -352,14 +422,23 @@ def create_multi(name: str, settings: Settings, roles: list[str]) -> list[Templa
     return created
 
 
+FROM_PROJECT = "project"
+
+
 def edit(name: str, **changes: Any) -> Template:
-    """Change settings; the template then needs a rebuild for them to take effect."""
+    """Change settings; the template then needs a rebuild for them to take effect.
+
+    ``cpus``/``memory_mib`` may be ``"project"``: take mvm.toml's value again.
+    """
     changes = {k: v for k, v in changes.items() if v is not None}
     if not changes:
         raise ConfigError("nothing to change: pass at least one of --flake, --profile, --role, "
                           "--cpus, --mem, --data-disk")  # fmt: skip
     if changes.get("data_disk_mib") == 0:
         changes["data_disk_mib"] = None  # --data-disk 0 removes the data disk
+    for key in ("cpus", "memory_mib"):
+        if changes.get(key) == FROM_PROJECT:
+            changes[key] = None  # back to the project's vcpus / memory_mib
     with lock(name):
         record = load(name)
         try:
@@ -384,9 +463,21 @@ def in_use_by(name: str) -> list[str]:
 
 
 def delete(name: str, *, force: bool = False) -> None:
-    """Remove a template and all its revisions (local only; the registry is untouched)."""
+    """Remove a template and all its revisions (local only; the registry is untouched).
+
+    A broken record (``template.json`` unreadable) goes only with ``force``.
+    """
     with lock(name):
-        load(name)
+        try:
+            load(name)
+        except NotFoundError:
+            raise
+        except StateError as exc:
+            if not force:
+                raise StateError(
+                    f"template {name!r} is broken: {exc.message}",
+                    hint=f"`mvmctl template delete {name} --force` removes it",
+                ) from exc
         users = in_use_by(name)
         if users and not force:
             raise ConflictError(
@@ -402,18 +493,35 @@ def delete(name: str, *, force: bool = False) -> None:
 # -- revisions -------------------------------------------------------------------------------
 
 
+def parse_revision_meta(raw: bytes, name: str, where: str) -> ImageMeta:
+    """A template revision's ``revision.json``: image metadata, template info and
+    settings all valid, and made for template ``name`` (so one template's
+    revision cannot be passed off as another's)."""
+    meta = ImageMeta.from_bytes(raw, where)
+    if meta.template is None:
+        raise MetadataError(f"{where}: revision.json has no template section")
+    if meta.template.name != name or meta.name != name:
+        raise MetadataError(
+            f"{where}: revision.json belongs to template {meta.template.name!r}, not {name!r}"
+        )
+    try:
+        Settings.from_json(meta.template.settings, where)
+    except StateError as exc:
+        raise MetadataError(exc.message) from exc
+    return meta
+
+
 def load_revision(name: str, rev_id: str) -> Revision:
     validate_revision_id(rev_id)
     path = template_dir(name) / "revisions" / rev_id
+    where = f"template {name} revision {rev_id}"
     try:
-        meta = json.loads((path / "revision.json").read_text())
+        raw = read_capped(path / "revision.json", MAX_BYTES)
     except FileNotFoundError:
         raise NotFoundError(f"template {name!r} has no revision {rev_id}") from None
-    except (OSError, ValueError) as exc:
-        raise TemplateError(f"template {name} revision {rev_id}: unreadable revision.json") from exc
-    if not isinstance(meta, dict):
-        raise TemplateError(f"template {name} revision {rev_id}: revision.json is not an object")
-    return Revision(name, rev_id, path, meta)
+    except OSError as exc:
+        raise TemplateError(f"{where}: unreadable revision.json ({exc.strerror or exc})") from exc
+    return Revision(name, rev_id, path, parse_revision_meta(raw, name, where))
 
 
 def revisions(name: str) -> list[Revision]:
@@ -423,15 +531,15 @@ def revisions(name: str) -> list[Revision]:
         return []
     out = []
     for d in root.iterdir():
-        if REV_RE.match(d.name) and (d / integrity.CHECKSUMS).is_file():
-            with contextlib.suppress(TemplateError, NotFoundError):
+        if REV_RE.fullmatch(d.name) and (d / integrity.CHECKSUMS).is_file():
+            with contextlib.suppress(TemplateError, NotFoundError, MetadataError):
                 out.append(load_revision(name, d.name))
     return sorted(out, key=lambda r: (r.created_at, r.number))
 
 
 def resolve_local(name: str, ref: str) -> str:
     """A full revision id, or ``rN`` matched against this host's revisions of ``name``."""
-    if REV_RE.match(ref):
+    if REV_RE.fullmatch(ref):
         return ref
     if not re.fullmatch(r"r[1-9][0-9]{0,8}", ref):
         raise TemplateError(f"invalid revision {ref!r}: use rN or rN-xxxxxxxx")
@@ -446,12 +554,12 @@ def resolve_local(name: str, ref: str) -> str:
 
 def current_id(name: str) -> str | None:
     try:
-        text = (template_dir(name) / "current").read_text().strip()
+        text = read_capped(template_dir(name) / "current", 4096).decode(errors="replace").strip()
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise TemplateError(f"template {name}: cannot read current: {exc.strerror}") from exc
-    if not REV_RE.match(text):
+        raise TemplateError(f"template {name}: cannot read current: {exc.strerror or exc}") from exc
+    if not REV_RE.fullmatch(text):
         raise TemplateError(f"template {name}: current points at invalid revision {text!r}")
     return text
 
@@ -471,7 +579,7 @@ def next_number(name: str) -> int:
     root = template_dir(name) / "revisions"
     numbers = [0]
     if root.is_dir():
-        numbers += [int(m.group(1)) for d in root.iterdir() if (m := REV_RE.match(d.name))]
+        numbers += [int(m.group(1)) for d in root.iterdir() if (m := REV_RE.fullmatch(d.name))]
     return max(numbers) + 1
 
 
@@ -514,22 +622,54 @@ def verify(name: str, rev_id: str | None = None, *, cached: bool = False) -> Rev
     return rev
 
 
+def provenance(rev: Revision) -> Provenance:
+    """Who signed ``rev`` (a valid signature by any key; trust is separate)."""
+    from mvm.templates import signing
+
+    return signing.local_provenance(rev.path, rev.template, rev.id, rev.checksums)
+
+
+def check_trust(rev: Revision) -> Provenance | None:
+    """Refuse ``rev`` (``TrustError``) when trust is configured and its signer is
+    not trusted.  Returns the provenance if it was checked (None: trust is not
+    configured, so signatures were not even read)."""
+    from mvm.templates import trust
+
+    policy = trust.load_policy()
+    if not policy.configured:
+        return None
+    prov = provenance(rev)
+    policy.enforce(prov, rev.where)
+    return prov
+
+
 def current_image(name: str) -> tuple[Image, str]:
-    """The image ``up --template NAME`` boots, after checking its checksums.
+    """The image ``up --template NAME`` boots, after checking its checksums and,
+    when trust is configured, its signature.
 
     Raises ``IntegrityError`` if any file of the current revision was
-    modified, so a tampered template is never booted.
+    modified, so a tampered template is never booted, and ``TrustError`` if
+    it is not signed by a trusted key.  ``Image.revision`` is the validated
+    metadata's JSON form.
     """
     rev = verify(name, cached=True)
-    return Image.load(rev.path), rev.id
+    check_trust(rev)
+    return Image(rev.path, rev.meta.to_json()), rev.id
 
 
 def template_defaults(name: str) -> tuple[int, int]:
     """(cpus, memory MiB) a VM from the current revision gets unless told otherwise."""
     rev = current_revision(name)
     if rev is not None:
-        defaults = rev.meta.get("defaults", {})
-        with contextlib.suppress(TypeError, ValueError):
-            return int(defaults["vcpus"]), int(defaults["memory_mib"])
-    settings = load(name).settings
-    return settings.cpus, settings.memory_mib
+        return rev.meta.defaults.vcpus, rev.meta.defaults.memory_mib
+    return project_defaults(load(name).settings)
+
+
+def project_defaults(settings: Settings) -> tuple[int, int]:
+    """(cpus, memory MiB) from the settings, filling gaps from the project's mvm.toml."""
+    from mvm.config import load_project
+
+    if settings.cpus is not None and settings.memory_mib is not None:
+        return settings.cpus, settings.memory_mib
+    spec = load_project(Path(settings.flake), profile=settings.profile_arg).spec
+    return settings.effective(spec.vcpus, spec.memory_mib)

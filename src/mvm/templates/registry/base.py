@@ -8,10 +8,16 @@ prefix); the push/pull protocol (what is uploaded in which order, when
 (translated at the backend's one seam) and never puts a credential in a
 message, a log line or a repr.
 
+A registry is untrusted: every read is capped (``max_bytes``), so a server
+that serves more than the verified metadata says is cut off instead of
+filling the disk, and small objects (``current``, ``checksums.json``,
+``revision.json``, ``signature.json``) never exceed :data:`SMALL_OBJECT_MAX`.
+
 Registry layout (under the prefix)::
 
     templates/NAME/current                   text: the revision id
     templates/NAME/revisions/REV/FILE        kernel, initramfs.cpio, rootfs.ext4, revision.json
+    templates/NAME/revisions/REV/signature.json   who vouches for the revision
     templates/NAME/revisions/REV/checksums.json   written last: the revision's commit marker
 """
 
@@ -27,12 +33,13 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from mvm import paths
-from mvm.errors import ConfigError
+from mvm.errors import ConfigError, RegistryError
 
 ENV = "MVM_TEMPLATE_REGISTRY"
 S3_REQUIRED = ("ENDPOINT", "BUCKET", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
 S3_OPTIONAL = ("REGION",)
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")  # fullmatch: "$" would accept a trailing newline
+SMALL_OBJECT_MAX = 1 << 20
 
 Callback = Callable[[int], None]
 
@@ -82,7 +89,7 @@ def check_key(key: str) -> str:
     if (
         not key
         or key.startswith("/")
-        or not all(_SEGMENT.match(p) and p not in (".", "..") for p in parts)
+        or not all(_SEGMENT.fullmatch(p) and p not in (".", "..") for p in parts)
     ):
         raise ConfigError(f"invalid registry key {key!r}")
     return key
@@ -109,8 +116,11 @@ class Registry(ABC):
     description: str = "registry"
 
     @abstractmethod
-    def get_bytes(self, key: str) -> bytes | None:
-        """A small object's content, or None if it does not exist."""
+    def get_bytes(self, key: str, max_bytes: int = SMALL_OBJECT_MAX) -> bytes | None:
+        """A small object's content, or None if it does not exist.
+
+        An object larger than ``max_bytes`` is a ``RegistryError`` (see :func:`too_large`).
+        """
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -125,8 +135,12 @@ class Registry(ABC):
         """Store a (large) file; it becomes visible only once complete."""
 
     @abstractmethod
-    def download(self, key: str, dest: Path, progress: Callback) -> None:
-        """Fetch an object into ``dest`` (a file in a staging directory)."""
+    def download(self, key: str, dest: Path, progress: Callback, *, max_bytes: int) -> None:
+        """Fetch an object into ``dest`` (a file in a staging directory).
+
+        Stops with a ``RegistryError`` once more than ``max_bytes`` arrive, so a
+        hostile or broken server cannot fill the disk.
+        """
 
     @abstractmethod
     def list_dirs(self, key: str) -> list[str]:
@@ -139,6 +153,15 @@ class Registry(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections (optional)."""
+
+
+def too_large(registry: Registry, key: str, max_bytes: int) -> RegistryError:
+    """The error for an object bigger than the verified metadata (or the small cap) allows."""
+    return RegistryError(
+        f"registry {registry.description}: {key} is larger than the {max_bytes} bytes "
+        "expected; download stopped",
+        hint="the registry copy is damaged or forged; re-push it from a good copy",
+    )
 
 
 def parse_location(url: str) -> Path:

@@ -4,11 +4,17 @@ Objects are plain files at ``ROOT/PREFIX/KEY``.  Every write goes to a temp
 file in the same directory and appears with ``os.replace``, so a reader (or
 a crash) never sees half an object.  Files have no metadata, so
 ``verify_object`` re-hashes the stored copy — cheap on a local disk.
+
+The directory may be shared or hand-edited, so reads open only regular
+files (never following a final symlink, never blocking on a FIFO) and stop
+at ``max_bytes``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -16,7 +22,14 @@ from typing import BinaryIO
 from mvm.errors import RegistryError
 from mvm.image.builder import sha256_file
 from mvm.state.atomic import atomic_file
-from mvm.templates.registry.base import Callback, ObjectInfo, Registry, check_key
+from mvm.templates.registry.base import (
+    SMALL_OBJECT_MAX,
+    Callback,
+    ObjectInfo,
+    Registry,
+    check_key,
+    too_large,
+)
 
 CHUNK = 4 << 20
 
@@ -40,12 +53,26 @@ class LocalRegistry(Registry):
                 f"registry {self.description}: {action} {key}: {exc.strerror or exc}"
             ) from exc
 
-    def get_bytes(self, key: str) -> bytes | None:
+    def _open(self, key: str) -> BinaryIO:
+        """Open an object for reading: a regular file, not through a final symlink."""
+        fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        f = os.fdopen(fd, "rb")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            f.close()
+            raise RegistryError(f"registry {self.description}: {key} is not a regular file")
+        return f
+
+    def get_bytes(self, key: str, max_bytes: int = SMALL_OBJECT_MAX) -> bytes | None:
         with self._errors("reading", key):
             try:
-                return self._path(key).read_bytes()
+                f = self._open(key)
             except FileNotFoundError:
                 return None
+            with f:
+                data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise too_large(self, key, max_bytes)
+        return data
 
     def put_bytes(self, key: str, data: bytes) -> None:
         dest = self._path(key)
@@ -69,17 +96,25 @@ class LocalRegistry(Registry):
 
     def upload(self, key: str, src: Path, sha256: str, progress: Callback) -> None:
         dest = self._path(key)
-        with self._errors("writing", key), atomic_file(dest) as out:
-            _copy(src, out, progress)
+        with self._errors("writing", key), atomic_file(dest) as out, open(src, "rb") as f:
+            while chunk := f.read(CHUNK):
+                out.write(chunk)
+                progress(len(chunk))
 
-    def download(self, key: str, dest: Path, progress: Callback) -> None:
-        src = self._path(key)
+    def download(self, key: str, dest: Path, progress: Callback, *, max_bytes: int) -> None:
         with self._errors("reading", key):
             try:
-                with open(dest, "wb") as out:
-                    _copy(src, out, progress)
+                src = self._open(key)
             except FileNotFoundError as exc:
                 raise RegistryError(f"registry {self.description}: {key} is missing") from exc
+            with src, open(dest, "wb") as out:
+                total = 0
+                while chunk := src.read(min(CHUNK, max_bytes - total + 1)):
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise too_large(self, key, max_bytes)
+                    out.write(chunk)
+                    progress(len(chunk))
 
     def list_dirs(self, key: str) -> list[str]:
         path = self._path(key)
@@ -88,10 +123,3 @@ class LocalRegistry(Registry):
                 return sorted(p.name for p in path.iterdir() if p.is_dir())
             except FileNotFoundError:
                 return []
-
-
-def _copy(src: Path, out: BinaryIO, progress: Callback) -> None:
-    with open(src, "rb") as f:
-        while chunk := f.read(CHUNK):
-            out.write(chunk)
-            progress(len(chunk))

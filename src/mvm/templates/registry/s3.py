@@ -6,13 +6,21 @@ there" from "half there" with one HEAD.  Every botocore/boto3 exception is
 translated into ``RegistryError`` in :meth:`S3Registry._errors` — the one
 seam — with a message that names the endpoint and bucket and says what to
 fix, and never a credential (messages pass through :meth:`_redact` as a
-second line of defence).
+second line of defence).  Creating the client is inside the seam too, so a
+bad region or another botocore configuration error is a one-line
+``ConfigError``.
+
+Reads are capped: ``get_bytes`` reads at most ``max_bytes + 1`` bytes of the
+body, and ``download`` checks the HEAD size first and then counts the bytes
+the transfer manager hands to its progress callback, aborting the transfer
+once more than ``max_bytes`` have arrived (a server may lie in HEAD).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 from mvm.errors import ConfigError, RegistryError
 from mvm.log import get_logger
-from mvm.templates.registry.base import ENV, Callback, ObjectInfo, Registry, check_key
+from mvm.templates.registry.base import (
+    ENV,
+    SMALL_OBJECT_MAX,
+    Callback,
+    ObjectInfo,
+    Registry,
+    check_key,
+    too_large,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -33,6 +49,8 @@ CREDENTIAL_CODES = {
     "InvalidSecurity", "AuthorizationHeaderMalformed", "InvalidClientTokenId",
 }  # fmt: skip
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+# botocore's own rule for region names; checked first for a message naming the variable
+REGION_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -57,27 +75,77 @@ class _Missing(Exception):
     """Internal: the object does not exist (callers turn it into ``None``)."""
 
 
+class _TooLarge(Exception):
+    """Internal: raised from the progress callback to abort an oversized download."""
+
+
+class _Capped:
+    """A progress callback that aborts the transfer past ``limit`` bytes.
+
+    s3transfer reports negative amounts when it retries a part; they are
+    subtracted, so a retried part is not counted twice.
+    """
+
+    def __init__(self, progress: Callback, limit: int):
+        self.progress, self.limit, self.seen = progress, limit, 0
+        self._lock = threading.Lock()  # called from the transfer's worker threads
+
+    def __call__(self, n: int) -> None:
+        with self._lock:
+            self.seen += n
+            over = self.seen > self.limit
+        if over:
+            raise _TooLarge()
+        self.progress(n)
+
+
 class S3Registry(Registry):
     def __init__(self, cfg: S3Config):
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
-        if not re.match(r"^https?://[^/\s]+", cfg.endpoint):
+        if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", cfg.endpoint):
             raise ConfigError(
                 f"invalid {ENV}_ENDPOINT {cfg.endpoint!r}: use a URL such as https://s3.amazonaws.com"
+            )
+        if not REGION_RE.fullmatch(cfg.region):
+            raise ConfigError(
+                f"invalid {ENV}_REGION {cfg.region!r}: use a region name such as us-east-1"
             )
         self.cfg = cfg
         where = f"s3://{cfg.bucket}/{cfg.prefix + '/' if cfg.prefix else ''}"
         self.description = f"{where} at {cfg.endpoint}"
-        session = boto3.session.Session()
-        self._client: S3Client = session.client(
+        with self._config_errors():
+            self._client = self._make_client(boto3.session.Session(), Config)
+        self._transfer = TransferConfig(
+            multipart_threshold=cfg.multipart_threshold,
+            multipart_chunksize=cfg.multipart_chunksize,
+            max_concurrency=cfg.max_concurrency,
+            use_threads=True,
+        )
+
+    @contextlib.contextmanager
+    def _config_errors(self) -> Iterator[None]:
+        """botocore refuses a setting (region, endpoint…) while making the client."""
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            yield
+        except (BotoCoreError, ValueError) as exc:
+            raise ConfigError(
+                self._redact(f"invalid S3 registry configuration ({ENV}_*): {exc}")
+            ) from exc
+
+    def _make_client(self, session: Any, config: Any) -> S3Client:
+        cfg = self.cfg
+        client: S3Client = session.client(
             "s3",
             endpoint_url=cfg.endpoint,
             region_name=cfg.region,
             aws_access_key_id=cfg.access_key_id,
             aws_secret_access_key=cfg.secret_access_key,
-            config=Config(
+            config=config(
                 signature_version="s3v4",
                 s3={"addressing_style": "path"},
                 retries={"max_attempts": cfg.max_attempts, "mode": "standard"},
@@ -86,12 +154,7 @@ class S3Registry(Registry):
                 max_pool_connections=max(10, cfg.max_concurrency),
             ),
         )
-        self._transfer = TransferConfig(
-            multipart_threshold=cfg.multipart_threshold,
-            multipart_chunksize=cfg.multipart_chunksize,
-            max_concurrency=cfg.max_concurrency,
-            use_threads=True,
-        )
+        return client
 
     def _key(self, key: str) -> str:
         check_key(key)
@@ -179,13 +242,22 @@ class S3Registry(Registry):
             self._redact(f"registry {self.description}: {action} {key} failed: {exc}")
         )
 
-    def get_bytes(self, key: str) -> bytes | None:
+    def get_bytes(self, key: str, max_bytes: int = SMALL_OBJECT_MAX) -> bytes | None:
         try:
             with self._errors("reading", key):
                 resp = self._client.get_object(Bucket=self.cfg.bucket, Key=self._key(key))
-                return resp["Body"].read()
+                body = resp["Body"]
+                try:
+                    if int(resp.get("ContentLength", 0)) > max_bytes:
+                        raise too_large(self, key, max_bytes)
+                    data: bytes = body.read(max_bytes + 1)
+                finally:
+                    body.close()
         except _Missing:
             return None
+        if len(data) > max_bytes:
+            raise too_large(self, key, max_bytes)
+        return data
 
     def put_bytes(self, key: str, data: bytes) -> None:
         with self._errors("writing", key):
@@ -207,15 +279,23 @@ class S3Registry(Registry):
                 ExtraArgs=extra, Callback=progress, Config=self._transfer,
             )  # fmt: skip
 
-    def download(self, key: str, dest: Path, progress: Callback) -> None:
+    def download(self, key: str, dest: Path, progress: Callback, *, max_bytes: int) -> None:
+        info = self.stat(key)
+        if info is None:
+            raise RegistryError(f"registry {self.description}: {key} is missing")
+        if info.size > max_bytes:
+            raise too_large(self, key, max_bytes)
         try:
             with self._errors("downloading", key):
                 self._client.download_file(
                     self.cfg.bucket, self._key(key), str(dest),
-                    Callback=progress, Config=self._transfer,
+                    Callback=_Capped(progress, max_bytes), Config=self._transfer,
                 )  # fmt: skip
         except _Missing:
             raise RegistryError(f"registry {self.description}: {key} is missing") from None
+        except _TooLarge:
+            dest.unlink(missing_ok=True)
+            raise too_large(self, key, max_bytes) from None
 
     def list_dirs(self, key: str) -> list[str]:
         prefix = self._key(key).rstrip("/") + "/"
