@@ -16,7 +16,8 @@ import pytest
 
 from mvm import paths
 from mvm.config.schema import GuestSpec, Project
-from mvm.image.builder import ARTEFACTS, Image, sha256_file
+from mvm.image.builder import Image, sha256_file
+from mvm.image.meta import ARTEFACTS
 
 TOML = """name = "{name}"
 vcpus = 1

@@ -35,8 +35,9 @@ class Attached:
 
     def discard_created(self) -> None:
         for p in self.created:
-            with contextlib.suppress(OSError):
-                p.unlink()
+            for f in (p, p.with_suffix(".json")):  # the image and its metadata
+                with contextlib.suppress(OSError):
+                    f.unlink()
             with contextlib.suppress(OSError):
                 p.parent.rmdir()  # the VM's volume directory, if this start made it empty
 

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,15 @@ from mvm.guest import EXTENSIONS, GUEST_FEATURES, GUEST_FILES
 from mvm.guest import read as guest_file
 from mvm.image import initramfs
 from mvm.image import kernel as kernels
+from mvm.image.meta import ARTEFACTS, ImageMeta
+from mvm.image.meta import load as load_meta
 from mvm.image.render import GuestFile, home_dir, render
 from mvm.log import get_logger
 from mvm.proc import is_disk_full
 
 log = get_logger(__name__)
 
-ARTEFACTS = ("kernel", "initramfs.cpio", "rootfs.ext4")
+
 EXPECTED_BOOT_MS = {"kvm": 300, "tcg": 2000}
 
 
@@ -57,21 +60,29 @@ class Image:
     def rootfs(self) -> Path:
         return self.path / "rootfs.ext4"
 
+    @cached_property
+    def meta(self) -> ImageMeta:
+        """``revision`` validated (the one typed view every reader uses)."""
+        return ImageMeta.from_json(self.revision, str(self.path / "revision.json"))
+
     @property
     def input_hash(self) -> str:
-        return str(self.revision["inputHash"])
+        return self.meta.input_hash
 
     @property
     def accessible(self) -> bool:
-        return bool(self.revision["accessible"])
+        return self.meta.accessible
 
     @classmethod
     def load(cls, path: Path) -> Image:
+        """A built image directory; its revision.json is validated on the way in."""
         try:
-            revision = json.loads((path / "revision.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise BuildError(f"{path}: not a built image ({exc})") from exc
-        return cls(path, revision)
+            meta = load_meta(path / "revision.json")
+        except FileNotFoundError as exc:
+            raise BuildError(f"{path}: not a built image (no revision.json)") from exc
+        image = cls(path, meta.to_json())
+        image.__dict__["meta"] = meta
+        return image
 
 
 def _hash_tree(h: Any, src: Path) -> None:

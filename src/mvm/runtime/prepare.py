@@ -41,15 +41,14 @@ def check(run: ResolvedRun) -> Prepared:
     """Check every volume, drive file and credential against the image; write nothing."""
     image = run.image
     plan = drives.plan(run.volumes, run.config_files, run.secret_files)
-    rev = image.revision
-    features = set(rev.get("guestFeatures", []))
-    if plan and "drives" not in features:
-        raise DriveError(f"image {rev.get('name')} was built by an mvm without drive support; "
+    meta = image.meta
+    if plan and "drives" not in meta.features:
+        raise DriveError(f"image {meta.name} was built by an mvm without drive support; "
                          "rebuild the image or template")  # fmt: skip
-    if run.credentials and "credentials" not in features:
-        raise CredentialError(f"image {rev.get('name')} was built by an mvm without credential "
+    if run.credentials and "credentials" not in meta.features:
+        raise CredentialError(f"image {meta.name} was built by an mvm without credential "
                               "support; rebuild the image or template")  # fmt: skip
-    uid = int(rev.get("uids", {}).get("entrypoint", 0))
+    uid = meta.uids.entrypoint
     if plan.data and not image.accessible:
         drives.check_mountpoints(plan, image.rootfs, "/root" if uid == 0 else f"/home/{APP_USER}")
     return Prepared(run, plan, uid)

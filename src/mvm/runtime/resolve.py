@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mvm.backends.spec import PortForward
 from mvm.drives import DriveFile, VolumeSpec, parse_volume
-from mvm.errors import ConfigError
+from mvm.errors import ConfigError, CredentialError
 from mvm.runtime.config import RunConfig, parse_port
 from mvm.secrets import credentials as creds_mod
 from mvm.secrets.credentials import Credential
@@ -29,6 +29,7 @@ from mvm.secrets.credentials import Credential
 if TYPE_CHECKING:
     from mvm.config.schema import GuestSpec
     from mvm.image.builder import Image
+    from mvm.image.meta import ImageMeta
 
 MiB = 1 << 20
 DATA_DISK_PATH = "/data"  # where a template's --data-disk is mounted
@@ -58,6 +59,8 @@ class RuntimeDefaults:
     template: str | None = None  # set for templates: its explicit settings win over mvm.toml
     template_vcpus: int | None = None
     template_memory_mib: int | None = None
+    # declared by a template this host did not build: the caller must give the values
+    required_credentials: tuple[str, ...] = ()
 
     @classmethod
     def from_spec(cls, spec: GuestSpec) -> RuntimeDefaults:
@@ -68,11 +71,11 @@ class RuntimeDefaults:
         )  # fmt: skip
 
     @classmethod
-    def from_revision(cls, revision: dict[str, Any]) -> RuntimeDefaults:
-        """The image's recorded defaults (``defaults``, and ``runtime`` when present)."""
-        defaults = revision.get("defaults") if isinstance(revision.get("defaults"), dict) else {}
-        runtime = revision.get("runtime") if isinstance(revision.get("runtime"), dict) else {}
-        assert isinstance(defaults, dict) and isinstance(runtime, dict)
+    def from_meta(cls, meta: ImageMeta) -> RuntimeDefaults:
+        """The image's recorded defaults (``defaults``, and ``runtime`` when present:
+        what a template's mvm.toml said about running, recorded at build time)."""
+        raw = meta.extra.get("runtime")
+        runtime: dict[str, Any] = raw if isinstance(raw, dict) else {}
         creds = tuple(
             CredentialDecl(str(c["name"]), Path(str(c["file"])))
             for c in runtime.get("credentials", [])
@@ -80,16 +83,12 @@ class RuntimeDefaults:
         )
         return cls(
             origin="mvm.toml",
-            vcpus=_int_or_none(defaults.get("vcpus")),
-            memory_mib=_int_or_none(defaults.get("memory_mib")),
+            vcpus=meta.defaults.vcpus,
+            memory_mib=meta.defaults.memory_mib,
             ports=tuple(p for p in runtime.get("ports", []) if isinstance(p, str)),
             network=runtime.get("network") if isinstance(runtime.get("network"), bool) else None,
             credentials=creds,
         )
-
-
-def _int_or_none(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ def resolve(
     """Merge ``run`` (the caller: ``who`` is "cli" or "api") over ``defaults`` over
     the built-in defaults; check every value (bad input fails here, before
     anything is created)."""
-    rev = image.revision
+    meta = image.meta
     sources: dict[str, str] = {}
 
     def pick(key: str, *candidates: tuple[Any, str]) -> Setting:
@@ -149,7 +148,7 @@ def resolve(
 
     name_given = run.name is not None
     name = pick("name", (run.name, who), (defaults.template, "template"),
-                (str(rev.get("name", "vm")), "image"))  # fmt: skip
+                (meta.name, "image"))  # fmt: skip
     vcpus = pick("vcpus", (run.cpus, who), (defaults.template_vcpus, "template"),
                  (defaults.vcpus, defaults.origin), (DEFAULT_VCPUS, "default"))  # fmt: skip
     memory = pick("memory_mib", (run.memory_mib, who),
@@ -163,7 +162,7 @@ def resolve(
     egress = pick("network", (run.network, who), (defaults.network, defaults.origin),
                   (False, "default"))  # fmt: skip
     hypervisor = pick("hypervisor", (run.hypervisor, who),
-                      (str(rev.get("hypervisor", "qemu")), "image"))  # fmt: skip
+                      (meta.backend, "image"))  # fmt: skip
 
     ports = _dedupe([parse_port(p) for p in run.ports] + [parse_port(p) for p in defaults.ports])
     if run.ports or defaults.ports:
@@ -184,6 +183,14 @@ def resolve(
                     for c in defaults.credentials]  # fmt: skip
     host = creds_mod.host_credentials() if run.forward_host_credentials else []
     creds = creds_mod.resolve(run.credentials, declared, host)
+    missing = sorted(set(defaults.required_credentials) - {c.name for c in creds})
+    if missing:
+        raise CredentialError(
+            f"the template declares credential{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)}; give {'them' if len(missing) > 1 else 'it'} with "
+            f"--credential NAME@FILE",
+            hint="a template built elsewhere never reads files of this host on its own",
+        )
     if creds:
         origins = [o for o, group in ((who, run.credentials), (defaults.origin, declared),
                                       ("host", host)) if group]  # fmt: skip

@@ -124,7 +124,6 @@ def start(run: ResolvedRun) -> Started:
     check_ports(run.ports)
     prep = prepare.check(run)  # bad -v/credentials fail here: nothing created yet
     image = run.image
-    rev = image.revision
     with _reserved(run.name, run.name_explicit) as record:
         record.mode = (Mode.ATTACHED if run.attached else Mode.DETACHED).value
         record.hypervisor = backend.name
@@ -133,7 +132,7 @@ def start(run: ResolvedRun) -> Started:
         record.image_hash = image.input_hash
         record.revision = run.revision
         record.accessible = image.accessible
-        record.entrypoint_kind = str(rev["entrypointKind"])
+        record.entrypoint_kind = image.meta.entrypoint_kind
         record.vcpus = int(run.vcpus.value)
         record.memory_mib = int(run.memory_mib.value)
         record.ports = [str(p) for p in run.ports]

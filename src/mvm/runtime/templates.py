@@ -21,20 +21,38 @@ def template_run(name: str) -> tuple[Image, RuntimeDefaults, str]:
     from mvm.templates import store
 
     image, rev_id = store.current_image(name)
-    settings = store.load(name).settings
-    defaults = RuntimeDefaults.from_revision(image.revision)
-    if "runtime" not in image.revision:
+    record = store.load(name)
+    settings = record.settings
+    local = record.origin == "local"
+    recorded = "runtime" in image.meta.extra
+    defaults = RuntimeDefaults.from_meta(image.meta)
+    if not recorded and local:  # a revision built before runtime settings were recorded
         from mvm.config import load_project
 
         with contextlib.suppress(MvmError, OSError):
             project = load_project(settings.flake, profile=settings.profile_arg)
             defaults = RuntimeDefaults.from_spec(project.spec)
+    if not local:
+        defaults = _untrusted(defaults)
     defaults = replace(
         defaults,
-        origin="template" if "runtime" in image.revision else defaults.origin,
+        origin="template" if recorded else defaults.origin,
         template=name,
-        template_vcpus=getattr(settings, "cpus", None),
-        template_memory_mib=getattr(settings, "memory_mib", None),
-        data_disk_mib=getattr(settings, "data_disk_mib", None),
+        template_vcpus=settings.cpus,
+        template_memory_mib=settings.memory_mib,
+        data_disk_mib=settings.data_disk_mib,
     )
     return image, defaults, rev_id
+
+
+def _untrusted(defaults: RuntimeDefaults) -> RuntimeDefaults:
+    """Runtime settings recorded by another host are suggestions, not authority: a
+    pulled template must never make mvm read this host's files (its credential
+    files become names the caller has to supply) or listen beyond loopback."""
+    from mvm.runtime.config import parse_port
+
+    ports = tuple(p for p in defaults.ports if parse_port(p).address == "127.0.0.1")
+    return replace(
+        defaults, ports=ports, credentials=(),
+        required_credentials=tuple(c.name for c in defaults.credentials),
+    )  # fmt: skip

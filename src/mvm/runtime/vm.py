@@ -317,7 +317,7 @@ def up(target: Any, run: RunConfig | None = None, *, source: str | None = None,
         defaults, label = RuntimeDefaults.from_spec(target.spec), str(target.root)
     elif isinstance(target, Image):
         defaults = (RuntimeDefaults.from_spec(target.spec) if target.spec is not None
-                    else RuntimeDefaults.from_revision(target.revision))  # fmt: skip
+                    else RuntimeDefaults.from_meta(target.meta))  # fmt: skip
         image, label = target, "python-api"
     else:
         raise TypeError("up() takes a Project, an Image or 'template:NAME'")

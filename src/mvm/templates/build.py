@@ -21,12 +21,14 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from mvm.config.schema import GuestSpec
 from mvm.errors import BuildError, IntegrityError, MetadataError
 from mvm.image import builder
-from mvm.image.meta import Defaults, ImageMeta
+from mvm.image.meta import ARTEFACTS, Defaults, ImageMeta
 from mvm.log import get_logger
 from mvm.templates import integrity, signing, store
 
@@ -42,14 +44,34 @@ class BuildResult:
     seconds: float
 
 
-def revision_key(input_hash: str, settings: store.Settings, defaults: Defaults) -> str:
+def revision_key(
+    input_hash: str, settings: store.Settings, defaults: Defaults,
+    runtime: dict[str, Any] | None = None,
+) -> str:  # fmt: skip
     """What makes two builds the same revision.  ``defaults`` joins the key only
-    when the project supplies part of them, so keys of records with explicit
-    numbers (all records before that was possible) stay what they were."""
+    when the project supplies part of them, and ``runtime`` only when mvm.toml
+    says something about running (ports, network, credentials), so keys of
+    older records stay what they were."""
     data: dict[str, object] = {"image": input_hash, "settings": settings.to_json()}
     if settings.cpus is None or settings.memory_mib is None:
         data["defaults"] = {"vcpus": defaults.vcpus, "memory_mib": defaults.memory_mib}
+    if runtime:
+        data["runtime"] = runtime
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def runtime_info(spec: GuestSpec) -> dict[str, Any]:
+    """What mvm.toml says about running the image (not baked into it), recorded in
+    the revision so ``up --template`` applies it on any host: ports, network and
+    the credentials it declares (name and file; values are read at start)."""
+    info: dict[str, Any] = {}
+    if spec.ports:
+        info["ports"] = list(spec.ports)
+    if spec.network:
+        info["network"] = True
+    if spec.credentials:
+        info["credentials"] = [{"name": c.name, "file": str(c.file)} for c in spec.credentials]
+    return info
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
@@ -71,7 +93,7 @@ def _reusable(name: str, key: str, artefacts: dict[str, str] | None) -> store.Re
         except IntegrityError:
             log.warning("%s: damaged, not reused", rev.where)
             continue
-        if artefacts is None or all(sums[a] == artefacts[a] for a in builder.ARTEFACTS):
+        if artefacts is None or all(sums[a] == artefacts[a] for a in ARTEFACTS):
             return rev
     return None
 
@@ -92,7 +114,8 @@ def build(name: str, *, force: bool = False) -> BuildResult:
         image = builder.build(project, force=force)
         meta = _image_meta(image)
         defaults = Defaults(*settings.effective(project.spec.vcpus, project.spec.memory_mib))
-        key = revision_key(image.input_hash, settings, defaults)
+        runtime = runtime_info(project.spec)
+        key = revision_key(image.input_hash, settings, defaults, runtime)
         previous = store.current_id(name)
         recorded = dict(meta.checksums)
         found = _reusable(name, key, recorded if force else None)
@@ -103,12 +126,11 @@ def build(name: str, *, force: bool = False) -> BuildResult:
                 record.needs_rebuild = False
                 record.save()
             return BuildResult(name, found.id, False, previous, time.monotonic() - started)
-        rev_id = _new_revision(
-            record,
-            image,
-            meta.for_template(record.name, key, settings.to_json(), store.now_iso(), defaults),
-            recorded,
-        )
+        rev_meta = meta.for_template(record.name, key, settings.to_json(), store.now_iso(),
+                                     defaults)  # fmt: skip
+        if runtime:
+            rev_meta = replace(rev_meta, extra={**rev_meta.extra, "runtime": runtime})
+        rev_id = _new_revision(record, image, rev_meta, recorded)
         record.needs_rebuild = False
         record.save()
     log.info("template %s: new revision %s", name, rev_id)
@@ -136,11 +158,11 @@ def _new_revision(
     """
     stage = store.staging_dir("build")
     try:
-        for a in builder.ARTEFACTS:
+        for a in ARTEFACTS:
             _link_or_copy(image.path / a, stage / a)
         (stage / "revision.json").write_bytes(meta.encode())
         checksums = integrity.compute(stage)
-        for a in builder.ARTEFACTS:
+        for a in ARTEFACTS:
             if checksums[a] != recorded[a]:
                 raise BuildError(
                     f"cached image {image.path.name[:12]}: {a} no longer matches its build record",

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from mvm.errors import IntegrityError
-from mvm.image.builder import ARTEFACTS, sha256_file
-from mvm.image.meta import MAX_BYTES, read_capped
+from mvm.image.builder import sha256_file
+from mvm.image.meta import ARTEFACTS, MAX_BYTES, read_capped
 
 REVISION_FILES: tuple[str, ...] = (*ARTEFACTS, "revision.json")
 CHECKSUMS = "checksums.json"

@@ -46,8 +46,7 @@ from mvm.errors import (
     RegistryError,
     TemplateError,
 )
-from mvm.image.builder import ARTEFACTS
-from mvm.image.meta import ImageMeta
+from mvm.image.meta import ARTEFACTS, ImageMeta
 from mvm.templates import integrity, signing, store, trust
 from mvm.templates.registry.base import (
     NullProgress,
