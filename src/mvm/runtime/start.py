@@ -58,6 +58,8 @@ def check_ports(ports: tuple[PortForward, ...]) -> None:
     for p in ports:
         kind = socket.SOCK_STREAM if p.proto == "tcp" else socket.SOCK_DGRAM
         with socket.socket(socket.AF_INET, kind) as s:
+            # as QEMU's slirp binds: connections of an earlier VM in TIME_WAIT do not count
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((p.address, p.host))
             except OSError as exc:
