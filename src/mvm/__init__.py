@@ -22,6 +22,14 @@ _EXPORTS = {
     "ConflictError": "mvm.errors",
     "DriveError": "mvm.errors",
     "CredentialError": "mvm.errors",
+    "DiskFullError": "mvm.errors",
+    "HypervisorMissing": "mvm.errors",
+    "MetadataError": "mvm.errors",
+    "TemplateError": "mvm.errors",
+    "RegistryError": "mvm.errors",
+    "IntegrityError": "mvm.errors",
+    "TrustError": "mvm.errors",
+    "LaunchError": "mvm.backends.base",
     "DriveFile": "mvm.drives",
     "VolumeSpec": "mvm.drives",
     "Credential": "mvm.secrets.credentials",
@@ -36,6 +44,12 @@ _EXPORTS = {
     "up": "mvm.runtime.vm",
     "down": "mvm.runtime.vm",
     "list_vms": "mvm.runtime.vm",
+    "get_vm": "mvm.runtime.vm",
+    "wait": "mvm.runtime.vm",
+    "pause": "mvm.runtime.vm",
+    "resume": "mvm.runtime.vm",
+    "ImageMeta": "mvm.image.meta",
+    "MachineSpec": "mvm.backends.spec",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -43,7 +57,10 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 # the library logs through mvm.log (lazy); its first use adds a NullHandler to "mvm"
 
 
-_RENAMED = {"build_image": "build"}  # exported under a name that says what it builds
+_RENAMED = {
+    "build_image": "build",
+    "get_vm": "get",
+}  # exported under a name that says what it builds
 
 
 def __dir__() -> list[str]:
@@ -59,6 +76,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from mvm.backends.base import LaunchError
+    from mvm.backends.spec import MachineSpec
     from mvm.config import GuestSpec, Project, load_project
     from mvm.drives import DriveFile, VolumeSpec
     from mvm.errors import (
@@ -67,14 +86,23 @@ if TYPE_CHECKING:
         ConfigError,
         ConflictError,
         CredentialError,
+        DiskFullError,
         DriveError,
+        HypervisorMissing,
+        IntegrityError,
+        MetadataError,
         MvmError,
         NotFoundError,
+        RegistryError,
         StateError,
+        TemplateError,
+        TrustError,
     )
     from mvm.image.builder import Image
     from mvm.image.builder import build as build_image
+    from mvm.image.meta import ImageMeta
     from mvm.runtime.config import RunConfig
-    from mvm.runtime.vm import Vm, down, list_vms, up
+    from mvm.runtime.vm import Vm, down, list_vms, pause, resume, up, wait
+    from mvm.runtime.vm import get as get_vm
     from mvm.secrets.credentials import Credential
     from mvm.state.records import VmState

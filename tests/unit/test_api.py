@@ -22,3 +22,28 @@ def test_errors_share_one_root() -> None:
         obj = getattr(errors, name)
         if isinstance(obj, type) and issubclass(obj, Exception) and obj.__module__ == "mvm.errors":
             assert issubclass(obj, errors.MvmError)
+
+
+def test_every_public_error_is_exported() -> None:
+    errors = importlib.import_module("mvm.errors")
+    public = {
+        name for name in dir(errors)
+        if isinstance(getattr(errors, name), type)
+        and issubclass(getattr(errors, name), Exception)
+        and getattr(errors, name).__module__ == "mvm.errors"
+    }  # fmt: skip
+    assert public <= set(mvm.__all__), public - set(mvm.__all__)
+    assert issubclass(mvm.LaunchError, mvm.BackendError)
+
+
+def test_dir_lists_the_api() -> None:
+    assert set(mvm.__all__) <= set(dir(mvm))
+
+
+def test_library_logger_never_prints(capsys: object) -> None:
+    import logging
+
+    from mvm.log import get_logger
+
+    get_logger("mvm.test").warning("should go nowhere")
+    assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("mvm").handlers)
