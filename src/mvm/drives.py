@@ -44,8 +44,10 @@ from typing import Literal
 
 from mvm import paths, proc
 from mvm.backends.qemu.argv import Drive
+from mvm.config.guestpaths import name_problem
 from mvm.errors import BuildError, DriveError
 from mvm.image import rootfs
+from mvm.image.staging import Staging
 from mvm.log import get_logger
 
 log = get_logger(__name__)
@@ -64,13 +66,11 @@ FILE_MODES = {"config": 0o444, "secrets": 0o400}
 DIR_MODES = {"config": 0o555, "secrets": 0o500}
 
 VolumeKind = Literal["config", "secrets", "data"]
-_SIZE_RE = re.compile(r"^(\d+)([KMGT]?)(?:i?B)?$", re.IGNORECASE)
-_GUEST_RE = re.compile(r"^(/[A-Za-z0-9._@+-]+)+$")
+_SIZE_RE = re.compile(r"(\d+)([KMGT]?)(?:i?B)?", re.IGNORECASE)  # fullmatch only
+_GUEST_RE = re.compile(r"(/[A-Za-z0-9._@+-]+)+")  # fullmatch only: "$" lets a newline through
 # nothing may be mounted over these: the guest's own system would disappear under it
 _RESERVED = ("/proc", "/sys", "/dev", "/run", "/etc", "/bin", "/sbin", "/usr", "/lib",
              "/lib64", "/init", "/lost+found")  # fmt: skip
-# names debugfs can be told about inside double quotes (no quote, backslash, control chars)
-_UNSAFE_NAME = re.compile(r'["\\\x00-\x1f\x7f]')
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class VolumeSpec:
 
 def parse_size(text: str) -> int:
     """``512K``, ``64M``, ``1G``, ``2GiB``… (binary units; bare digits are bytes)."""
-    m = _SIZE_RE.match(text.strip())
+    m = _SIZE_RE.fullmatch(text.strip())
     if not m:
         raise DriveError(f"malformed size {text!r}: use a number with K, M, G or T, e.g. 256M")
     n = int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2).upper()]
@@ -131,7 +131,7 @@ def _human(n: int) -> str:
 
 def check_guest_path(guest: str, what: str = "guest path") -> str:
     """Validate a mount point: absolute, plain characters, not a system directory."""
-    if not _GUEST_RE.match(guest) or len(guest) > GUEST_PATH_MAX:
+    if not _GUEST_RE.fullmatch(guest) or len(guest) > GUEST_PATH_MAX:
         raise DriveError(
             f"invalid {what} {guest!r}: use an absolute path of A-Z a-z 0-9 . _ @ + - "
             f"(at most {GUEST_PATH_MAX} characters)"
@@ -232,9 +232,9 @@ def _walk(top: Path) -> Iterator[tuple[str, os.stat_result]]:
 
 
 def _check_name(rel: str, where: str) -> None:
-    if _UNSAFE_NAME.search(rel):
-        raise DriveError(f"{where}: unsupported file name {rel!r} (quote, backslash or control "
-                         "character)")  # fmt: skip
+    problem = name_problem(where, rel)
+    if problem:
+        raise DriveError(problem)
 
 
 def scan_dir(host: Path, kind: str, limit: int | None = None) -> int:
@@ -429,19 +429,16 @@ def _build_ro(tree: _Tree, ddir: Path, owner: tuple[int, int]) -> Path:
         for d in tree.dirs:
             shutil.copytree(d, stage, symlinks=True, dirs_exist_ok=True)
         explicit: dict[str, int] = {}
-        for f in tree.files:
-            name = f.name.strip("/")
-            dest = stage / name
-            if dest.is_dir() and not dest.is_symlink():
-                raise DriveError(f"{kind} file {name}: a directory of that name is on the drive")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.is_symlink() or dest.exists():
-                dest.unlink()
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(f.data())
-            if f.mode is not None:
-                explicit[name] = f.mode
+        # through Staging: a symlink from the host directory is never followed on the host
+        with Staging(stage) as st:
+            for f in tree.files:
+                name = f.name.strip("/")
+                try:
+                    written = st.write(name, f.data(), 0o600)
+                except BuildError as exc:
+                    raise DriveError(f"{kind} file {name!r}: {exc.message}") from exc
+                if f.mode is not None:
+                    explicit[written.lstrip("/")] = f.mode
         _set_modes(stage, FILE_MODES[kind], DIR_MODES[kind], explicit)
         fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.close(fd)
