@@ -88,10 +88,6 @@ def _tree(root: Path, what: str) -> tuple[list[tuple[str, os.stat_result]], int]
     return entries, total
 
 
-def tree_size(root: Path) -> int:
-    return _tree(root, "tree")[1]
-
-
 def _env(epoch: int | None) -> dict[str, str]:
     """What e2fsprogs gets on top of :func:`mvm.proc.child_env` (whose ``LC_ALL=C``
     also fixes the order ``mkfs -d`` adds entries in: it sorts with strcoll)."""
