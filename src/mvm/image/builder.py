@@ -27,6 +27,7 @@ on a path mvm writes or the guest mounts over (:mod:`mvm.config.guestpaths`).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -34,7 +35,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -54,7 +54,7 @@ from mvm.image.render import GuestFile, render
 from mvm.image.source import Source
 from mvm.log import get_logger
 from mvm.proc import is_disk_full
-from mvm.state.atomic import atomic_file
+from mvm.state.atomic import atomic_file, private_tempdir
 
 log = get_logger(__name__)
 
@@ -226,8 +226,8 @@ def _build(
 
     started = time.monotonic()
     uid = spec.uids.entrypoint
-    with tempfile.TemporaryDirectory(dir=images, prefix=".build-") as tmp:
-        work = Path(tmp)
+    work = private_tempdir(images, ".build-")  # a dead build's directory is swept here
+    try:
         out = work / "out"
         out.mkdir(mode=0o700)
         root = work / "root"
@@ -269,6 +269,8 @@ def _build(
             os.replace(dest, old)
             shutil.rmtree(old, ignore_errors=True)
         os.replace(out, dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     log.info("built %s in %.1fs", spec.name, time.monotonic() - started)
     return Image.load(dest)
 
@@ -281,6 +283,12 @@ def _install_kernel(src: Path, dest: Path) -> None:
         st = os.fstat(fsrc.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise BuildError(f"kernel {str(src)!r} is not a regular file")
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            # our own cache file (fetched before the cache was private): tighten it once
+            # rather than copy 50 MB into every image
+            with contextlib.suppress(OSError):
+                os.fchmod(fsrc.fileno(), stat.S_IMODE(st.st_mode) & 0o700)
+                st = os.fstat(fsrc.fileno())
         if st.st_uid == os.geteuid() and not st.st_mode & 0o077:
             try:
                 os.link(src, dest)
