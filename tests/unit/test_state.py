@@ -117,3 +117,19 @@ def test_private_dirs_make_private_parents(tmp_path: Path) -> None:
     paths.ensure_private_dir(deep)
     for d in (tmp_path / "a", tmp_path / "a" / "b", deep):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700
+
+
+def test_dead_staging_dirs_are_swept(tmp_path: Path) -> None:
+    from mvm.state.atomic import private_tempdir
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".build-{dead.pid}-abc"
+    (stale / "ro").mkdir(parents=True)
+    os.chmod(stale / "ro", 0o500)  # read-only debris must go too
+    mine_alive = tmp_path / f".build-{os.getppid()}-keep"
+    mine_alive.mkdir()
+    fresh = private_tempdir(tmp_path, ".build-")
+    assert not stale.exists() and mine_alive.exists() and fresh.is_dir()
+    assert fresh.name.startswith(f".build-{os.getpid()}-")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700

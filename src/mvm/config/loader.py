@@ -7,13 +7,16 @@ silently become a default.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
+from mvm.config.guestpaths import reserved, unsafe_name
 from mvm.config.schema import (
     DEFAULT_AGENT_UID,
     DEFAULT_APP_UID,
@@ -29,6 +32,7 @@ from mvm.config.schema import (
     RestartPolicy,
     Service,
     Uids,
+    home_for,
 )
 from mvm.errors import ConfigError
 from mvm.paths import NAME_RE
@@ -40,10 +44,13 @@ TOP_KEYS = {
     "profile", "profiles",
 }  # fmt: skip
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "profile", "flake"}
-DEB_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-CRED_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,255}$")
-SERVICE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-PORT_RE = re.compile(r"^(?:(\d{1,5}):)?(\d{1,5})(?:/(tcp|udp))?$")
+# \A...\Z, not ^...$: "$" also matches before a trailing newline, and these patterns
+# are imported elsewhere, so they must be strict with .match as well as .fullmatch
+DEB_RE = re.compile(r"\A[a-z0-9][a-z0-9+.-]+\Z")
+CRED_RE = re.compile(r"\A[A-Za-z0-9_.@-]{1,255}\Z")
+SERVICE_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
+PORT_RE = re.compile(r"\A(?:(\d{1,5}):)?(\d{1,5})(?:/(tcp|udp))?\Z")
+MANIFEST_MAX = 4 << 20  # bytes; an mvm.toml is text written by people
 
 
 class _Ctx:
@@ -93,7 +100,22 @@ class _Ctx:
         path = self.string(value, key)
         if not path.startswith("/") or ".." in path.split("/") or "\0" in path:
             raise self.err(key, f"must be an absolute guest path without '..', got {path!r}")
+        if unsafe_name(path):
+            raise self.err(key, f"{path!r}: quotes, backslashes, control characters and "
+                           "paths over 4095 bytes are not allowed in images")  # fmt: skip
         return posixpath.normpath(path)
+
+    def project_path(self, value: Any, key: str, root: Path) -> Path:
+        """A path relative to the project directory that stays inside it once every
+        symlink is resolved (a project must not reach the host's other files)."""
+        raw = self.string(value, key)
+        if raw.startswith("/") or "\0" in raw:
+            raise self.err(key, f"must be a path relative to the project directory, got {raw!r}")
+        path = _resolved(self, root / raw, key)
+        if not path.is_relative_to(root):
+            raise self.err(key, f"{raw!r} resolves to {str(path)!r}, outside the project "
+                           f"directory {str(root)!r}")  # fmt: skip
+        return path
 
 
 def _tname(value: Any) -> str:
@@ -117,9 +139,15 @@ def load_project(path: str | Path | None = None, profile: str | None = None) -> 
     """Load and validate the project at ``path`` (a directory or an mvm.toml)."""
     manifest = find_manifest(path)
     try:
-        raw = tomllib.loads(manifest.read_text(encoding="utf-8"))
+        with open(manifest, "rb") as f:
+            data = f.read(MANIFEST_MAX + 1)
+        if len(data) > MANIFEST_MAX:
+            raise ConfigError(f"{manifest}: larger than {MANIFEST_MAX >> 20} MiB")
+        raw = tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{manifest}: not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{manifest}: not valid TOML: nested too deeply") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{manifest}: cannot read: {exc}") from exc
     spec = parse_spec(raw, manifest, profile=profile)
@@ -137,7 +165,11 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
     profiles = ctx.table(data.pop("profiles", {}), "profiles")
     profile = profile or data.pop("profile", None)
     data.pop("profile", None)
-    data.pop("flake", None)  # accepted for compatibility with the seeds' mvm.toml
+    # the seeds' mvm.toml points at its flake; here the project *is* the manifest's directory
+    flake = data.pop("flake", ".")
+    if flake != ".":
+        raise ctx.err("flake", f'only flake = "." is supported (mvm builds the project in the '
+                      f"directory of {MANIFEST}), got {flake!r}")  # fmt: skip
     if profile and profile != "default":
         if profile not in profiles:
             raise ctx.err(
@@ -151,7 +183,7 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
     if "name" not in data:
         raise ctx.err("name", 'is required (e.g. name = "hello")')
     name = ctx.string(data["name"], "name")
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ctx.err(
             "name", f"{name!r} is not allowed: use a-z, 0-9 and '-' (max 63), e.g. \"my-app\""
         )
@@ -190,6 +222,7 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         if clash:
             raise ctx.err("services", f"{sorted(clash)[0]!r} is also an entrypoint service")
 
+    sealed_home = None if dev else home_for(uids.entrypoint)
     return GuestSpec(
         name=name,
         entrypoint=entrypoint,
@@ -199,9 +232,9 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         dev=dev,
         services=services,
         uids=uids,
-        files=_files(ctx, data.get("files", {})),
+        files=_files(ctx, data.get("files", {}), sealed_home),
         packages=_packages(ctx, data.get("packages", [])),
-        copy=_copies(ctx, data.get("copy", []), root),
+        copy=_copies(ctx, data.get("copy", []), root, sealed_home),
         kernel=_kernel(ctx, data.get("kernel", "debian"), root),
         credentials=_credentials(ctx, data.get("credentials", {}), root),
         ports=_ports(ctx, data.get("ports", [])),
@@ -238,7 +271,7 @@ def _entrypoint(ctx: _Ctx, value: Any) -> Entrypoint:
 
 def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
     key = f"{prefix}.{name}"
-    if not SERVICE_RE.match(name):
+    if not SERVICE_RE.fullmatch(name):
         raise ctx.err(key, "service names use A-Z, a-z, 0-9, '_' and '-' (max 64)")
     table = ctx.table(value, key)
     ctx.keys(table, key, {"command", "restart"})
@@ -252,14 +285,15 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
     return Service(name, ctx.argv(table["command"], f"{key}.command"), cast(RestartPolicy, restart))
 
 
-def _files(ctx: _Ctx, value: Any) -> tuple[FileSpec, ...]:
+def _files(ctx: _Ctx, value: Any, sealed_home: str | None) -> tuple[FileSpec, ...]:
     table = ctx.table(value, "files")
     out = []
     for path, spec in table.items():
-        key = f'files."{path}"'
+        key = f"files.{path!r}" if unsafe_name(path) else f'files."{path}"'
         gpath = ctx.guest_path(path, key)
-        if gpath in ("/", "/init"):
-            raise ctx.err(key, f"{gpath} is reserved for mvm")
+        why = "is the root directory" if gpath == "/" else reserved(gpath, sealed_home)
+        if why:
+            raise ctx.err(key, f"{gpath!r} {why}; choose another path")
         body = ctx.table(spec, key)
         ctx.keys(body, key, {"content", "mode"})
         content = body.get("content")
@@ -285,12 +319,12 @@ def _packages(ctx: _Ctx, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ctx.err("packages", "must be a list of Debian package names")
     for pkg in value:
-        if not DEB_RE.match(pkg):
+        if not DEB_RE.fullmatch(pkg):
             raise ctx.err("packages", f"{pkg!r} is not a valid Debian package name")
     return tuple(sorted(set(value)))
 
 
-def _copies(ctx: _Ctx, value: Any, root: Path) -> tuple[CopySpec, ...]:
+def _copies(ctx: _Ctx, value: Any, root: Path, sealed_home: str | None) -> tuple[CopySpec, ...]:
     if not isinstance(value, list):
         raise ctx.err("copy", 'must be a list of { from = "dir/", to = "/opt/dir" } tables')
     out = []
@@ -300,10 +334,20 @@ def _copies(ctx: _Ctx, value: Any, root: Path) -> tuple[CopySpec, ...]:
         ctx.keys(table, key, {"from", "to"})
         if "from" not in table or "to" not in table:
             raise ctx.err(key, "needs both from and to")
-        src = (root / ctx.string(table["from"], f"{key}.from")).resolve()
-        if not src.exists():
-            raise ctx.err(f"{key}.from", f"{src} does not exist")
-        out.append(CopySpec(src, ctx.guest_path(table["to"], f"{key}.to")))
+        src = ctx.project_path(table["from"], f"{key}.from", root)
+        try:
+            mode = os.stat(src).st_mode  # resolved: no symlink is left to follow
+        except FileNotFoundError:
+            raise ctx.err(f"{key}.from", f"{str(src)!r} does not exist") from None
+        except OSError as exc:
+            raise ctx.err(f"{key}.from", f"{str(src)!r}: {exc.strerror}") from exc
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            raise ctx.err(f"{key}.from", f"{str(src)!r} is not a regular file or a directory")
+        dest = ctx.guest_path(table["to"], f"{key}.to")
+        why = reserved(dest, sealed_home)
+        if why:
+            raise ctx.err(f"{key}.to", f"{dest!r} {why}; choose another path")
+        out.append(CopySpec(src, dest))
     return tuple(out)
 
 
@@ -316,15 +360,38 @@ def _kernel(ctx: _Ctx, value: Any, root: Path) -> KernelSpec:
     ctx.keys(table, "kernel", {"path", "modules"})
     if "path" not in table:
         raise ctx.err("kernel", 'needs path = "/path/to/vmlinuz" (or kernel = "debian" | "host")')
-    path = (root / ctx.string(table["path"], "kernel.path")).resolve()
+    path = _resolved(ctx, root / ctx.string(table["path"], "kernel.path"), "kernel.path")
     if not path.is_file():
-        raise ctx.err("kernel.path", f"{path} is not a file")
+        raise ctx.err("kernel.path", f"{str(path)!r} is not a file")
+    # the file is copied into the image: it must be a kernel, not any host file
+    if not _is_kernel_image(path):
+        raise ctx.err("kernel.path", f"{str(path)!r} is not a Linux kernel (ELF or bzImage)")
     modules = None
     if "modules" in table:
-        modules = (root / ctx.string(table["modules"], "kernel.modules")).resolve()
+        modules = _resolved(ctx, root / ctx.string(table["modules"], "kernel.modules"),
+                            "kernel.modules")  # fmt: skip
         if not modules.is_dir():
-            raise ctx.err("kernel.modules", f"{modules} is not a directory")
+            raise ctx.err("kernel.modules", f"{str(modules)!r} is not a directory")
     return KernelSpec(provider="path", path=path, modules=modules)
+
+
+def _resolved(ctx: _Ctx, path: Path, key: str) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise ctx.err(key, f"{str(path)!r}: cannot resolve ({exc})") from exc
+
+
+def _is_kernel_image(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        head = os.read(fd, 0x206) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    finally:
+        os.close(fd)
+    return head.startswith(b"\x7fELF") or head[0x202:0x206] == b"HdrS"
 
 
 def _credentials(ctx: _Ctx, value: Any, root: Path) -> tuple[CredentialSpec, ...]:
@@ -332,13 +399,14 @@ def _credentials(ctx: _Ctx, value: Any, root: Path) -> tuple[CredentialSpec, ...
     out = []
     for name, spec in table.items():
         key = f"credentials.{name}"
-        if not CRED_RE.match(name):
+        if not CRED_RE.fullmatch(name):
             raise ctx.err(key, "credential names use A-Z, a-z, 0-9, '_', '.', '-', '@' (max 255)")
         body = ctx.table(spec, key)
         ctx.keys(body, key, {"file"})
         if "file" not in body:
             raise ctx.err(key, 'needs file = "path/to/file"')
-        out.append(CredentialSpec(name, (root / ctx.string(body["file"], f"{key}.file")).resolve()))
+        file = _resolved(ctx, root / ctx.string(body["file"], f"{key}.file"), f"{key}.file")
+        out.append(CredentialSpec(name, file))
     return tuple(out)
 
 
@@ -346,6 +414,9 @@ def _ports(ctx: _Ctx, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ctx.err("ports", 'must be a list like ["8080:80"]')
     for port in value:
-        if not PORT_RE.match(port):
+        m = PORT_RE.fullmatch(port)
+        if not m:
             raise ctx.err("ports", f'{port!r} is not HOST:GUEST (e.g. "8080:80")')
+        if not all(1 <= int(p) <= 65535 for p in m.group(1, 2) if p is not None):
+            raise ctx.err("ports", f"{port!r}: ports are 1-65535")
     return tuple(value)

@@ -17,6 +17,12 @@ KernelProvider = Literal["debian", "host", "path"]
 
 DEFAULT_AGENT_UID = 990
 DEFAULT_APP_UID = 1000
+APP_USER = "app"  # the entrypoint's user name when it is not root
+
+
+def home_for(uid: int) -> str:
+    """The entrypoint's home directory for ``uid``."""
+    return "/root" if uid == 0 else f"/home/{APP_USER}"
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,11 @@ class GuestSpec:
     @property
     def sealed(self) -> bool:
         return not self.dev
+
+    @property
+    def home(self) -> str:
+        """The entrypoint's home (a private tmpfs at boot when sealed)."""
+        return home_for(self.uids.entrypoint)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from mvm.drives.spec import DIR_MODES, FILE_MODES, MiB, _guest
 from mvm.drives.volumes import ensure_volume, volume_image
 from mvm.errors import BuildError, DriveError
 from mvm.image import rootfs
+from mvm.image.staging import Staging
 
 DRIVES_DIR = "drives"  # under the run dir: config/secrets images, removed once opened
 
@@ -119,19 +120,16 @@ def _build_ro(tree: _Tree, ddir: Path, owner: tuple[int, int]) -> Path:
         for d in tree.dirs:
             shutil.copytree(d, stage, symlinks=True, dirs_exist_ok=True)
         explicit: dict[str, int] = {}
-        for f in tree.files:
-            name = f.name.strip("/")
-            dest = stage / name
-            if dest.is_dir() and not dest.is_symlink():
-                raise DriveError(f"{kind} file {name}: a directory of that name is on the drive")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.is_symlink() or dest.exists():
-                dest.unlink()
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(f.data())
-            if f.mode is not None:
-                explicit[name] = f.mode
+        # through Staging: a symlink from the host directory is never followed on the host
+        with Staging(stage) as st:
+            for f in tree.files:
+                name = f.name.strip("/")
+                try:
+                    written = st.write(name, f.data(), 0o600)
+                except BuildError as exc:
+                    raise DriveError(f"{kind} file {name!r}: {exc.message}") from exc
+                if f.mode is not None:
+                    explicit[written.lstrip("/")] = f.mode
         _set_modes(stage, FILE_MODES[kind], DIR_MODES[kind], explicit)
         fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.close(fd)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mvm import proc
+from mvm.config.guestpaths import name_problem
 from mvm.drives.spec import (
-    _UNSAFE_NAME,
     CONFIG_MAX,
     MAX_DATA_VOLUMES,
     SECRETS_MAX,
@@ -71,9 +71,9 @@ def _walk(top: Path) -> Iterator[tuple[str, os.stat_result]]:
 
 
 def _check_name(rel: str, where: str) -> None:
-    if _UNSAFE_NAME.search(rel):
-        raise DriveError(f"{where}: unsupported file name {rel!r} (quote, backslash or control "
-                         "character)")  # fmt: skip
+    problem = name_problem(where, rel)
+    if problem:
+        raise DriveError(problem)
 
 
 def scan_dir(host: Path, kind: str, limit: int | None = None) -> int:

@@ -25,13 +25,11 @@ FILE_MODES = {"config": 0o444, "secrets": 0o400}
 DIR_MODES = {"config": 0o555, "secrets": 0o500}
 
 VolumeKind = Literal["config", "secrets", "data"]
-_SIZE_RE = re.compile(r"^(\d+)([KMGT]?)(?:i?B)?$", re.IGNORECASE)
-_GUEST_RE = re.compile(r"^(/[A-Za-z0-9._@+-]+)+$")
+_SIZE_RE = re.compile(r"(\d+)([KMGT]?)(?:i?B)?", re.IGNORECASE)  # fullmatch only
+_GUEST_RE = re.compile(r"(/[A-Za-z0-9._@+-]+)+")  # fullmatch only: "$" lets a newline through
 # nothing may be mounted over these: the guest's own system would disappear under it
 _RESERVED = ("/proc", "/sys", "/dev", "/run", "/etc", "/bin", "/sbin", "/usr", "/lib",
              "/lib64", "/init", "/lost+found")  # fmt: skip
-# names debugfs can be told about inside double quotes (no quote, backslash, control chars)
-_UNSAFE_NAME = re.compile(r'["\\\x00-\x1f\x7f]')
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ class VolumeSpec:
 
 def parse_size(text: str) -> int:
     """``512K``, ``64M``, ``1G``, ``2GiB``… (binary units; bare digits are bytes)."""
-    m = _SIZE_RE.match(text.strip())
+    m = _SIZE_RE.fullmatch(text.strip())
     if not m:
         raise DriveError(f"malformed size {text!r}: use a number with K, M, G or T, e.g. 256M")
     n = int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2).upper()]
@@ -94,7 +92,7 @@ def _human(n: int) -> str:
 
 def check_guest_path(guest: str, what: str = "guest path") -> str:
     """Validate a mount point: absolute, plain characters, not a system directory."""
-    if not _GUEST_RE.match(guest) or len(guest) > GUEST_PATH_MAX:
+    if not _GUEST_RE.fullmatch(guest) or len(guest) > GUEST_PATH_MAX:
         raise DriveError(
             f"invalid {what} {guest!r}: use an absolute path of A-Z a-z 0-9 . _ @ + - "
             f"(at most {GUEST_PATH_MAX} characters)"

@@ -2,42 +2,70 @@
 project, cached by a hash of every input.
 
 An unchanged project costs one hash of its inputs and a stat: the no-op path
-must stay well under 0.3 s, so it reads no kernel bytes and calls no apt.
+must stay well under 0.3 s, so it reads no kernel bytes and calls no apt
+(file contents are hashed once and remembered, :mod:`mvm.image.hashcache`).
 Builds happen in a temporary directory next to the cache and appear with one
 ``rename``: a crash, a full disk or Ctrl-C never leaves a half image.
+
+**Reproducible.** The same inputs give byte-identical ``kernel``,
+``initramfs.cpio`` and ``rootfs.ext4``: every timestamp is
+``SOURCE_DATE_EPOCH`` (default 1, as in Nix: e2fsprogs reads 0 as "unset"),
+the filesystem UUID and hash seed derive from the input hash, and entries
+are written in sorted order.  Only revision.json's ``createdAt`` and
+``buildSeconds`` differ between two builds.
+
+**Private.** An image can hold secrets a project baked in with ``[files]``,
+so every directory the builder creates under ``MVM_HOME`` is 0700 and every
+file 0600 (QEMU runs as the same user).
+
+**Hostile projects.** The staging tree is written only through
+:class:`~mvm.image.staging.Staging` (never follows a symlink on the host),
+``copy`` sources are read only through :mod:`mvm.image.source` (confined to
+the project, no FIFOs or devices), and nothing the project writes may land
+on a path mvm writes or the guest mounts over (:mod:`mvm.config.guestpaths`).
 """
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
-import tempfile
+import stat
 import time
+import uuid
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from mvm import __version__, paths
+from mvm.config.guestpaths import reserved
 from mvm.config.schema import GuestSpec, Project
-from mvm.errors import BuildError, DiskFullError
+from mvm.errors import BuildError, ConfigError, DiskFullError
 from mvm.guest import EXTENSIONS, GUEST_FEATURES, GUEST_FILES
 from mvm.guest import read as guest_file
-from mvm.image import initramfs
+from mvm.image import initramfs, source
 from mvm.image import kernel as kernels
+from mvm.image.hashcache import ContentHashes
 from mvm.image.meta import ARTEFACTS, ImageMeta
 from mvm.image.meta import load as load_meta
-from mvm.image.render import GuestFile, home_dir, render
+from mvm.image.render import GuestFile, render
+from mvm.image.source import Source
 from mvm.log import get_logger
 from mvm.proc import is_disk_full
+from mvm.state.atomic import atomic_file, locked, private_tempdir
 
 log = get_logger(__name__)
 
 
 EXPECTED_BOOT_MS = {"kvm": 300, "tcg": 2000}
+DEFAULT_EPOCH = 1
+EPOCH_MAX = (1 << 31) - 1  # ext4's classic 32-bit timestamps
+BUILD_LOCK_TIMEOUT = 1800.0
+HASHES = "content-hashes.json"  # in MVM_CACHE: keyed by device and inode, shareable
 
 
 @dataclass(frozen=True)
@@ -85,30 +113,46 @@ class Image:
         return image
 
 
-def _hash_tree(h: Any, src: Path) -> None:
-    if src.is_file():
-        h.update(b"F" + src.read_bytes())
-        return
-    for dirpath, dirs, names in os.walk(src):
-        dirs.sort()
-        for n in sorted(names):
-            p = Path(dirpath) / n
-            st = p.lstat()
-            h.update(f"\0{p.relative_to(src)}\0{st.st_mode:o}\0".encode())
-            h.update(os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+@dataclass(frozen=True)
+class Inputs:
+    """Everything a build reads, scanned once: the hash decides whether to build,
+    and the build copies exactly what was hashed."""
+
+    digest: str
+    epoch: int
+    sources: tuple[Source, ...]  # one per spec.copy entry
 
 
-def input_hash(spec: GuestSpec, kernel: kernels.Kernel) -> str:
-    """Hash of everything that determines the image's bytes (not runtime settings)."""
+def source_date_epoch() -> int:
+    """``SOURCE_DATE_EPOCH`` (reproducible-builds.org), clamped to at least 1."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not raw:
+        return DEFAULT_EPOCH
+    if not re.fullmatch(r"[0-9]{1,10}", raw) or int(raw) > EPOCH_MAX:
+        raise ConfigError(f"SOURCE_DATE_EPOCH={raw!r}: must be seconds since 1970 "
+                          f"(0..{EPOCH_MAX})")  # fmt: skip
+    return max(int(raw), 1)
+
+
+def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) -> Inputs:
+    """Hash everything that determines the image's bytes (not runtime settings)."""
+    spec = project.spec
     h = hashlib.sha256()
-    busybox = initramfs.busybox_path().stat()
+    epoch = source_date_epoch()
+    busybox = initramfs.busybox_path()
+    fd = os.open(busybox, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        busybox_sha = hashes.of_fd(fd, os.fstat(fd))
+    finally:
+        os.close(fd)
     identity = {
         "mvm": __version__,
         "kernel": kernel.identity,
-        "busybox": [busybox.st_size, busybox.st_mtime_ns],
+        "busybox": busybox_sha,
         "packages": spec.packages,
         "dev": spec.dev,
         "hypervisor": spec.hypervisor,
+        "epoch": epoch,
     }
     h.update(json.dumps(identity).encode())
     for name in GUEST_FILES:
@@ -117,97 +161,152 @@ def input_hash(spec: GuestSpec, kernel: kernels.Kernel) -> str:
         h.update(f"{f.path}\0{f.mode}\0{f.uid}\0".encode() + f.content)
     for fs in spec.files:
         h.update(f"{fs.path}\0{fs.mode}\0".encode() + fs.content.encode())
-    for c in spec.copy:
-        h.update(f"copy\0{c.dest}\0".encode())
-        _hash_tree(h, c.src)
-    return h.hexdigest()
+    sources = []
+    for i, c in enumerate(spec.copy):
+        src = source.scan(c.src, project.root, f"copy[{i}].from", hashes)
+        h.update(f"copy\0{c.dest}\0{src.digest}\0".encode())
+        sources.append(src)
+    return Inputs(h.hexdigest(), epoch, tuple(sources))
 
 
 def build(project: Project, *, force: bool = False) -> Image:
     """Return the image for ``project``, building it only if its inputs changed."""
     spec = project.spec
     kernel = kernels.resolve(spec.kernel)
-    digest = input_hash(spec, kernel)
     images = paths.images_dir()
-    dest = images / digest
+    hashes = ContentHashes(paths.cache_dir() / HASHES)
+    inputs = input_hash(project, kernel, hashes)
+    dest = images / inputs.digest
     if not force and (dest / "revision.json").is_file():
+        hashes.save()
         return replace(Image.load(dest), spec=spec)
-    images.mkdir(parents=True, exist_ok=True)
-    with open(images / f".{digest}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    paths.ensure_private_dir(paths.home())
+    paths.ensure_private_dir(images)
+    hashes.save()
+    # another mvmctl building the same inputs: wait for it (bounded: a build with
+    # packages takes minutes, never half an hour) instead of building twice
+    with locked(images / f".{inputs.digest}.lock", timeout=BUILD_LOCK_TIMEOUT):
         if not force and (dest / "revision.json").is_file():
             return replace(Image.load(dest), spec=spec)  # someone else built it meanwhile
-        # the guest's file modes must not depend on the caller's umask (mvmctl runs with
-        # 077): directories and files in the image are created as with the usual 022
-        old_umask = os.umask(0o022)
+        # no umask games: Staging gives every file and directory in the image an
+        # explicit mode, and mvmctl's 077 keeps anything else the build writes private
         try:
-            return replace(_build(spec, kernel, digest, images, dest), spec=spec)
+            return replace(_build(spec, kernel, inputs, images, dest), spec=spec)
         except OSError as exc:
             if is_disk_full(exc):
                 raise DiskFullError("no space left on device while building the image") from exc
             raise BuildError(f"building {spec.name}: {exc.strerror or exc}") from exc
-        finally:
-            os.umask(old_umask)
 
 
-def _build(spec: GuestSpec, kernel: kernels.Kernel, digest: str, images: Path, dest: Path) -> Image:
+def own_files(spec: GuestSpec, late: list[tuple[str, bytes]]) -> list[GuestFile]:
+    """Every file mvm itself writes into the rootfs (after the project's files, so
+    they win; :data:`mvm.config.guestpaths.MVM_FILES` lists where they go)."""
+    files = [
+        *render(spec),
+        GuestFile("/init", guest_file("init.sh"), 0o755),
+        GuestFile("/usr/local/bin/mvm-guest-agent", guest_file("agent.sh"), 0o755),
+        *(GuestFile(dest, guest_file(src), 0o644) for src, dest in EXTENSIONS.items()),
+    ]
+    files += [GuestFile(f"/lib/modules/mvm/{n}.ko", data) for n, data in late]
+    files.append(GuestFile("/etc/mvm/modules.late", (" ".join(n for n, _ in late) + "\n").encode()))
+    return files
+
+
+def _guard(spec: GuestSpec, what: str) -> source.Guard:
+    """Refuse a project write that resolved (through the image's symlinks) to a
+    path mvm writes or the guest mounts over."""
+    home = spec.home if spec.sealed else None
+
+    def check(resolved: str, rel: str) -> None:
+        why = reserved(resolved, home)
+        if why:
+            shown = f"{rel!r} is written to {resolved!r}" if rel else f"{resolved!r}"
+            raise BuildError(f"{what}: {shown}, which {why}")
+
+    return check
+
+
+def _build(
+    spec: GuestSpec, kernel: kernels.Kernel, inputs: Inputs, images: Path, dest: Path
+) -> Image:
     from mvm.image import debian, rootfs  # only a real build needs them
+    from mvm.image.staging import Staging
 
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=images, prefix=".build-") as tmp:
-        work = Path(tmp)
+    uid = spec.uids.entrypoint
+    work = private_tempdir(images, ".build-")  # a dead build's directory is swept here
+    try:
         out = work / "out"
-        out.mkdir()
+        out.mkdir(mode=0o700)
         root = work / "root"
-        rootfs.skeleton(root)
-        if spec.packages:
-            debian.extract(debian.fetch(debian.resolve(spec.packages)), root)
-        rootfs.install_busybox(root, initramfs.busybox_path())
-        uid = spec.uids.entrypoint
-        files = [
-            *render(spec),
-            GuestFile("/init", guest_file("init.sh"), 0o755),
-            GuestFile("/usr/local/bin/mvm-guest-agent", guest_file("agent.sh"), 0o755),
-            *(GuestFile(dest, guest_file(src), 0o644) for src, dest in EXTENSIONS.items()),
-        ]
-        files += [GuestFile(f.path, f.content.encode(), f.mode, uid, uid) for f in spec.files]
-        late = initramfs.late_modules(kernel)
-        files += [GuestFile(f"/lib/modules/mvm/{n}.ko", data) for n, data in late]
-        files.append(
-            GuestFile("/etc/mvm/modules.late", (" ".join(n for n, _ in late) + "\n").encode())
+        with Staging(root) as st:
+            # order: mvm's skeleton, packages, busybox, the project's files, then
+            # mvm's own files (which the project may not touch: guestpaths)
+            rootfs.skeleton(st)
+            if spec.packages:
+                debian.extract(debian.fetch(debian.resolve(spec.packages)), st)
+            rootfs.install_busybox(st, initramfs.busybox_path())
+            for c, src in zip(spec.copy, inputs.sources, strict=True):
+                source.copy_into(src, st, c.dest, _guard(spec, src.what))
+            owners: dict[str, tuple[int, int]] = {}
+            for f in spec.files:
+                path = st.write(f.path, f.content.encode(), f.mode)
+                _guard(spec, f"files.{f.path!r}")(path, "")
+                owners[path] = (uid, uid)
+            owners.update(rootfs.write_files(st, own_files(spec, initramfs.late_modules(kernel))))
+            home = st.mkdir(spec.home)
+            if uid != 0:
+                owners[home] = (uid, uid)
+            st.set_times(inputs.epoch)
+        stamp = rootfs.Stamp(
+            inputs.epoch,
+            str(uuid.UUID(hex=inputs.digest[:32], version=4)),
+            str(uuid.UUID(hex=inputs.digest[32:], version=4)),
         )
-        for c in spec.copy:
-            rootfs.copy_tree(c.src, root, c.dest)
-        owners = rootfs.write_files(root, files)
-        home = home_dir(spec)
-        (root / home.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        if uid != 0:
-            owners[home] = (uid, uid)
-        rootfs.make_ext4(root, out / "rootfs.ext4", owners)
+        rootfs.make_ext4(root, out / "rootfs.ext4", owners, stamp=stamp)
         shutil.rmtree(root)
-        initramfs.build(kernel, out / "initramfs.cpio")
-        _link_or_copy(kernel.image, out / "kernel")
-        revision = _revision(spec, kernel, digest, out, time.monotonic() - started)
-        tmp_meta = out / "revision.json.tmp"
-        tmp_meta.write_text(json.dumps(revision, indent=2, sort_keys=True))
-        (out / "checksums.json").write_text(
-            json.dumps(revision["checksums"], indent=2, sort_keys=True)
-        )
-        os.replace(tmp_meta, out / "revision.json")
+        initramfs.build(kernel, out / "initramfs.cpio", epoch=inputs.epoch)
+        _install_kernel(kernel.image, out / "kernel")
+        revision = _revision(spec, kernel, inputs.digest, out, time.monotonic() - started)
+        with atomic_file(out / "checksums.json") as meta:
+            meta.write(json.dumps(revision["checksums"], indent=2, sort_keys=True).encode())
+        with atomic_file(out / "revision.json") as meta:  # last: it marks the image complete
+            meta.write(json.dumps(revision, indent=2, sort_keys=True).encode())
         if dest.exists():
-            old = images / f".old-{digest}-{os.getpid()}"
+            old = images / f".old-{inputs.digest}-{os.getpid()}"
             os.replace(dest, old)
             shutil.rmtree(old, ignore_errors=True)
         os.replace(out, dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     log.info("built %s in %.1fs", spec.name, time.monotonic() - started)
     return Image.load(dest)
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copy2(src, dest)
+def _install_kernel(src: Path, dest: Path) -> None:
+    """Hard-link the kernel when the source is already private to us (a link shares
+    the mode too); otherwise copy it into a new 0600 file."""
+    fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fsrc:
+        st = os.fstat(fsrc.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise BuildError(f"kernel {str(src)!r} is not a regular file")
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            # our own cache file (fetched before the cache was private): tighten it once
+            # rather than copy 50 MB into every image
+            with contextlib.suppress(OSError):
+                os.fchmod(fsrc.fileno(), stat.S_IMODE(st.st_mode) & 0o700)
+                st = os.fstat(fsrc.fileno())
+        if st.st_uid == os.geteuid() and not st.st_mode & 0o077:
+            try:
+                os.link(src, dest)
+                return
+            except OSError:
+                pass
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(out, "wb") as fdst:
+            os.fchmod(fdst.fileno(), 0o600)
+            shutil.copyfileobj(fsrc, fdst, 1 << 20)
 
 
 def sha256_file(path: Path) -> str:

@@ -1,16 +1,29 @@
 """Debian packages into the rootfs: resolve the dependency closure with apt's
 own solver (simulated install against an empty dpkg status), download the
-.debs into the shared cache, extract them with ``dpkg-deb -x``.  No root, no
+.debs into the shared cache, unpack them into the image.  No root, no
 maintainer scripts: packages are files, which is all a busybox guest needs.
+
+Unpacking reads ``dpkg-deb --fsys-tarfile`` and writes each member through
+:class:`~mvm.image.staging.Staging`, rather than ``dpkg-deb -x`` into the
+tree: tar follows symlinks already in the directory it extracts into, so one
+package's absolute symlink (``/usr/lib/x -> /usr/lib/y``) would send the next
+package's files to the *host's* ``/usr/lib/y``.  Staging resolves it inside
+the image, the way dpkg would on a real system.  Files are owned by root,
+as ``dpkg-deb -x`` as a normal user leaves them.
 """
 
 from __future__ import annotations
 
+import io
+import posixpath
 import re
+import tarfile
 from pathlib import Path
 
 from mvm import paths, proc
+from mvm.config.guestpaths import name_problem
 from mvm.errors import BuildError
+from mvm.image.staging import Staging
 from mvm.log import get_logger
 
 log = get_logger(__name__)
@@ -64,6 +77,35 @@ def fetch(pkgs: list[tuple[str, str]]) -> list[Path]:
     return out
 
 
-def extract(debs: list[Path], root: Path) -> None:
+def extract(debs: list[Path], staging: Staging) -> None:
+    """Unpack the files of ``debs`` (in order) into the image through ``staging``."""
     for deb in debs:
-        proc.run(["dpkg-deb", "-x", deb, root], what=f"extracting {deb.name}")
+        data = proc.run(["dpkg-deb", "--fsys-tarfile", deb], what=f"reading {deb.name}").stdout
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+                for member in tar:
+                    _unpack(tar, member, staging, deb.name)
+        except tarfile.TarError as exc:
+            raise BuildError(f"{deb.name}: not a valid package archive ({exc})") from exc
+
+
+def _unpack(tar: tarfile.TarFile, m: tarfile.TarInfo, staging: Staging, deb: str) -> None:
+    path = posixpath.normpath("/" + m.name)
+    if path == "/":
+        return
+    problem = name_problem(deb, path)
+    if problem:
+        raise BuildError(problem)
+    mode = m.mode & 0o7777
+    if m.isdir():
+        staging.mkdir(path, mode)
+    elif m.issym():
+        staging.symlink(path, m.linkname)
+    elif m.islnk():
+        staging.link(path, posixpath.normpath("/" + m.linkname))
+    elif m.isreg():
+        f = tar.extractfile(m)
+        assert f is not None  # a regular member always has data
+        staging.write(path, f, mode)
+    else:
+        raise BuildError(f"{deb}: {path!r} is a device or FIFO; mvm does not install those")

@@ -7,6 +7,8 @@ Module groups are loaded by the init only when the kernel command line asks
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from mvm.errors import BuildError
@@ -33,15 +35,30 @@ def module_depends(data: bytes) -> list[str]:
 
 
 def _read_module(path: Path) -> bytes:
-    data = path.read_bytes()
-    if path.suffix == ".xz":
-        import lzma
+    """A module's ELF bytes.  ``kernel.modules`` may name any directory, so the
+    file is opened without blocking (a FIFO) and must really be a module: the
+    image must not carry some other host file under a module's name."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise BuildError(f"kernel module {str(path)!r} is not a regular file")
+            data = f.read()
+    except OSError as exc:
+        raise BuildError(f"kernel module {str(path)!r}: {exc.strerror}") from exc
+    try:
+        if path.suffix == ".xz":
+            import lzma
 
-        return lzma.decompress(data)
-    if path.suffix == ".gz":
-        import zlib
+            data = lzma.decompress(data)
+        elif path.suffix == ".gz":
+            import zlib
 
-        return zlib.decompress(data, 16 + zlib.MAX_WBITS)
+            data = zlib.decompress(data, 16 + zlib.MAX_WBITS)
+    except Exception as exc:  # lzma.LZMAError, zlib.error: a damaged module
+        raise BuildError(f"kernel module {str(path)!r}: cannot decompress ({exc})") from exc
+    if not data.startswith(b"\x7fELF"):
+        raise BuildError(f"kernel module {str(path)!r} is not an ELF file")
     return data
 
 
@@ -51,8 +68,8 @@ def busybox_path() -> Path:
     return BUSYBOX
 
 
-def build(kernel: Kernel, dest: Path) -> None:
-    """Write the initramfs for ``kernel`` to ``dest``."""
+def build(kernel: Kernel, dest: Path, *, epoch: int = 0) -> None:
+    """Write the initramfs for ``kernel`` to ``dest`` (0600; every mtime ``epoch``)."""
     entries = [cpio.directory(d) for d in ("bin", "dev", "proc", "sys", "newroot", "etc", "lib")]
     entries.append(cpio.directory("lib/modules"))
     entries.append(cpio.file("bin/busybox", busybox_path().read_bytes(), 0o755))
@@ -69,8 +86,10 @@ def build(kernel: Kernel, dest: Path) -> None:
         entries.append(cpio.file(f"lib/modules/{name}.ko", data))
     for group, order in groups.items():
         entries.append(cpio.file(f"etc/modules.{group}", (" ".join(order) + "\n").encode()))
-    with open(dest, "wb") as out:
-        cpio.write(out, entries)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        cpio.write(out, entries, mtime=epoch)
 
 
 def late_modules(kernel: Kernel) -> list[tuple[str, bytes]]:

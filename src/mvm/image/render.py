@@ -11,9 +11,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from mvm.config.schema import APP_USER as APP_USER  # re-exported: runtime.inject uses it
 from mvm.config.schema import GuestSpec
 
-APP_USER = "app"
 AGENT_USER = "mvm-agent"
 
 
@@ -45,7 +45,7 @@ def user_name(spec: GuestSpec) -> str:
 
 
 def home_dir(spec: GuestSpec) -> str:
-    return "/root" if spec.uids.entrypoint == 0 else f"/home/{APP_USER}"
+    return spec.home
 
 
 def render(spec: GuestSpec) -> list[GuestFile]:

@@ -53,6 +53,31 @@ def read_json(path: Path) -> Any:
         raise StateError(f"{path}: unreadable state file ({exc})") from exc
 
 
+def private_tempdir(root: Path, prefix: str) -> Path:
+    """A fresh 0700 directory ``root/{prefix}{pid}-XXXX`` for staging work that appears
+    later with one rename; directories of dead owners (a killed build, pull or fetch)
+    are swept first, so a crash leaves debris only until the next run."""
+    from mvm.paths import ensure_private_dir
+
+    ensure_private_dir(root)
+    sweep_dead(root, prefix)
+    return Path(tempfile.mkdtemp(dir=root, prefix=f"{prefix}{os.getpid()}-"))
+
+
+def sweep_dead(root: Path, prefix: str) -> None:
+    """Remove ``root/{prefix}{pid}-*`` directories whose process ``pid`` is gone."""
+    import shutil
+
+    for d in root.glob(f"{prefix}*"):
+        pid = d.name[len(prefix) :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or Path(f"/proc/{pid}").exists():
+            continue
+        for dirpath, _dirs, _files in os.walk(d):  # a staging tree may hold read-only dirs
+            with contextlib.suppress(OSError):
+                os.chmod(dirpath, 0o700)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def locked(path: Path, *, blocking: bool = True, timeout: float = 60.0) -> Iterator[None]:
     """Hold an exclusive flock on ``path`` (created if missing, 0600).

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -48,7 +47,7 @@ from mvm.errors import (
 )
 from mvm.image.builder import Image
 from mvm.image.meta import MAX_BYTES, MEMORY_RANGE, VCPUS_RANGE, ImageMeta, read_capped
-from mvm.state.atomic import atomic_file, locked, write_json
+from mvm.state.atomic import atomic_file, locked, private_tempdir, sweep_dead, write_json
 from mvm.templates import integrity
 
 if TYPE_CHECKING:
@@ -293,20 +292,13 @@ def private_lock(path: Path) -> Iterator[None]:
 def staging_dir(kind: str) -> Path:
     """A fresh private directory next to the records, for an atomic rename later."""
     root = paths.ensure_private_dir(paths.templates_dir())
-    _sweep_stale(root)
-    return Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{kind}-{os.getpid()}-"))
+    for other in STAGING_KINDS:  # a killed pull or build of any kind leaves debris
+        if other != kind:
+            sweep_dead(root, f".tmp-{other}-")
+    return private_tempdir(root, f".tmp-{kind}-")
 
 
-def _sweep_stale(root: Path) -> None:
-    """Remove staging directories whose owner process is gone (a killed pull/build)."""
-    for d in root.glob(".tmp-*"):
-        parts = d.name.split("-")
-        if len(parts) < 4 or not parts[2].isdigit():
-            continue
-        pid = int(parts[2])
-        if pid == os.getpid() or Path(f"/proc/{pid}").exists():
-            continue
-        shutil.rmtree(d, ignore_errors=True)
+STAGING_KINDS = ("build", "pull", "create", "delete", "old")
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
