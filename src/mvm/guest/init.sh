@@ -1,7 +1,7 @@
 #!/bin/sh
 # mvm PID 1 (busybox sh).  Stays uid 0 (the kernel requires PID 1 to live),
 # runs the entrypoint under the entrypoint uid with no-new-privs, supervises
-# services, starts the agent stub under the agent uid, then reports the
+# services, starts the guest agent (it drops to the agent uid itself), then reports the
 # entrypoint's exit status on the org.mvm.status port and powers off.
 #
 # Boot time matters (every exec costs milliseconds under TCG): mounts come
@@ -148,9 +148,16 @@ channels() {
             done
         ) &
     fi
-    if [ -n "$AGENT" ]; then chown "$MVM_AGENT_UID" "$AGENT"; chmod 0600 "$AGENT"; fi
-    setpriv --nnp start-stop-daemon -S -b -q -p /run/mvm/none -c "$MVM_AGENT_UID:$MVM_AGENT_UID" \
-        -x /usr/local/bin/mvm-guest-agent -- "$AGENT"
+    if [ -n "$AGENT" ]; then
+        chown "$MVM_AGENT_UID" "$AGENT"; chmod 0600 "$AGENT"
+        : > /run/mvm/agent.log; chown "$MVM_AGENT_UID" /run/mvm/agent.log
+        # started as root with no-new-privs: the agent drops to the agent uid keeping only
+        # CAP_SETUID/CAP_SETGID (to run commands as the entrypoint uid); a sealed image's
+        # agent (-s) has no exec, console or file service at all
+        sealed=-s; [ "$MVM_ACCESSIBLE" = 1 ] && sealed=""
+        setpriv --nnp start-stop-daemon -S -b -q -p /run/mvm/none -x /usr/local/bin/mvm-guest-agent \
+            -- -a "$MVM_AGENT_UID" -e "$MVM_UID" -h "$MVM_HOME_DIR" $sealed "$AGENT"
+    fi
 }
 # the subshell lowers its own priority (/proc/self is the subshell: `read` is a builtin)
 ( read -r _me _ < /proc/self/stat; renice -n 19 -p "$_me" >/dev/null 2>&1; channels ) &

@@ -47,7 +47,7 @@ from mvm.config.schema import GuestSpec, Project
 from mvm.errors import BuildError, ConfigError, DiskFullError
 from mvm.guest import EXTENSIONS, GUEST_FEATURES, GUEST_FILES
 from mvm.guest import read as guest_file
-from mvm.image import initramfs, source
+from mvm.image import guestbin, initramfs, source
 from mvm.image import kernel as kernels
 from mvm.image.hashcache import ContentHashes
 from mvm.image.meta import ARTEFACTS, ImageMeta
@@ -157,6 +157,7 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
     h.update(json.dumps(identity).encode())
     for name in GUEST_FILES:
         h.update(guest_file(name))
+    h.update(b"guestbin\0" + guestbin.cache_key().encode())
     for f in render(spec):
         h.update(f"{f.path}\0{f.mode}\0{f.uid}\0".encode() + f.content)
     for fs in spec.files:
@@ -204,7 +205,7 @@ def own_files(spec: GuestSpec, late: list[tuple[str, bytes]]) -> list[GuestFile]
     files = [
         *render(spec),
         GuestFile("/init", guest_file("init.sh"), 0o755),
-        GuestFile("/usr/local/bin/mvm-guest-agent", guest_file("agent.sh"), 0o755),
+        GuestFile("/usr/local/bin/mvm-guest-agent", guestbin.build("mvm-guest-agent"), 0o755),
         *(GuestFile(dest, guest_file(src), 0o644) for src, dest in EXTENSIONS.items()),
     ]
     files += [GuestFile(f"/lib/modules/mvm/{n}.ko", data) for n, data in late]
@@ -330,7 +331,7 @@ def _revision(
         "hypervisor": spec.hypervisor,
         "uids": {"agent": spec.uids.agent, "entrypoint": spec.uids.entrypoint},
         "rootlessEntrypoint": spec.uids.rootless,
-        "agentBinary": "stub",
+        "agentBinary": "real",
         "guestFeatures": list(GUEST_FEATURES),
         "expectedBootMs": EXPECTED_BOOT_MS["kvm"],
         "expectedBootMsByAccel": EXPECTED_BOOT_MS,
