@@ -28,6 +28,10 @@ dev = true
 entrypoint = 1000
 [entrypoint.services.web]
 command = ["/bin/sh", "-c", "mkdir -p /tmp/w; echo up > /tmp/w/index.html; exec httpd -f -p 8080 -h /tmp/w"]
+ready = { tcp = 8080, timeout = 120 }
+[entrypoint.services.stuck]
+command = ["/bin/sleep", "100000"]
+ready = { command = ["/bin/sh", "-c", "test -e /tmp/stuck-ready"], timeout = 2 }
 """
 SEALED = """name = "agsealed"
 [entrypoint]
@@ -203,3 +207,25 @@ def test_many_clients_at_once(home: Path) -> None:
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert outs == [f"{i}\n" for i in range(4)]
     assert json.loads(ok("status", "agdev", "--json"))["state"] == "running"
+
+
+def _services(name: str) -> dict[str, dict[str, object]]:
+    info = json.loads(ok("status", name, "--json"))
+    assert info["agent"] == "connected", info["agent"]
+    return {s["name"]: s for s in info["services"]}
+
+
+def test_status_shows_service_state_and_health(home: Path) -> None:
+    end = time.monotonic() + 120
+    while (svcs := _services("agdev"))["web"]["health"] != "ready":
+        assert time.monotonic() < end, svcs
+        time.sleep(0.5)
+    assert svcs["web"]["state"] == "running" and svcs["web"]["pid"] > 0
+    while (svcs := _services("agdev"))["stuck"]["health"] != "unhealthy":
+        assert time.monotonic() < end, svcs
+        time.sleep(0.5)
+    # the command check runs as the entrypoint user: once it passes, the service is ready
+    ok("exec", "agdev", "--", "touch", "/tmp/stuck-ready")
+    assert _services("agdev")["stuck"]["health"] == "ready"
+    text = ok("status", "agdev")
+    assert "HEALTH" in text and "web" in text and "ready" in text

@@ -18,11 +18,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from mvm import paths
 from mvm.agent.client import AgentClient
 from mvm.agent.protocol import Entry, ExecResult, GuestStatus
-from mvm.errors import AgentError, ConflictError, NotFoundError
+from mvm.errors import AgentError, ConflictError, MvmError, NotFoundError
 from mvm.runtime import lifecycle
 from mvm.runtime.sidecar import SOCKET
 from mvm.state.records import VmRecord, load_entry
@@ -112,6 +113,17 @@ def status(name: str, timeout: float = 30.0) -> GuestStatus:
     """The guest's services, their state and health."""
     with connect(name, verb="agent", timeout=timeout) as client:
         return client.status(timeout)
+
+
+def service_health(name: str, timeout: float = 5.0) -> tuple[list[dict[str, Any]] | None, str]:
+    """Each service's state and health for ``status``, and what the agent said:
+    ``(services, "")``, or ``(None, why)`` when the agent cannot be asked (the VM
+    is not running, still booting, or its image predates the agent)."""
+    try:
+        st = status(name, timeout=timeout)
+    except MvmError as exc:
+        return None, exc.message
+    return [s.to_json() for s in st.services], ""
 
 
 def read_file(name: str, path: str) -> tuple[bytes, int]:
