@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from mvm.config.guestpaths import reserved, unsafe_name
+from mvm.config.imageref import parse_image_ref
 from mvm.config.schema import (
     DEFAULT_AGENT_UID,
     DEFAULT_APP_UID,
@@ -41,7 +42,7 @@ MANIFEST = "mvm.toml"
 TOP_KEYS = {
     "name", "vcpus", "memory_mib", "hypervisor", "dev", "entrypoint", "services", "uids",
     "files", "packages", "copy", "kernel", "credentials", "ports", "network", "flake",
-    "profile", "profiles",
+    "profile", "profiles", "image",
 }  # fmt: skip
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "profile", "flake"}
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, and these patterns
@@ -188,6 +189,15 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
             "name", f"{name!r} is not allowed: use a-z, 0-9 and '-' (max 63), e.g. \"my-app\""
         )
 
+    image = None
+    if "image" in data:
+        image = parse_image_ref(data["image"], root, confine=True, what=f"{manifest}: image")
+    explicit: set[str] = {k for k in ("entrypoint", "dev") if k in data}
+    if isinstance(data.get("uids"), dict) and "entrypoint" in data["uids"]:
+        explicit.add("uid")
+    if "entrypoint" not in data and image is not None:
+        # the image's Entrypoint + Cmd, filled in at build time (mvm.image.oci)
+        data["entrypoint"] = {"command": ["/.mvm/bin/false"]}
     if "entrypoint" not in data:
         raise ctx.err("entrypoint", "is required: one of shell = \"/bin/sh\", command = [...], "
                       "or [entrypoint.services.NAME]")  # fmt: skip
@@ -222,7 +232,8 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         if clash:
             raise ctx.err("services", f"{sorted(clash)[0]!r} is also an entrypoint service")
 
-    sealed_home = None if dev else home_for(uids.entrypoint)
+    # an image's home is known once its passwd is read: the builder checks it then
+    sealed_home = None if dev or image is not None else home_for(uids.entrypoint)
     return GuestSpec(
         name=name,
         entrypoint=entrypoint,
@@ -239,6 +250,8 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         credentials=_credentials(ctx, data.get("credentials", {}), root),
         ports=_ports(ctx, data.get("ports", [])),
         network=_bool(ctx, data.get("network", False), "network"),
+        image=image,
+        explicit=frozenset(explicit),
     )
 
 
