@@ -290,3 +290,44 @@ def test_symlink_escapes_whiteouts_and_opaque_dirs_stay_inside_the_image(
     assert "File not found" in _debugfs(image, "stat /gone.txt")  # whiteout
     assert "abs" in _debugfs(image, "cat /abs.txt")  # absolute name: inside the root
     assert "Links: 2" in _debugfs(image, "stat /keep.txt")  # hard link kept
+
+
+# -- without a project: run/up --image, template create --image ---------------------------
+
+
+def test_run_and_up_with_image_need_no_project(tmp_path: Path, images: dict[str, Path]) -> None:
+    archive = tmp_path / "my_App.oci.tar"
+    shutil.copy(images["oci-archive"], archive)
+    res = mvmctl("run", "--attached", "--image", f"oci-archive:{archive}", "--name", "img1",
+                 timeout=300)  # fmt: skip
+    mvmctl("down", "img1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "args=2|one|two words" in res.stdout
+    ok("up", "--image", f"docker-archive:{images['docker-archive']}", "--name", "img2",
+       timeout=300)  # fmt: skip
+    try:
+        info = json.loads(ok("status", "img2", "--json"))
+        assert info["exposed_ports"] == ["8080/tcp"] and info["ports"] == []  # never published
+        assert info["image_ref"] == f"docker-archive:{images['docker-archive']}"
+        assert "exposed_ports:8080/tcp" in ok("status", "img2").replace(" ", "")
+    finally:
+        ok("down", "img2")
+    _one_line(mvmctl("run", str(tmp_path), "--image", f"oci-archive:{archive}"), "not both")
+    _one_line(mvmctl("up", "--image", "oci-archive:/nonexistent.tar"), "does not exist")
+
+
+def test_template_create_from_an_image(tmp_path: Path, images: dict[str, Path]) -> None:
+    archive = tmp_path / "t.tar"
+    shutil.copy(images["oci-archive"], archive)
+    ok("template", "create", "ocit", "--image", f"oci-archive:{archive}")
+    archive.unlink()  # the template keeps its own copy of the image
+    ok("template", "build", "ocit", timeout=600)
+    ok("up", "--template", "ocit", "--name", "ocit-1", timeout=300)
+    try:
+        assert ok("wait", "ocit-1", timeout=300) is not None
+        log = ok("logs", "ocit-1")
+        assert "args=2|one|two words" in log and "who=1234:1234" in log, log
+    finally:
+        ok("down", "ocit-1")
+    copy = tmp_path / "mvm-home" / "image-projects" / "ocit"
+    assert (copy / "image.tar").stat().st_mode & 0o077 == 0

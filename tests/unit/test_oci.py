@@ -203,3 +203,19 @@ def test_staging_reads_image_files_without_leaving_the_root(tmp_path: Path) -> N
         with pytest.raises(BuildError, match="larger than"):
             st.read("/etc/real", 2)
         assert st.listdir("/etc") == ["passwd", "real", "rel", "up"] and st.listdir("/none") == []
+
+
+def test_image_without_a_project_gets_a_name_and_an_unconfined_path(tmp_path: Path) -> None:
+    from mvm.config.loader import image_name, image_project
+
+    archive = tmp_path / "My_App.oci.tar"
+    archive.write_bytes(b"x")
+    project = image_project(f"oci-archive:{archive}", Path("/"))
+    assert project.spec.name == "my-app" and project.spec.image is not None
+    assert project.spec.image.path == archive
+    reg = parse_image_ref("docker://ghcr.io/acme/Web.Server:1.2@sha256:ab", tmp_path,
+                          confine=True, what="i")  # fmt: skip
+    assert image_name(reg) == "web-server"
+    assert (
+        image_name(parse_image_ref("docker://x/_._", tmp_path, confine=True, what="i")) == "image"
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from mvm.config.guestpaths import reserved, unsafe_name
-from mvm.config.imageref import parse_image_ref
+from mvm.config.imageref import ImageSource, parse_image_ref
 from mvm.config.schema import (
     DEFAULT_AGENT_UID,
     DEFAULT_APP_UID,
@@ -153,6 +153,33 @@ def load_project(path: str | Path | None = None, profile: str | None = None) -> 
         raise ConfigError(f"{manifest}: cannot read: {exc}") from exc
     spec = parse_spec(raw, manifest, profile=profile)
     return Project(root=manifest.parent, manifest=manifest, spec=spec, profile=profile)
+
+
+def image_name(src: ImageSource) -> str:
+    """A VM/image name for ``--image REF`` without a project: the archive's, layout's
+    or repository's base name in the characters names allow ("image" if none)."""
+    if src.path is not None:
+        base = src.path.name
+        for suffix in (".tar", ".oci", ".docker"):
+            base = base.removesuffix(suffix)
+    else:
+        base = (src.remote or "").split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    name = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")[:63].strip("-")
+    return name if name and NAME_RE.fullmatch(name) else "image"
+
+
+def image_project(ref: str, base: Path | None = None) -> Project:
+    """The project ``mvmctl run --image REF`` / ``up --image REF`` builds: nothing but
+    the image (its config gives the entrypoint, user, environment).  A local path is
+    the user's own choice on the command line: resolved from ``base`` (the current
+    directory), not confined to it."""
+    root = (base or Path.cwd()).resolve()
+    src = parse_image_ref(ref, root, confine=False, what="--image")
+    spec = GuestSpec(
+        name=image_name(src), entrypoint=Entrypoint("command", command=("/.mvm/bin/false",)),
+        image=src, kernel=KernelSpec(),
+    )  # fmt: skip
+    return Project(root=root, manifest=root / MANIFEST, spec=spec)
 
 
 def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = None) -> GuestSpec:
