@@ -52,15 +52,16 @@ def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tupl
     )  # fmt: skip
 
 
-def _project_run(path: str | None, run_cfg: Any) -> Any:
+def _project_run(path: str | None, run_cfg: Any, image_ref: str | None = None) -> Any:
     from mvm.config import load_project
+    from mvm.config.loader import image_project
     from mvm.image.builder import build
     from mvm.runtime.resolve import RuntimeDefaults, resolve
 
-    project = load_project(path)
+    project = image_project(image_ref) if image_ref else load_project(path)
     image = build(project)
     return resolve(image, run_cfg, RuntimeDefaults.from_spec(project.spec),
-                   source=str(project.root))  # fmt: skip
+                   source=image_ref or str(project.root))  # fmt: skip
 
 
 def _template_run(name: str, run_cfg: Any) -> Any:
@@ -82,16 +83,28 @@ def _launch(resolved: Any, show_command: bool) -> Any:
     return start.start(resolved)
 
 
+IMAGE_HELP = (
+    "Boot an OCI image without a project: oci-archive:PATH, docker-archive:PATH, "
+    "oci:DIR[:TAG] or docker://NAME[:TAG] (see docs/oci.md)."
+)
+
+
 @cli.command()
 @click.argument("path", required=False)
 @click.option("--attached", is_flag=True, help="Stream the console; Ctrl-C stops the VM.")
+@click.option("--image", "image_ref", metavar="REF", help=IMAGE_HELP)
 @_run_options
-def run(path: str | None, attached: bool, name: str | None, cpus: int | None, mem: int | None,
-        ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
-        credentials: tuple[str, ...], show_command: bool) -> None:  # fmt: skip
+def run(path: str | None, attached: bool, image_ref: str | None, name: str | None,
+        cpus: int | None, mem: int | None, ports: tuple[str, ...], network: bool | None,
+        volumes: tuple[str, ...], credentials: tuple[str, ...],
+        show_command: bool) -> None:  # fmt: skip
     """Build PATH (if needed) and boot it; detached unless --attached."""
+    from mvm.errors import ConfigError
+
+    if path and image_ref:
+        raise ConfigError("use either a project PATH or --image, not both")
     run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, attached)
-    started = _launch(_project_run(path, run_cfg), show_command)
+    started = _launch(_project_run(path, run_cfg, image_ref), show_command)
     if not attached:
         started.machine.close()
         name_ = started.record.name
@@ -105,17 +118,20 @@ def run(path: str | None, attached: bool, name: str | None, cpus: int | None, me
 @cli.command()
 @click.option("--flake", "flake", type=click.Path(), help="Project directory (default: .).")
 @click.option("--template", "template", help="Start the current revision of a template.")
+@click.option("--image", "image_ref", metavar="REF", help=IMAGE_HELP)
 @_run_options
-def up(flake: str | None, template: str | None, name: str | None, cpus: int | None,
-       mem: int | None, ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
-       credentials: tuple[str, ...], show_command: bool) -> None:  # fmt: skip
-    """Start a detached VM from a project (--flake) or a template."""
+def up(flake: str | None, template: str | None, image_ref: str | None, name: str | None,
+       cpus: int | None, mem: int | None, ports: tuple[str, ...], network: bool | None,
+       volumes: tuple[str, ...], credentials: tuple[str, ...],
+       show_command: bool) -> None:  # fmt: skip
+    """Start a detached VM from a project (--flake), a template or an OCI image (--image)."""
     from mvm.errors import ConfigError
 
-    if flake and template:
-        raise ConfigError("use either --flake or --template, not both")
+    if sum(1 for x in (flake, template, image_ref) if x) > 1:
+        raise ConfigError("use one of --flake, --template and --image")
     run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, False)
-    resolved = _template_run(template, run_cfg) if template else _project_run(flake, run_cfg)
+    resolved = (_template_run(template, run_cfg) if template
+                else _project_run(flake, run_cfg, image_ref))  # fmt: skip
     started = _launch(resolved, show_command)
     started.machine.close()
     click.echo(f"{started.record.name}: running")
@@ -175,8 +191,8 @@ def status(name: str, as_json: bool) -> None:
         click.echo(f"hint: `mvmctl down {name}` stops its hypervisor (if any) and removes it")
         return
     for key in ("name", "state", "mode", "hypervisor", "accel", "accel_reason", "pid", "revision",
-                "source", "entrypoint", "accessible", "vcpus", "memory_mib", "ports", "volumes",
-                "credentials", "exit_code"):  # fmt: skip
+                "source", "image_ref", "entrypoint", "accessible", "vcpus", "memory_mib", "ports",
+                "exposed_ports", "volumes", "credentials", "exit_code"):  # fmt: skip
         value = info[key]
         if isinstance(value, list):
             value = ", ".join(value) or None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from mvm.config.guestpaths import reserved, unsafe_name
+from mvm.config.imageref import ImageSource, parse_image_ref
 from mvm.config.schema import (
     DEFAULT_AGENT_UID,
     DEFAULT_APP_UID,
@@ -44,7 +45,7 @@ MANIFEST = "mvm.toml"
 TOP_KEYS = {
     "name", "vcpus", "memory_mib", "hypervisor", "dev", "entrypoint", "services", "uids",
     "files", "packages", "copy", "kernel", "credentials", "ports", "network", "flake",
-    "profile", "profiles",
+    "profile", "profiles", "image",
 }  # fmt: skip
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "profile", "flake"}
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, and these patterns
@@ -157,6 +158,33 @@ def load_project(path: str | Path | None = None, profile: str | None = None) -> 
     return Project(root=manifest.parent, manifest=manifest, spec=spec, profile=profile)
 
 
+def image_name(src: ImageSource) -> str:
+    """A VM/image name for ``--image REF`` without a project: the archive's, layout's
+    or repository's base name in the characters names allow ("image" if none)."""
+    if src.path is not None:
+        base = src.path.name
+        for suffix in (".tar", ".oci", ".docker"):
+            base = base.removesuffix(suffix)
+    else:
+        base = (src.remote or "").split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    name = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")[:63].strip("-")
+    return name if name and NAME_RE.fullmatch(name) else "image"
+
+
+def image_project(ref: str, base: Path | None = None) -> Project:
+    """The project ``mvmctl run --image REF`` / ``up --image REF`` builds: nothing but
+    the image (its config gives the entrypoint, user, environment).  A local path is
+    the user's own choice on the command line: resolved from ``base`` (the current
+    directory), not confined to it."""
+    root = (base or Path.cwd()).resolve()
+    src = parse_image_ref(ref, root, confine=False, what="--image")
+    spec = GuestSpec(
+        name=image_name(src), entrypoint=Entrypoint("command", command=("/.mvm/bin/false",)),
+        image=src, kernel=KernelSpec(),
+    )  # fmt: skip
+    return Project(root=root, manifest=root / MANIFEST, spec=spec)
+
+
 def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = None) -> GuestSpec:
     """Validate a parsed TOML document into a ``GuestSpec``.
 
@@ -191,6 +219,15 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
             "name", f"{name!r} is not allowed: use a-z, 0-9 and '-' (max 63), e.g. \"my-app\""
         )
 
+    image = None
+    if "image" in data:
+        image = parse_image_ref(data["image"], root, confine=True, what=f"{manifest}: image")
+    explicit: set[str] = {k for k in ("entrypoint", "dev") if k in data}
+    if isinstance(data.get("uids"), dict) and "entrypoint" in data["uids"]:
+        explicit.add("uid")
+    if "entrypoint" not in data and image is not None:
+        # the image's Entrypoint + Cmd, filled in at build time (mvm.image.oci)
+        data["entrypoint"] = {"command": ["/.mvm/bin/false"]}
     if "entrypoint" not in data:
         raise ctx.err("entrypoint", "is required: one of shell = \"/bin/sh\", command = [...], "
                       "or [entrypoint.services.NAME]")  # fmt: skip
@@ -225,7 +262,8 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         if clash:
             raise ctx.err("services", f"{sorted(clash)[0]!r} is also an entrypoint service")
 
-    sealed_home = None if dev else home_for(uids.entrypoint)
+    # an image's home is known once its passwd is read: the builder checks it then
+    sealed_home = None if dev or image is not None else home_for(uids.entrypoint)
     return GuestSpec(
         name=name,
         entrypoint=entrypoint,
@@ -242,6 +280,8 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         credentials=_credentials(ctx, data.get("credentials", {}), root),
         ports=_ports(ctx, data.get("ports", [])),
         network=_bool(ctx, data.get("network", False), "network"),
+        image=image,
+        explicit=frozenset(explicit),
     )
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from mvm.config.imageref import ImageSource
+
 EntrypointKind = Literal["shell", "command", "services"]
 RestartPolicy = Literal["always", "on-failure", "never"]
 RESTART_POLICIES: tuple[str, ...] = ("always", "on-failure", "never")
@@ -115,6 +117,15 @@ class GuestSpec:
     credentials: tuple[CredentialSpec, ...] = ()
     ports: tuple[str, ...] = ()
     network: bool = False
+    # OCI images (docs/oci.md): where the rootfs comes from, and what the image's
+    # config says (filled in by mvm.image.oci at build time; mvm.toml wins)
+    image: ImageSource | None = None
+    explicit: frozenset[str] = frozenset()  # mvm.toml keys set explicitly: entrypoint, uid, dev
+    env: tuple[tuple[str, str], ...] = ()  # the entrypoint's environment
+    workdir: str | None = None  # the entrypoint's working directory
+    home_dir: str | None = None  # the entrypoint's home when the image's passwd says so
+    home_tmpfs: bool = True  # a sealed image's home is a private tmpfs
+    exposed_ports: tuple[str, ...] = ()  # the image's ExposedPorts ("80/tcp"), never published
 
     @property
     def accessible(self) -> bool:
@@ -127,7 +138,22 @@ class GuestSpec:
     @property
     def home(self) -> str:
         """The entrypoint's home (a private tmpfs at boot when sealed)."""
-        return home_for(self.uids.entrypoint)
+        return self.home_dir or home_for(self.uids.entrypoint)
+
+    @property
+    def sealed_home(self) -> str | None:
+        """The home hidden by a tmpfs at boot (a project may not write there), or None."""
+        return self.home if self.sealed and self.home_tmpfs else None
+
+    @property
+    def mvm_root(self) -> str:
+        """Where mvm's own tools live: ``/`` for Debian images, ``/.mvm`` for OCI
+        images (whose ``/init``, ``/bin/sh`` or ``/bin/busybox`` are the image's)."""
+        return "/.mvm" if self.image is not None else "/"
+
+    @property
+    def init_path(self) -> str:
+        return "/.mvm/init" if self.image is not None else "/init"
 
 
 @dataclass(frozen=True)

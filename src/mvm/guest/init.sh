@@ -24,7 +24,7 @@ for kv in $CMDLINE; do
 done
 
 mkdir -p /dev/pts /dev/shm
-mount -a  # /etc/fstab is rendered from the spec: /run, /tmp, /dev/pts, /dev/shm, sealed /home
+mount -a -T /etc/mvm/fstab  # rendered from the spec: /run, /tmp, /dev/pts, /dev/shm, sealed home
 mkdir -p /run/mvm /run/mvm/svc
 if [ "$NET" = 1 ]; then
     ip link set lo up
