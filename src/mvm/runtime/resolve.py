@@ -27,7 +27,7 @@ from mvm.secrets import credentials as creds_mod
 from mvm.secrets.credentials import Credential
 
 if TYPE_CHECKING:
-    from mvm.config.schema import GuestSpec
+    from mvm.config.schema import GuestSpec, VarCredentialSpec
     from mvm.image.builder import Image
     from mvm.image.meta import ImageMeta
 
@@ -61,6 +61,8 @@ class RuntimeDefaults:
     template_memory_mib: int | None = None
     # declared by a template this host did not build: the caller must give the values
     required_credentials: tuple[str, ...] = ()
+    # [credentials] KEY = { var = "GEN/FILE" }: read from the VM's var store at start
+    var_credentials: tuple[VarCredentialSpec, ...] = ()
 
     @classmethod
     def from_spec(cls, spec: GuestSpec) -> RuntimeDefaults:
@@ -68,6 +70,7 @@ class RuntimeDefaults:
             origin="mvm.toml", vcpus=spec.vcpus, memory_mib=spec.memory_mib,
             ports=tuple(spec.ports), network=spec.network,
             credentials=tuple(CredentialDecl(c.name, c.file) for c in spec.credentials),
+            var_credentials=tuple(spec.var_credentials),
         )  # fmt: skip
 
     @classmethod
@@ -181,8 +184,14 @@ def resolve(
     if declared is None:
         declared = [creds_mod.read_file(c.name, c.file, defaults.origin)
                     for c in defaults.credentials]  # fmt: skip
+    var_creds: list[Credential] = []
+    if defaults.var_credentials:
+        from mvm.secrets.vars import credentials_for
+
+        # missing vars fail here, before anything is created or booted
+        var_creds = credentials_for(str(name.value), defaults.var_credentials)
     host = creds_mod.host_credentials() if run.forward_host_credentials else []
-    creds = creds_mod.resolve(run.credentials, declared, host)
+    creds = creds_mod.resolve(run.credentials, declared, var_creds, host)
     missing = sorted(set(defaults.required_credentials) - {c.name for c in creds})
     if missing:
         raise CredentialError(
@@ -193,7 +202,7 @@ def resolve(
         )
     if creds:
         origins = [o for o, group in ((who, run.credentials), (defaults.origin, declared),
-                                      ("host", host)) if group]  # fmt: skip
+                                      ("var", var_creds), ("host", host)) if group]  # fmt: skip
         sources["credentials"] = "+".join(origins)
 
     return ResolvedRun(
