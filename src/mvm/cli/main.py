@@ -20,7 +20,8 @@ class Group(click.Group):
     """Lists commands in the order they were added (lifecycle order, not alphabetical)."""
 
     # imported only when used (or listed)
-    lazy = {"template": "mvm.cli.template_cmds", "vars": "mvm.cli.vars_cmds"}
+    lazy = {"template": "mvm.cli.template_cmds", "vars": "mvm.cli.vars_cmds",
+            "systemd": "mvm.cli.systemd_cmds"}  # fmt: skip
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         for name in self.lazy:

@@ -47,11 +47,23 @@ def _vars_hint(name: str) -> None:
 
 @cli.command()
 @click.argument("name")
-def start(name: str) -> None:
-    """Start defined VM NAME (detached), from the image it was last built at."""
+@click.option(
+    "--attached",
+    is_flag=True,
+    help="Stream the console and stop the VM on SIGINT/SIGTERM (for systemd units).",
+)
+def start(name: str, attached: bool) -> None:
+    """Start defined VM NAME from the image it was last built at (detached unless
+    --attached; attached, the exit code is the entrypoint's)."""
+    import sys
+
     from mvm.runtime import manage
 
-    manage.start_defined(name)
+    started = manage.start_defined(name, attached=attached)
+    if attached:
+        from mvm.runtime.attach import run_attached
+
+        sys.exit(run_attached(started))
     click.echo(f"{name}: running")
 
 

@@ -127,7 +127,7 @@ def _build(d: VmDef) -> Image:
     return build(load_project(d.flake, d.profile))
 
 
-def _resolved(d: VmDef) -> ResolvedRun:
+def _resolved(d: VmDef, attached: bool = False) -> ResolvedRun:
     """What starting ``d`` means: its last-built image (rebuilt only if it is gone),
     the project's current runtime settings, the definition's overrides."""
     from dataclasses import replace as dc_replace
@@ -136,7 +136,7 @@ def _resolved(d: VmDef) -> ResolvedRun:
     from mvm.runtime.resolve import RuntimeDefaults, resolve
 
     run = RunConfig(name=d.name, cpus=d.cpus, memory_mib=d.memory_mib, ports=list(d.ports),
-                    network=d.network)  # fmt: skip
+                    network=d.network, attached=attached)  # fmt: skip
     if d.template is not None:
         from mvm.runtime.templates import template_run
 
@@ -156,8 +156,10 @@ def _resolved(d: VmDef) -> ResolvedRun:
     return resolve(image, run, RuntimeDefaults.from_spec(project.spec), source=d.source)
 
 
-def start_defined(name: str) -> Started:
-    """Start a defined VM (detached); ``ConflictError`` if it already runs."""
+def start_defined(name: str, *, attached: bool = False) -> Started:
+    """Start a defined VM; ``ConflictError`` if it already runs.  Detached, the
+    machine handle is closed on return; attached (``systemd``'s ExecStart), the
+    caller pumps the console (:func:`mvm.runtime.attach.run_attached`)."""
     from mvm.runtime.start import start
 
     d = definition(name)
@@ -165,8 +167,9 @@ def start_defined(name: str) -> Started:
     if rec is not None and rec.is_active():
         raise ConflictError(f"VM {name} is already running",
                             hint=f"`mvmctl restart {name}` restarts it")  # fmt: skip
-    started = start(_resolved(d))
-    started.machine.close()
+    started = start(_resolved(d, attached))
+    if not attached:
+        started.machine.close()
     return started
 
 
