@@ -134,3 +134,29 @@ def test_export_import_to_a_second_home(world: tuple[Path, Path, Path], tmp_path
     assert imp.returncode == 0, imp.stderr
     assert boot(project, home2)["API_KEY"][1] == hashlib.sha256(key).hexdigest()
     assert leaks(home2, key) == []
+
+
+def test_template_vm_gets_its_own_vars(world: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """A template records the var credentials (names only); the VM started from it
+    reads them from its own store, under its own name."""
+    project, _failing, _home = world
+    home = tmp_path / "home-t"
+    r = mvmctl("template", "create", "vtt", "--flake", str(project), env=env(home), timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = mvmctl("template", "build", "vtt", env=env(home), timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = mvmctl("up", "--template", "vtt", "--name", "t1", env=env(home), timeout=300)
+    assert r.returncode != 0 and "Run 'mvmctl vars generate t1' first" in r.stderr
+    r = mvmctl("vars", "generate", "t1", "--flake", str(project), env=env(home))
+    assert r.returncode == 0, r.stderr
+    r = mvmctl("up", "--template", "vtt", "--name", "t1", env=env(home), timeout=300)
+    assert r.returncode == 0, r.stderr
+    try:
+        r = mvmctl("wait", "t1", "--timeout", "120", env=env(home), timeout=180)
+        log = mvmctl("logs", "t1", env=env(home)).stdout
+        got = subprocess.run([MVMCTL, "vars", "get", "t1", "app-secrets/api-key", "--reveal"],
+                             capture_output=True, env=dict(os.environ, **env(home)), timeout=60,
+                             check=True).stdout  # fmt: skip
+        assert f"cred API_KEY 44 {hashlib.sha256(got).hexdigest()} 400" in log, log[-2000:]
+    finally:
+        mvmctl("down", "t1", env=env(home))

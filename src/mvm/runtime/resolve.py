@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mvm.backends.spec import PortForward
+from mvm.config.schema import VarCredentialSpec
+from mvm.config.vars_schema import FILE_RE, GEN_RE
 from mvm.drives import DriveFile, VolumeSpec, parse_volume
 from mvm.errors import ConfigError, CredentialError
 from mvm.runtime.config import RunConfig, parse_port
@@ -27,7 +29,7 @@ from mvm.secrets import credentials as creds_mod
 from mvm.secrets.credentials import Credential
 
 if TYPE_CHECKING:
-    from mvm.config.schema import GuestSpec, VarCredentialSpec
+    from mvm.config.schema import GuestSpec
     from mvm.image.builder import Image
     from mvm.image.meta import ImageMeta
 
@@ -84,8 +86,16 @@ class RuntimeDefaults:
             for c in runtime.get("credentials", [])
             if isinstance(c, dict) and isinstance(c.get("name"), str) and "file" in c
         )
+        var_creds = []
+        for c in runtime.get("var_credentials", []):
+            if not isinstance(c, dict) or not isinstance(c.get("var"), str):
+                continue
+            name, (gen, _, fname) = str(c.get("name")), str(c["var"]).partition("/")
+            if creds_mod.valid_name(name) and GEN_RE.fullmatch(gen) and FILE_RE.fullmatch(fname):
+                var_creds.append(VarCredentialSpec(name, gen, fname))
         return cls(
             origin="mvm.toml",
+            var_credentials=tuple(var_creds),
             vcpus=meta.defaults.vcpus,
             memory_mib=meta.defaults.memory_mib,
             ports=tuple(p for p in runtime.get("ports", []) if isinstance(p, str)),
