@@ -29,6 +29,7 @@ _EXPORTS = {
     "RegistryError": "mvm.errors",
     "IntegrityError": "mvm.errors",
     "TrustError": "mvm.errors",
+    "VarsError": "mvm.errors",
     "LaunchError": "mvm.backends.base",
     "DriveFile": "mvm.drives",
     "VolumeSpec": "mvm.drives",
@@ -109,6 +110,7 @@ if TYPE_CHECKING:
         StateError,
         TemplateError,
         TrustError,
+        VarsError,
     )
     from mvm.image.builder import Image
     from mvm.image.builder import build as build_image

@@ -18,6 +18,7 @@ escape un-wrapped.  Wrap with ``raise SomeError(...) from exc`` at the seam.
     │   └── ConflictError    name already in use / wrong lifecycle state
     ├── DriveError           --volume / drive images are invalid
     ├── CredentialError      credentials invalid or too large
+    ├── VarsError            generated vars: a generator failed, a var is missing, a bundle is bad
     ├── MetadataError        an image's revision.json is malformed or of an unknown schema
     ├── TemplateError        template records and revisions
     └── RegistryError        push/pull/verify against a registry
@@ -98,6 +99,11 @@ class CredentialError(MvmError):
     """A credential is invalid, unreadable or too large."""
 
     exit_code = 2
+
+
+class VarsError(MvmError):
+    """A generator failed or produced the wrong files, a var is missing or cannot be
+    decrypted, or an export bundle is malformed (messages name vars, never values)."""
 
 
 class MetadataError(MvmError):

@@ -152,17 +152,17 @@ def down(name: str, volumes: bool) -> None:
 @cli.command("ls")
 @click.option("--json", "as_json", is_flag=True)
 def ls(as_json: bool) -> None:
-    """List VMs and their live state."""
-    from mvm.runtime import vm
+    """List VMs (running and defined) with their live state and image freshness."""
+    from mvm.runtime import manage
 
-    infos = [v.info() for v in vm.list_vms()]
+    infos = manage.listing()
     if as_json:
         emit_json(infos)
         return
     table(
-        ["NAME", "STATE", "MODE", "ACCEL", "PID", "UPTIME", "EXIT", "SOURCE"],
+        ["NAME", "STATE", "MODE", "ACCEL", "PID", "UPTIME", "EXIT", "SOURCE", "IMAGE"],
         [[i["name"], i["state"], i["mode"], i["accel"], i["pid"], duration(i["uptime_s"]),
-          i["exit_code"], i["source"]] for i in infos],
+          i["exit_code"], i["source"], i["image"]] for i in infos],
     )  # fmt: skip
 
 

@@ -101,6 +101,39 @@ class CredentialSpec:
 
 
 @dataclass(frozen=True)
+class VarFileSpec:
+    """One file a generator must produce in ``$out``."""
+
+    name: str
+    secret: bool = True
+    mode: int = 0o400
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """``[vars.generators.NAME]``: a script that writes exactly ``files`` into ``$out``,
+    run on the host by ``mvmctl vars generate`` with only ``runtime_inputs`` on PATH."""
+
+    name: str
+    files: tuple[VarFileSpec, ...]
+    script: str
+    runtime_inputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VarCredentialSpec:
+    """``[credentials] NAME = { var = "GEN/FILE" }``: delivered from the VM's var store."""
+
+    name: str
+    generator: str
+    file: str
+
+    @property
+    def var(self) -> str:
+        return f"{self.generator}/{self.file}"
+
+
+@dataclass(frozen=True)
 class GuestSpec:
     name: str
     entrypoint: Entrypoint
@@ -115,6 +148,8 @@ class GuestSpec:
     copy: tuple[CopySpec, ...] = ()
     kernel: KernelSpec = field(default_factory=KernelSpec)
     credentials: tuple[CredentialSpec, ...] = ()
+    var_credentials: tuple[VarCredentialSpec, ...] = ()
+    generators: tuple[GeneratorSpec, ...] = ()
     ports: tuple[str, ...] = ()
     network: bool = False
     # OCI images (docs/oci.md): where the rootfs comes from, and what the image's

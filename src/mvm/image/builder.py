@@ -47,7 +47,7 @@ from mvm.config.schema import GuestSpec, Project
 from mvm.errors import BuildError, ConfigError, DiskFullError
 from mvm.guest import EXTENSIONS, GUEST_FEATURES, GUEST_FILES
 from mvm.guest import read as guest_file
-from mvm.image import guestbin, initramfs, source
+from mvm.image import contents, guestbin, initramfs, source
 from mvm.image import kernel as kernels
 from mvm.image.hashcache import ContentHashes
 from mvm.image.meta import ARTEFACTS, ImageMeta
@@ -179,6 +179,16 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
     return Inputs(h.hexdigest(), epoch, tuple(sources), image_id)
 
 
+def current_hash(project: Project) -> str:
+    """The input hash ``build(project)`` would produce, without building (freshness:
+    ``mvmctl ls`` compares it with what a VM was last built or booted at)."""
+    kernel = kernels.resolve(project.spec.kernel)
+    hashes = ContentHashes(paths.cache_dir() / HASHES)
+    digest = input_hash(project, kernel, hashes).digest
+    hashes.save()
+    return digest
+
+
 def build(project: Project, *, force: bool = False) -> Image:
     """Return the image for ``project``, building it only if its inputs changed."""
     spec = project.spec
@@ -289,8 +299,9 @@ def _build(
             uid = spec.uids.entrypoint
             # order: mvm's skeleton, packages, busybox, the project's files, then
             # mvm's own files (which the project may not touch: guestpaths)
-            if spec.packages:
-                debian.extract(debian.fetch(debian.resolve(spec.packages)), st)
+            pkgs = debian.resolve(spec.packages) if spec.packages else []
+            if pkgs:
+                debian.extract(debian.fetch(pkgs), st)
             if unpacked is not None:
                 rootfs.install_busybox_private(st, initramfs.busybox_path(), "/.mvm/bin")
             else:
@@ -311,6 +322,7 @@ def _build(
                 if uid != 0 and (unpacked is None or not existed):
                     owners[home] = (uid, uid)
             st.set_times(inputs.epoch)
+        manifest = contents.scan(root, pkgs)  # for `mvmctl update`'s diff
         stamp = rootfs.Stamp(
             inputs.epoch,
             str(uuid.UUID(hex=inputs.digest[:32], version=4)),
@@ -320,6 +332,7 @@ def _build(
         shutil.rmtree(root)
         initramfs.build(kernel, out / "initramfs.cpio", epoch=inputs.epoch)
         _install_kernel(kernel.image, out / "kernel")
+        contents.write(out, manifest)
         revision = _revision(spec, kernel, inputs.digest, out, time.monotonic() - started)
         if unpacked is not None:
             assert spec.image is not None
