@@ -91,7 +91,7 @@ class MachineSpec:
     name: str
     run_dir: Path
     kernel: Path
-    initramfs: Path | None
+    initramfs: Path | None  # None: the kernel mounts disks[0] itself and runs ``init``
     disks: tuple[Disk, ...]  # disks[0] is the rootfs
     vcpus: int = 1
     memory_mib: int = 256
@@ -101,6 +101,10 @@ class MachineSpec:
     channels: tuple[str, ...] = CHANNELS
     # host files holding secrets (drive images) to remove once the hypervisor has opened them
     scrub: tuple[Path, ...] = ()
+    # the kernel has RANDOMIZE_BASE (takes `nokaslr`); a kernel without it would hand
+    # an unknown `nokaslr` to init as an argument
+    kaslr: bool = True
+    init: str = "/init"  # PID 1 in the rootfs (direct boot: the kernel runs it)
 
     @property
     def rootfs(self) -> Disk:

@@ -285,7 +285,7 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         files=_files(ctx, data.get("files", {}), sealed_home),
         packages=_packages(ctx, data.get("packages", [])),
         copy=_copies(ctx, data.get("copy", []), root, sealed_home),
-        kernel=_kernel(ctx, data.get("kernel", "debian"), root),
+        kernel=_kernel(ctx, data.get("kernel", "mvm"), root),
         credentials=creds,
         var_credentials=var_creds,
         generators=generators,
@@ -424,14 +424,16 @@ def _copies(ctx: _Ctx, value: Any, root: Path, sealed_home: str | None) -> tuple
 
 
 def _kernel(ctx: _Ctx, value: Any, root: Path) -> KernelSpec:
-    if value in ("debian", "host"):
+    if value in ("mvm", "debian", "host"):
         return KernelSpec(provider=value)
     if isinstance(value, str):
         value = {"path": value}
     table = ctx.table(value, "kernel")
     ctx.keys(table, "kernel", {"path", "modules"})
     if "path" not in table:
-        raise ctx.err("kernel", 'needs path = "/path/to/vmlinuz" (or kernel = "debian" | "host")')
+        raise ctx.err(
+            "kernel", 'needs path = "/path/to/vmlinuz" (or kernel = "mvm" | "debian" | "host")'
+        )
     path = _resolved(ctx, root / ctx.string(table["path"], "kernel.path"), "kernel.path")
     if not path.is_file():
         raise ctx.err("kernel.path", f"{str(path)!r} is not a file")

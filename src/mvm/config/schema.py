@@ -15,7 +15,7 @@ EntrypointKind = Literal["shell", "command", "services"]
 RestartPolicy = Literal["always", "on-failure", "never"]
 RESTART_POLICIES: tuple[str, ...] = ("always", "on-failure", "never")
 HYPERVISORS: tuple[str, ...] = ("qemu", "firecracker", "cloud-hypervisor")
-KernelProvider = Literal["debian", "host", "path"]
+KernelProvider = Literal["mvm", "debian", "host", "path"]
 
 DEFAULT_AGENT_UID = 990
 DEFAULT_APP_UID = 1000
@@ -87,7 +87,7 @@ class CopySpec:
 
 @dataclass(frozen=True)
 class KernelSpec:
-    provider: KernelProvider = "debian"
+    provider: KernelProvider = "mvm"
     path: Path | None = None
     modules: Path | None = None
 

@@ -10,6 +10,10 @@
 # after the entrypoint has started.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
+# booted straight from the rootfs (built-in drivers, no initramfs): the kernel
+# mounted only /dev (DEVTMPFS_MOUNT); proc and sysfs are ours to mount
+[ -e /proc/self ] || mount -t proc proc /proc
+[ -d /sys/kernel ] || mount -t sysfs sys /sys
 . /etc/mvm/spec.sh
 read -r CMDLINE < /proc/cmdline
 NET=0

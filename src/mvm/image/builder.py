@@ -50,14 +50,14 @@ from mvm.guest import read as guest_file
 from mvm.image import contents, guestbin, initramfs, source
 from mvm.image import kernel as kernels
 from mvm.image.hashcache import ContentHashes
-from mvm.image.meta import ARTEFACTS, ImageMeta
+from mvm.image.meta import ARTEFACTS, ImageMeta, KernelInfo
 from mvm.image.meta import load as load_meta
 from mvm.image.render import GuestFile, render
 from mvm.image.source import Source
 from mvm.image.staging import Staging
 from mvm.log import get_logger
 from mvm.proc import is_disk_full
-from mvm.state.atomic import atomic_file, locked, private_tempdir
+from mvm.state.atomic import atomic_file, locked, private_tempdir, publish_dir
 
 log = get_logger(__name__)
 
@@ -330,7 +330,11 @@ def _build(
         )
         rootfs.make_ext4(root, out / "rootfs.ext4", owners, stamp=stamp)
         shutil.rmtree(root)
-        initramfs.build(kernel, out / "initramfs.cpio", epoch=inputs.epoch)
+        if kernel.boot == "direct":  # the kernel mounts the rootfs itself: an empty artefact
+            with atomic_file(out / "initramfs.cpio"):
+                pass
+        else:
+            initramfs.build(kernel, out / "initramfs.cpio", epoch=inputs.epoch)
         _install_kernel(kernel.image, out / "kernel")
         contents.write(out, manifest)
         revision = _revision(spec, kernel, inputs.digest, out, time.monotonic() - started)
@@ -344,11 +348,7 @@ def _build(
             meta.write(json.dumps(revision["checksums"], indent=2, sort_keys=True).encode())
         with atomic_file(out / "revision.json") as meta:  # last: it marks the image complete
             meta.write(json.dumps(revision, indent=2, sort_keys=True).encode())
-        if dest.exists():
-            old = images / f".old-{inputs.digest}-{os.getpid()}"
-            os.replace(dest, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, dest)
+        publish_dir(out, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("built %s in %.1fs", spec.name, time.monotonic() - started)
@@ -415,7 +415,12 @@ def _revision(
         "expectedBootMs": EXPECTED_BOOT_MS["kvm"],
         "expectedBootMsByAccel": EXPECTED_BOOT_MS,
         "inputHash": digest,
-        "kernel": {"version": kernel.version, "identity": kernel.identity},
+        "kernel": KernelInfo(
+            kernel.version,
+            kernel.identity,
+            kaslr=None if kernel.kaslr else False,
+            boot=None if kernel.boot == "initramfs" else kernel.boot,
+        ).to_json(),
         "packages": list(spec.packages),
         "defaults": {"vcpus": spec.vcpus, "memory_mib": spec.memory_mib},
         "checksums": checksums,

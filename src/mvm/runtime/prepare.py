@@ -64,13 +64,14 @@ def machine_spec(
         att = drives.materialise(prep.plan, run_dir, vm=name, uid=prep.uid)
     else:
         att = drives.layout(prep.plan, run_dir, vm=name)
+    kinfo = image.meta.kernel
     rootfs = Disk(image.rootfs, role="rootfs", readonly=not image.accessible,
                   ephemeral=image.accessible)  # fmt: skip
     spec = MachineSpec(
         name=name,
         run_dir=run_dir,
         kernel=image.kernel,
-        initramfs=image.initramfs if image.initramfs.exists() else None,
+        initramfs=None if kinfo.direct_boot or not image.initramfs.exists() else image.initramfs,
         disks=(rootfs, *att.drives),
         vcpus=int(run.vcpus.value),
         memory_mib=int(run.memory_mib.value),
@@ -82,6 +83,7 @@ def machine_spec(
             *att.cmdline,
         ),
         scrub=att.scrub,
+        kaslr=kinfo.kaslr is not False,
     )
     return spec, att
 

@@ -21,12 +21,27 @@ from mvm.backends.spec import MachineSpec
 FAST_CMDLINE = (
     "console=ttyS0 quiet loglevel=3 panic=-1 reboot=t tsc=reliable no_timer_check "
     "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd pci=off random.trust_cpu=on "
-    "8250.nr_uarts=1 mitigations=off nokaslr init_on_alloc=0"
+    "8250.nr_uarts=1 mitigations=off init_on_alloc=0"
 )
+# the rootfs is always the first virtio-blk device (disks[0])
+ROOT_DEVICE = "/dev/vda"
 QEMU = "qemu-system-x86_64"
 # the virtio-serial port names the guest's /init looks for (see guest/init.sh)
 NO_DATA = GuestData()
 PORT_NAMES = {"status": "org.mvm.status", "control": "org.mvm.control", "agent": "org.mvm.agent"}
+
+
+# TCG translation buffer (MiB).  QEMU's default reserves up to 1 GiB and an idle
+# guest had touched ≈45 MB of it; a bounded buffer caps that per VM (docs/kernel.md
+# has the boot-time and RSS measurements behind the value)
+TB_SIZE_MIB = 32
+
+
+def accel_arg(accel: str, tb_size_mib: int | None = TB_SIZE_MIB) -> str:
+    """``-accel``'s value: TCG gets a bounded translation buffer; KVM has none."""
+    if accel == "kvm":
+        return "kvm"
+    return f"tcg,tb-size={tb_size_mib}" if tb_size_mib else "tcg"
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,10 @@ class QemuOptions:
     tsc_khz: int | None = None
     qemu: str = QEMU
     incoming_fd: int | None = None  # restore a snapshot from this inherited fd
+    tb_size_mib: int | None = TB_SIZE_MIB  # TCG only; None: QEMU's default
+    # virtio-balloon with free page reporting: pages the guest frees go back to the
+    # host (the guest kernel needs VIRTIO_BALLOON + PAGE_REPORTING)
+    balloon: bool = True
 
 
 def _opt(path: Path) -> str:
@@ -46,6 +65,12 @@ def _opt(path: Path) -> str:
 
 def kernel_cmdline(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) -> str:
     parts = [FAST_CMDLINE]
+    if spec.kaslr:
+        parts.append("nokaslr")
+    if spec.initramfs is None:
+        # direct boot (built-in drivers): the kernel mounts the rootfs and runs init
+        mode = "ro" if spec.rootfs.readonly else "rw"
+        parts.append(f"root={ROOT_DEVICE} rootfstype=ext4 {mode} init={spec.init}")
     if opts.tsc_khz:
         parts.append(f"lpj={opts.tsc_khz * 4} tsc_early_khz={opts.tsc_khz}")
     if not spec.rootfs.readonly:
@@ -67,7 +92,7 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
         opts.qemu,
         "-name", f"mvm-{spec.name},process=mvm-{spec.name}",
         "-M", "microvm,isa-serial=on,rtc=on",
-        "-accel", accel,
+        "-accel", accel_arg(accel, opts.tb_size_mib),
         *(["-cpu", "host"] if accel == "kvm" else []),
         "-smp", str(spec.vcpus),
         "-m", f"{spec.memory_mib}M",
@@ -103,6 +128,8 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
         "-chardev", f"socket,id=agent,path={rd / 'agent.sock'},server=on,wait=off",
         "-device", f"virtserialport,chardev=agent,name={PORT_NAMES['agent']}",
     ]  # fmt: skip
+    if opts.balloon:
+        argv += ["-device", "virtio-balloon-device,free-page-reporting=on"]
     net = spec.network
     if net.enabled:
         fwd = "".join(f",hostfwd={p.proto}:{p.address}:{p.host}-:{p.guest}" for p in net.forwards)
