@@ -25,6 +25,7 @@ from mvm.errors import AgentError, ProtocolError
 
 CHUNK = 256 * 1024
 MAX_READ = 1 << 31
+MAX_OUTPUT = 64 << 20  # what exec() captures of stdout + stderr before it gives up
 
 
 class AgentClient:
@@ -77,7 +78,8 @@ class AgentClient:
         if not data:
             raise AgentError("the guest agent connection closed")
         for f in self.dec.feed(data):
-            self.pending[f.stream].append(f)
+            if f.stream < self.next_stream:  # frames for streams we never opened are dropped
+                self.pending[f.stream].append(f)
 
     def next_frame(self, stream: int, deadline: float) -> Frame:
         q = self.pending[stream]
@@ -147,8 +149,10 @@ class AgentClient:
         return stream
 
     def exec(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
-             input: bytes | None = None, timeout: float | None = None) -> ExecResult:  # fmt: skip
-        """Run a command to completion, capturing stdout and stderr separately."""
+             input: bytes | None = None, timeout: float | None = None,
+             max_output: int = MAX_OUTPUT) -> ExecResult:  # fmt: skip
+        """Run a command to completion, capturing stdout and stderr separately
+        (at most ``max_output`` bytes together: more kills the command)."""
         stream = self.start_exec(argv, env=env, cwd=cwd, stdin=input is not None)
         if input is not None:
             self.send_data(stream, input)
@@ -173,6 +177,9 @@ class AgentClient:
                     return ExecResult.parse(msg, bytes(out), bytes(err))
                 if msg["op"] == "error":
                     raise AgentError(error_text(msg))
+            if len(out) + len(err) > max_output:
+                self.kill(stream)
+                raise AgentError(f"{argv[0]}: more than {max_output} bytes of output")
 
     def kill(self, stream: int) -> None:
         with contextlib.suppress(AgentError):

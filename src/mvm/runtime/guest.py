@@ -12,6 +12,7 @@ records and the agent client, nothing that builds or launches VMs.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -47,6 +48,17 @@ def _record(name: str, verb: str) -> VmRecord:
     return entry
 
 
+def _has_agent(record: VmRecord) -> bool:
+    """False only when the VM's image says it was built with the old agent stub
+    (which speaks no protocol: waiting for its hello would only time out)."""
+    try:
+        with open(Path(record.image) / "revision.json", "rb") as f:
+            meta = json.loads(f.read(1 << 20))
+    except (OSError, ValueError, RecursionError):
+        return True  # unknown: let the handshake decide
+    return not (isinstance(meta, dict) and meta.get("agentBinary") == "stub")
+
+
 def _try_connect(path: Path) -> socket.socket | None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -75,6 +87,11 @@ def _start_sidecar(run_dir: Path) -> None:
 def connect(name: str, *, verb: str = "agent", timeout: float = 60.0) -> AgentClient:
     """A client of VM ``name``'s agent (waits up to ``timeout`` for the guest)."""
     record = _record(name, verb)
+    if not _has_agent(record):
+        raise AgentError(
+            f"VM {name}'s image was built before mvm had a guest agent",
+            hint="rebuild the image (`mvmctl build`) and start the VM again",
+        )
     run_dir = record.dir
     path = run_dir / SOCKET
     deadline = time.monotonic() + timeout
