@@ -13,7 +13,8 @@ import pytest
 from mvm.agent import codec
 from mvm.agent.client import AgentClient
 from mvm.agent.codec import JSON, STDERR, STDOUT, Decoder
-from mvm.agent.protocol import Entry, ExecResult, GuestStatus, Hello
+from mvm.agent.models import Entry, GuestStatus
+from mvm.agent.protocol import ExecResult, Hello
 from mvm.errors import AgentError, ProtocolError
 
 

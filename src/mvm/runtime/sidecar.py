@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mvm.agent import codec
+from mvm.agent import MUX_SOCKET, codec
 from mvm.agent.codec import JSON, Decoder
 from mvm.errors import ProtocolError
 
-SOCKET = "agent-mux.sock"
+SOCKET = MUX_SOCKET
 LOCK = "agent-mux.lock"
 HELLO_RETRY = 2.0  # seconds between hellos while the guest agent has not answered
 TERMINAL = frozenset(("exit", "error", "done", "pong", "status", "entries"))
