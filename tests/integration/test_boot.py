@@ -127,7 +127,11 @@ def test_revision_metadata(home: Path, projects: dict[str, Path]) -> None:
     assert rev["sealed"] is True and rev["accessible"] is False
     assert rev["entrypointKind"] == "command"
     assert rev["uids"] == {"agent": 990, "entrypoint": 1000} and rev["rootlessEntrypoint"]
-    assert rev["agentBinary"] == "stub" and rev["expectedBootMs"] > 0
+    assert (
+        rev["agentBinary"] == "real"
+        and "agent" in rev["guestFeatures"]
+        and rev["expectedBootMs"] > 0
+    )
     assert set(rev["checksums"]) == {"kernel", "initramfs.cpio", "rootfs.ext4"}
     shell = json.loads(mvmctl("build", str(projects["shell"]), "--json").stdout)
     assert shell["accessible"] is True and shell["uids"]["entrypoint"] == 0
