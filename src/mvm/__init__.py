@@ -8,7 +8,8 @@ not use.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # not `from typing`: importing typing costs `mvmctl exec` start-up
 
 __version__ = "0.1.0"
 
@@ -87,6 +88,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from mvm.backends.base import LaunchError
     from mvm.backends.spec import MachineSpec
     from mvm.config import GuestSpec, Project, load_project

@@ -137,7 +137,11 @@ def test_revision_metadata(home: Path, projects: dict[str, Path]) -> None:
     assert rev["sealed"] is True and rev["accessible"] is False
     assert rev["entrypointKind"] == "command"
     assert rev["uids"] == {"agent": 990, "entrypoint": 1000} and rev["rootlessEntrypoint"]
-    assert rev["agentBinary"] == "stub" and rev["expectedBootMs"] > 0
+    assert (
+        rev["agentBinary"] == "real"
+        and "agent" in rev["guestFeatures"]
+        and rev["expectedBootMs"] > 0
+    )
     assert set(rev["checksums"]) == {"kernel", "initramfs.cpio", "rootfs.ext4"}
     # the default kernel is mvm's own: booted straight from the rootfs, no KASLR
     assert rev["kernel"]["version"].endswith("-mvm")
