@@ -9,7 +9,9 @@ is what reads and writes them, so the guest protocol lives here once:
 * **status** — the guest appends ``exit N`` when its entrypoint ends;
 * **control** — the host writes ``poweroff`` and the guest's PID 1 stops its
   services (SIGTERM, up to 5 s), syncs, remounts data volumes read-only and
-  powers off.  Its host end is always connected (a pipe), so the guest can
+  powers off; or a root operation (``remount``, ``identity``, ``reseed``,
+  ``restart``, ``ping``: :func:`control_request`, docs/snapshots.md), which
+  the guest answers on the same port.  Its host end is always connected (a pipe), so the guest can
   block on it from boot;
 * **agent** — a stream socket the host connects to whenever it likes (the
   agent tolerates late connections and reconnects);
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -56,6 +59,64 @@ def request_poweroff(ch: HostChannels) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+ROOT_VERBS = ("ping", "remount", "identity", "reseed", "restart")
+
+
+def control_request(ch: HostChannels, verb: str, *args: str, timeout: float = 30.0) -> None:
+    """Ask the guest's PID 1 for one root operation and wait for its answer.
+
+    The request is one line ``VERB ID ARGS…``; the guest answers ``ID ok`` or
+    ``ID err REASON`` on the same port (docs/snapshots.md).  Arguments are
+    checked here to be single shell-safe words (the guest checks again).
+    Lines with other ids (answers nobody waited for) are skipped.
+    """
+    if verb not in ROOT_VERBS:
+        raise BackendError(f"unknown control verb {verb!r}")
+    for a in args:
+        if not a or any(c.isspace() for c in a) or not a.isprintable():
+            raise BackendError(f"control {verb}: bad argument")
+    if ch.control_reply is None:
+        raise BackendError("this hypervisor has no control reply channel")
+    rid = os.urandom(6).hex()
+    rfd = os.open(ch.control_reply, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        wfd = os.open(ch.control, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            os.write(wfd, " ".join((verb, rid, *args)).encode() + b"\n")
+        finally:
+            os.close(wfd)
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BackendError(f"the guest did not answer {verb} within {timeout:.0f}s")
+            r, _, _ = select.select([rfd], [], [], min(left, 0.5))
+            if not r:
+                continue
+            try:
+                chunk = os.read(rfd, 4096)
+            except BlockingIOError:
+                continue
+            if not chunk:  # no writer right now (QEMU holds it open O_RDWR; be patient)
+                time.sleep(0.01)
+                continue
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                rid_, _, rest = line.decode(errors="replace").partition(" ")
+                if rid_ != rid:
+                    continue
+                if rest == "ok":
+                    return
+                reason = rest[4:] if rest.startswith("err ") else rest
+                raise BackendError(f"guest {verb} failed: {reason[:200]}")
+    except OSError as exc:
+        raise BackendError(f"control {verb}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(rfd)
 
 
 def _connect(
