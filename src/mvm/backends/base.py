@@ -93,10 +93,10 @@ class Machine(abc.ABC):
     def launch_error(self, message: str) -> LaunchError:
         return LaunchError(message, command=[])
 
-    def snapshot(self, dest: Path, *, memory_mib: int, shared_ram: bool) -> None:
-        """Pause the guest and save its full state into the directory ``dest``
+    def snapshot(self, state: Path, *, memory_mib: int, shared_ram: bool) -> None:
+        """Pause the guest and save its full state into the new file ``state``
         (the guest stays paused: resume it or stop it).  ``shared_ram``: the RAM is
-        already in ``dest`` (the VM was launched with ``MachineSpec.ram_file`` there)."""
+        left in its file (the VM was launched with ``MachineSpec.ram_file``)."""
         raise BackendError(f"{self.backend.name} cannot save snapshots")
 
     def wait_restored(self, memory_mib: int) -> None:

@@ -133,3 +133,4 @@ class RestoreSource:
 
     state: Path
     ram: Path | None = None
+    ram_object: bool = False  # the saved VM's RAM was a memory object (stream holds it)

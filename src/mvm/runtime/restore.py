@@ -52,7 +52,12 @@ def shape(spec: MachineSpec, snap: Snapshot) -> MachineSpec:
 
 def check(snap: Snapshot, backend: Backend, spec: MachineSpec) -> None:
     check_compatible(snap, hypervisor=backend.name, version=backend.version(),
-                     topology=topology.of(spec, backend), kernel=spec.kernel)  # fmt: skip
+                     topology=of(spec, backend, snap), kernel=spec.kernel)  # fmt: skip
+
+
+def of(spec: MachineSpec, backend: Backend, snap: Snapshot) -> dict[str, object]:
+    """The topology of ``spec`` restored from ``snap`` (RAM as the snapshot keeps it)."""
+    return topology.of(spec, backend, ram_object=bool(snap.topology.get("ramObject")))
 
 
 def drive_list(cmdline: tuple[str, ...]) -> str:

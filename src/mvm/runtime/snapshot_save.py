@@ -75,8 +75,9 @@ def wait_ports(ports: tuple[PortForward, ...], machine: Machine, timeout: float)
             time.sleep(0.1)
 
 
-def template_snapshot(run: ResolvedRun, dest: Path, *, timeout: float = READY_TIMEOUT) -> Snapshot:
-    """Boot ``run`` (secret-free), wait until it is ready, save it to ``dest``."""
+def template_snapshot(run: ResolvedRun, into: Path, *, timeout: float = READY_TIMEOUT) -> Snapshot:
+    """Boot ``run`` (secret-free), wait until it is ready, save it; the checked snapshot
+    files are then moved into the directory ``into`` (a revision being staged)."""
     from mvm.runtime.start import start
     from mvm.runtime.vm import down
 
@@ -84,10 +85,10 @@ def template_snapshot(run: ResolvedRun, dest: Path, *, timeout: float = READY_TI
         raise SnapshotError("snapshots of accessible (dev) images are not supported yet: "
                             "their root filesystem is writable")  # fmt: skip
     ports = tuple(replace(p, host=free_port(), address="127.0.0.1") for p in run.ports)
-    run = replace(run, name=f"snap-{os.getpid()}-{dest.parent.name}"[:63], name_explicit=True,
+    run = replace(run, name=f"snap-{os.getpid()}-{os.urandom(3).hex()}", name_explicit=True,
                   ports=ports, volumes=(), config_files=(), secret_files=(), credentials=(),
                   attached=False)  # fmt: skip
-    tmp = snapshots.staging(dest.parent)
+    tmp = snapshots.staging(into)
     try:
         started = start(run, snapshot_source=tmp)
         try:
@@ -101,7 +102,7 @@ def template_snapshot(run: ResolvedRun, dest: Path, *, timeout: float = READY_TI
                 raise SnapshotError(f"the guest's control port did not answer: {exc.message}",
                                     hint="rebuild the image with this mvm") from exc  # fmt: skip
             kernel_sha = snapshots.file_sha256(spec.kernel)
-            machine.snapshot(tmp, memory_mib=spec.memory_mib, shared_ram=True)
+            machine.snapshot(tmp / snapshots.STATE, memory_mib=spec.memory_mib, shared_ram=True)
             snapshots.write_meta(
                 tmp, hypervisor=machine.backend.name, version=machine.backend.version(),
                 topology=topology.of(spec, machine.backend), kernel_sha256=kernel_sha,
@@ -113,10 +114,12 @@ def template_snapshot(run: ResolvedRun, dest: Path, *, timeout: float = READY_TI
             machine.close()
             with contextlib.suppress(Exception):
                 down(run.name)
-        return snapshots.publish(tmp, dest)
-    except BaseException:
+        snap = snapshots.load(tmp)
+        for name in snap.files():
+            os.rename(tmp / name, into / name)
+        return snapshots.Snapshot(into, snap.meta)
+    finally:
         snapshots.discard(tmp)
-        raise
 
 
 def fork_snapshot(machine: Machine, run_dir: Path, dest_parent: Path, *, kernel: Path,
@@ -133,7 +136,7 @@ def fork_snapshot(machine: Machine, run_dir: Path, dest_parent: Path, *, kernel:
     try:
         kernel_sha = snapshots.file_sha256(kernel)
         try:
-            machine.snapshot(tmp, memory_mib=memory_mib, shared_ram=False)
+            machine.snapshot(tmp / snapshots.STATE, memory_mib=memory_mib, shared_ram=False)
         finally:
             with contextlib.suppress(BackendError):
                 machine.resume()

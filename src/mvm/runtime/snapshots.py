@@ -32,8 +32,8 @@ from mvm.errors import SnapshotError
 from mvm.state.atomic import atomic_file, private_tempdir
 
 META = "snapshot.json"
-STATE = "state"
-RAM = "ram"
+STATE = "snapshot.state"
+RAM = "snapshot.ram"
 VERSION = 1
 META_MAX = 64 << 10
 TMP_PREFIX = ".snap-"
@@ -59,7 +59,8 @@ class Snapshot:
         return dict(self.meta["topology"])
 
     def source(self) -> RestoreSource:
-        return RestoreSource(self.dir / STATE, self.dir / RAM if self.shared_ram else None)
+        return RestoreSource(self.dir / STATE, self.dir / RAM if self.shared_ram else None,
+                             ram_object=bool(self.meta["topology"].get("ramObject")))  # fmt: skip
 
     def files(self) -> list[str]:
         return [META, STATE, *([RAM] if self.shared_ram else [])]

@@ -164,7 +164,9 @@ def start(
                 spec = topology.shape(spec)
                 ram = create_ram_file(snapshot_source, spec.memory_mib)
                 spec = restore_mod.with_ram(spec, ram)
-            topology.save(record.dir, topology.of(spec, backend))
+            topo = (restore_mod.of(spec, backend, restore.snapshot) if restore is not None
+                    else topology.of(spec, backend))  # fmt: skip
+            topology.save(record.dir, topo)
             record.save()
             machine = backend.launch(spec, restore.snapshot.source() if restore else None)
         except BaseException:

@@ -27,9 +27,12 @@ PLACEHOLDER = "placeholder-snap.img"
 SLOTS = 3  # rootfs, config (vdb), secrets (vdc)
 
 
-def of(spec: MachineSpec, backend: Backend) -> dict[str, Any]:
-    """The devices of ``spec`` as a backend presents them (JSON-ready)."""
+def of(spec: MachineSpec, backend: Backend, *, ram_object: bool = False) -> dict[str, Any]:
+    """The devices of ``spec`` as a backend presents them (JSON-ready).  ``ram_object``:
+    guest RAM is a memory object of its own (a file for snapshots and their clones),
+    which names the RAM differently in the saved state."""
     return {
+        "ramObject": ram_object or spec.ram_file is not None,
         "hypervisor": backend.name,
         "machine": getattr(backend, "machine_type", backend.name),
         "vcpus": spec.vcpus,

@@ -104,6 +104,7 @@ class Vm:
             "accel_reason": r.accel_reason,
             "pid": r.live_pid(),
             "source": r.source,
+            "boot": r.boot,
             "revision": r.revision or r.image_hash[:12],
             "image_hash": r.image_hash,
             "accessible": r.accessible,
@@ -190,6 +191,10 @@ def down(name: str, *, volumes: bool = False) -> VmState:
             finally:
                 machine.close()
         remove_run_dir(vm.record.dir)
+        if isinstance(rec, VmRecord) and rec.snapshot:
+            from mvm.runtime.fork import release
+
+            release(Path(rec.snapshot), exclude=name)
         if volumes:
             from mvm.drives import remove_volumes
 

@@ -43,6 +43,7 @@ class QemuOptions:
     # snapshotted (RAM written to the file), private for a clone (copy-on-write mapping)
     mem_path: Path | None = None
     mem_share: bool = False
+    mem_object: bool = False  # anonymous RAM, but as a memory object (a fork of a clone)
 
 
 def _opt(path: Path) -> str:
@@ -79,6 +80,8 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
         "-m", f"{spec.memory_mib}M",
         *(ram_backend(opts.mem_path, spec.memory_mib, share=opts.mem_share)
           if opts.mem_path is not None else []),
+        *(["-object", f"memory-backend-ram,id=mem,size={spec.memory_mib}M",
+           "-machine", "memory-backend=mem"] if opts.mem_object and opts.mem_path is None else []),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         "-kernel", str(spec.kernel),
         *(["-initrd", str(spec.initramfs)] if spec.initramfs else []),

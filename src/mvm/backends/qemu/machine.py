@@ -99,10 +99,10 @@ class QemuMachine(Machine):
     def resume(self) -> None:
         self.session.command("cont")
 
-    def snapshot(self, dest: Path, *, memory_mib: int, shared_ram: bool) -> None:
+    def snapshot(self, state: Path, *, memory_mib: int, shared_ram: bool) -> None:
         from mvm.backends.qemu import snapshot
 
-        snapshot.save(self, dest, memory_mib=memory_mib, shared_ram=shared_ram)
+        snapshot.save(self, state, memory_mib=memory_mib, shared_ram=shared_ram)
 
     def wait_restored(self, memory_mib: int) -> None:
         from mvm.backends.qemu import snapshot
@@ -200,7 +200,8 @@ class QemuBackend(Backend):
             opts = replace(opts, mem_path=spec.ram_file, mem_share=True)
         if restore is not None:
             # a clone maps the snapshot's RAM privately: shared pages, never written back
-            opts = replace(opts, incoming_fd=incoming_fd, mem_path=restore.ram, mem_share=False)
+            opts = replace(opts, incoming_fd=incoming_fd, mem_path=restore.ram, mem_share=False,
+                           mem_object=restore.ram_object)  # fmt: skip
         return build_argv(spec, opts, data), data, choice
 
     def command(self, spec: MachineSpec) -> list[str]:

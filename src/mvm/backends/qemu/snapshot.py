@@ -32,8 +32,6 @@ from mvm.errors import BackendError
 if TYPE_CHECKING:
     from mvm.backends.qemu.machine import QemuMachine
 
-STATE = "state"  # the migration stream (device state; RAM too when not shared)
-RAM = "ram"  # the guest RAM file (shared-memory snapshots only)
 FDNAME = "mvm-snapshot"
 
 
@@ -42,10 +40,10 @@ def migrate_timeout(memory_mib: int) -> float:
     return 60.0 + memory_mib / 8
 
 
-def save(machine: QemuMachine, dest: Path, *, memory_mib: int, shared_ram: bool) -> None:
-    """Stop the guest and write its state to ``dest/state`` (``dest`` exists, private).
+def save(machine: QemuMachine, state: Path, *, memory_mib: int, shared_ram: bool) -> None:
+    """Stop the guest and write its state to the new file ``state`` (in a private dir).
 
-    With ``shared_ram`` the guest's RAM already lives in ``dest/ram`` (the VM was
+    With ``shared_ram`` the guest's RAM already lives in a file (the VM was
     launched with :func:`ram_backend` pointing there) and is left out of the stream.
     The guest stays paused; the caller resumes or quits it.
     """
@@ -53,7 +51,7 @@ def save(machine: QemuMachine, dest: Path, *, memory_mib: int, shared_ram: bool)
     session.command("stop")
     caps = [{"capability": "x-ignore-shared", "state": shared_ram}]
     session.command("migrate-set-capabilities", 5.0, capabilities=caps)
-    fd = os.open(dest / STATE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         session.send_fd(fd, FDNAME)
     finally:
@@ -73,7 +71,7 @@ def save(machine: QemuMachine, dest: Path, *, memory_mib: int, shared_ram: bool)
             raise BackendError("saving the VM state timed out")
         time.sleep(0.02)
     # the stream is complete once QEMU says so; make it durable before it is published
-    fd = os.open(dest / STATE, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
