@@ -28,7 +28,7 @@ SERVICE = r"""name = "snapsvc"
 ports = ["{port}:8080"]
 [entrypoint]
 command = ["/bin/sh", "-c", "mkdir -p /tmp/w/cgi-bin; cat /mnt/config/value > /tmp/w/index.html 2>/dev/null || echo none > /tmp/w/index.html; cat /mnt/secrets/token > /tmp/w/secret 2>/dev/null || echo none > /tmp/w/secret; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nhead -c16 /dev/urandom | od -An -tx1 | tr -d \" \\\\n\"\\n' > /tmp/w/cgi-bin/rand; chmod 755 /tmp/w/cgi-bin/rand; (n=0; while :; do n=$((n+1)); echo $n > /tmp/w/counter; sleep 1; done) & exec httpd -f -p 8080 -h /tmp/w"]
-"""  # noqa: E501
+"""
 
 
 def free_port() -> int:
