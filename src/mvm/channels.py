@@ -65,34 +65,51 @@ ROOT_VERBS = ("ping", "remount", "identity", "reseed", "restart")
 
 
 def control_request(ch: HostChannels, verb: str, *args: str, timeout: float = 30.0) -> None:
-    """Ask the guest's PID 1 for one root operation and wait for its answer.
+    """Ask the guest's PID 1 for one root operation and wait for its answer."""
+    control_requests(ch, [(verb, args)], timeout=timeout)
 
-    The request is one line ``VERB ID ARGS…``; the guest answers ``ID ok`` or
+
+def control_requests(
+    ch: HostChannels, requests: list[tuple[str, tuple[str, ...]]], *, timeout: float = 30.0
+) -> dict[str, float]:
+    """Send root operations to the guest's PID 1 in one write (it runs them in order)
+    and wait for every answer; return the seconds until each verb's answer.
+
+    A request is one line ``VERB ID ARGS…``; the guest answers ``ID ok`` or
     ``ID err REASON`` on the same port (docs/snapshots.md).  Arguments are
-    checked here to be single shell-safe words (the guest checks again).
-    Lines with other ids (answers nobody waited for) are skipped.
+    checked here to be single printable words (the guest checks again).
+    Lines with other ids (answers nobody waited for) are skipped.  The first
+    failure raises (the verbs after it may still have run).
     """
-    if verb not in ROOT_VERBS:
-        raise BackendError(f"unknown control verb {verb!r}")
-    for a in args:
-        if not a or any(c.isspace() for c in a) or not a.isprintable():
-            raise BackendError(f"control {verb}: bad argument")
     if ch.control_reply is None:
         raise BackendError("this hypervisor has no control reply channel")
-    rid = os.urandom(6).hex()
+    ids: dict[str, str] = {}
+    lines = []
+    for verb, args in requests:
+        if verb not in ROOT_VERBS:
+            raise BackendError(f"unknown control verb {verb!r}")
+        for a in args:
+            if not a or not a.isprintable() or any(c.isspace() for c in a):
+                raise BackendError(f"control {verb}: bad argument")
+        rid = os.urandom(6).hex()
+        ids[rid] = verb
+        lines.append(" ".join((verb, rid, *args)) + "\n")
+    answered: dict[str, float] = {}
+    t0 = time.monotonic()
     rfd = os.open(ch.control_reply, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         wfd = os.open(ch.control, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            os.write(wfd, " ".join((verb, rid, *args)).encode() + b"\n")
+            os.write(wfd, "".join(lines).encode())
         finally:
             os.close(wfd)
-        deadline = time.monotonic() + timeout
+        deadline = t0 + timeout
         buf = b""
-        while True:
+        while len(answered) < len(ids):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise BackendError(f"the guest did not answer {verb} within {timeout:.0f}s")
+                waiting = [v for r, v in ids.items() if ids[r] not in answered]
+                raise BackendError(f"the guest did not answer {waiting[0]} within {timeout:.0f}s")
             r, _, _ = select.select([rfd], [], [], min(left, 0.5))
             if not r:
                 continue
@@ -104,19 +121,20 @@ def control_request(ch: HostChannels, verb: str, *args: str, timeout: float = 30
                 time.sleep(0.01)
                 continue
             buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                rid_, _, rest = line.decode(errors="replace").partition(" ")
-                if rid_ != rid:
+            *done, buf = buf.split(b"\n")
+            for line in done:
+                rid, _, rest = line.decode(errors="replace").partition(" ")
+                if rid not in ids:
                     continue
-                if rest == "ok":
-                    return
-                reason = rest[4:] if rest.startswith("err ") else rest
-                raise BackendError(f"guest {verb} failed: {reason[:200]}")
+                if rest != "ok":
+                    reason = rest[4:] if rest.startswith("err ") else rest
+                    raise BackendError(f"guest {ids[rid]} failed: {reason[:200]}")
+                answered[ids[rid]] = time.monotonic() - t0
     except OSError as exc:
-        raise BackendError(f"control {verb}: {exc.strerror or exc}") from exc
+        raise BackendError(f"control request: {exc.strerror or exc}") from exc
     finally:
         os.close(rfd)
+    return answered
 
 
 def _connect(

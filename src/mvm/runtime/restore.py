@@ -85,14 +85,11 @@ def finish(machine: Machine, spec: MachineSpec, r: Restore, *, fresh: bool) -> d
         steps.append(("remount", (drive_list(spec.cmdline),)))
     if fresh:
         steps.append(("restart", ()))
-    for verb, args in steps:
-        t = time.monotonic()
-        try:
-            channels.control_request(ch, verb, *args, timeout=VERB_TIMEOUT)
-        except BackendError as exc:
-            raise SnapshotError(f"the restored guest: {exc.message}",
-                                hint="use --cold to boot instead") from exc  # fmt: skip
-        times[verb] = time.monotonic() - t
+    try:  # in one write: the guest runs them in order without waiting for the host
+        times.update(channels.control_requests(ch, steps, timeout=VERB_TIMEOUT))
+    except BackendError as exc:
+        raise SnapshotError(f"the restored guest: {exc.message}",
+                            hint="use --cold to boot instead") from exc  # fmt: skip
     log.debug("restore steps: %s", times)
     return times
 

@@ -44,6 +44,7 @@ class Started:
     machine: Machine
     console: socket.socket | None = None
     spec: MachineSpec | None = None
+    timings: dict[str, float] | None = None  # a restore's steps (bench/snapshot.py)
 
 
 def _unique_name(base: str) -> str:
@@ -168,6 +169,7 @@ def start(
                     else topology.of(spec, backend))  # fmt: skip
             topology.save(record.dir, topo)
             record.save()
+            t_launch = time.monotonic()
             machine = backend.launch(spec, restore.snapshot.source() if restore else None)
         except BaseException:
             att.discard_created()
@@ -180,15 +182,18 @@ def start(
             record.started_at = time.time()
             record.save()
             console = None
+            timings = None
             if run.attached:  # connect first: the console streams from its first byte
                 console = channels.connect_console(backend.channels(record.dir), machine.alive)
             machine.wait_ready()
             if restore is not None:
                 fresh = bool(prep.plan) or bool(run.credentials)
-                restore_mod.finish(machine, spec, restore, fresh=fresh)
+                t_ready = time.monotonic()
+                timings = restore_mod.finish(machine, spec, restore, fresh=fresh)
+                timings = {"qemu-answers": t_ready - t_launch, **timings}
             record.phase = Phase.RUNNING.value
             record.save()
-    return Started(record, machine, console, spec)
+    return Started(record, machine, console, spec, timings)
 
 
 @contextlib.contextmanager

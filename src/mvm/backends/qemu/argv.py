@@ -44,6 +44,7 @@ class QemuOptions:
     mem_path: Path | None = None
     mem_share: bool = False
     mem_object: bool = False  # anonymous RAM, but as a memory object (a fork of a clone)
+    tb_size_mib: int | None = None  # TCG translation buffer (restored clones: small, see below)
 
 
 def _opt(path: Path) -> str:
@@ -74,7 +75,8 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
         opts.qemu,
         "-name", f"mvm-{spec.name},process=mvm-{spec.name}",
         "-M", MACHINE,
-        "-accel", accel,
+        "-accel", accel + (f",tb-size={opts.tb_size_mib}"
+                           if accel == "tcg" and opts.tb_size_mib else ""),
         *(["-cpu", "host"] if accel == "kvm" else []),
         "-smp", str(spec.vcpus),
         "-m", f"{spec.memory_mib}M",

@@ -30,6 +30,7 @@ from mvm.log import get_logger
 from mvm.state.procs import pid_alive, proc_start_time
 
 log = get_logger(__name__)
+CLONE_TB_MIB = 8  # translation buffer of a restored clone (bench/snapshot.py: PSS)
 STATUS_MAP: dict[str, RunStatus] = {
     "running": "running", "paused": "paused", "suspended": "paused", "io-error": "io-error",
     "shutdown": "shutdown", "inmigrate": "paused", "postmigrate": "paused",
@@ -200,8 +201,11 @@ class QemuBackend(Backend):
             opts = replace(opts, mem_path=spec.ram_file, mem_share=True)
         if restore is not None:
             # a clone maps the snapshot's RAM privately: shared pages, never written back
+            # clones share the snapshot's pages; under TCG each has its own translation
+            # buffer (QEMU's default grows to tens of MiB): keep it small per clone
             opts = replace(opts, incoming_fd=incoming_fd, mem_path=restore.ram, mem_share=False,
-                           mem_object=restore.ram_object)  # fmt: skip
+                           mem_object=restore.ram_object,
+                           tb_size_mib=opts.tb_size_mib or CLONE_TB_MIB)  # fmt: skip
         return build_argv(spec, opts, data), data, choice
 
     def command(self, spec: MachineSpec) -> list[str]:
