@@ -135,11 +135,13 @@ def fork_snapshot(machine: Machine, run_dir: Path, dest_parent: Path, *, kernel:
     tmp = snapshots.staging(dest_parent)
     try:
         kernel_sha = snapshots.file_sha256(kernel)
+        was_running = machine.status() == "running"  # a paused source stays paused
         try:
             machine.snapshot(tmp / snapshots.STATE, memory_mib=memory_mib, shared_ram=False)
         finally:
-            with contextlib.suppress(BackendError):
-                machine.resume()
+            if was_running:
+                with contextlib.suppress(BackendError):
+                    machine.resume()
         snapshots.write_meta(
             tmp, hypervisor=machine.backend.name, version=machine.backend.version(),
             topology=topo, kernel_sha256=kernel_sha, image_hash=image_hash, shared_ram=False,
