@@ -164,9 +164,29 @@ class QemuBackend(Backend):
     )
 
     def version(self) -> str:
-        out = proc.run([qemu_binary(), "--version"], timeout=10, error=BackendError)
+        """QEMU's version, remembered per binary (path, size, mtime): every restore
+        compares it with the snapshot's, and running QEMU costs tens of ms."""
+        qemu = qemu_binary()
+        try:
+            st = os.stat(qemu)
+            stamp = f"{qemu}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        except OSError:
+            stamp = ""
+        from mvm import paths
+        from mvm.state.atomic import read_json, write_json
+
+        cache = paths.cache_dir() / "qemu-versions.json"
+        with contextlib.suppress(Exception):
+            known = read_json(cache)
+            if stamp and isinstance(known, dict) and isinstance(known.get(stamp), str):
+                return str(known[stamp])
+        out = proc.run([qemu, "--version"], timeout=10, error=BackendError)
         m = re.search(rb"version (\S+)", out.stdout)
-        return m.group(1).decode() if m else "unknown"
+        version = m.group(1).decode() if m else "unknown"
+        if stamp and version != "unknown":
+            with contextlib.suppress(Exception):  # only costs the next call a QEMU run
+                write_json(cache, {stamp: version})
+        return version
 
     def doctor(self, kernel: Path | None) -> dict[str, str]:
         """QEMU's version and path, and which accelerator it would use and why."""
