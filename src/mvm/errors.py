@@ -125,3 +125,7 @@ class IntegrityError(RegistryError):
 
 class TrustError(IntegrityError):
     """Trust is configured and a revision is unsigned or its signer is not trusted."""
+
+
+class SnapshotError(MvmError):
+    """A snapshot cannot be saved, or cannot be restored on this host (mismatch, damage)."""

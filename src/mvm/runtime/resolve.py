@@ -177,7 +177,12 @@ def resolve(
     hypervisor = pick("hypervisor", (run.hypervisor, who),
                       (meta.backend, "image"))  # fmt: skip
 
-    ports = _dedupe([parse_port(p) for p in run.ports] + [parse_port(p) for p in defaults.ports])
+    # a guest port the caller maps itself replaces mvm.toml's forward of it (so several
+    # VMs of one template can each publish it on their own host port)
+    given = [parse_port(p) for p in run.ports]
+    mapped = {(p.guest, p.proto) for p in given}
+    ports = _dedupe(given + [p for p in map(parse_port, defaults.ports)
+                             if (p.guest, p.proto) not in mapped])  # fmt: skip
     if run.ports or defaults.ports:
         sources["ports"] = "+".join(
             o for o, present in ((who, run.ports), (defaults.origin, defaults.ports)) if present

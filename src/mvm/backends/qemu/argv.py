@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mvm.backends.qemu.guestdata import GuestData
+from mvm.backends.qemu.snapshot import ram_backend
 from mvm.backends.spec import MachineSpec
 
 FAST_CMDLINE = (
@@ -26,6 +27,7 @@ FAST_CMDLINE = (
 # the rootfs is always the first virtio-blk device (disks[0])
 ROOT_DEVICE = "/dev/vda"
 QEMU = "qemu-system-x86_64"
+MACHINE = "microvm,isa-serial=on,rtc=on"
 # the virtio-serial port names the guest's /init looks for (see guest/init.sh)
 NO_DATA = GuestData()
 PORT_NAMES = {"status": "org.mvm.status", "control": "org.mvm.control", "agent": "org.mvm.agent"}
@@ -56,6 +58,11 @@ class QemuOptions:
     # virtio-balloon with free page reporting: pages the guest frees go back to the
     # host (the guest kernel needs VIRTIO_BALLOON + PAGE_REPORTING)
     balloon: bool = True
+    # guest RAM in a file (snapshots, backends/qemu/snapshot.py): shared for a VM being
+    # snapshotted (RAM written to the file), private for a clone (copy-on-write mapping)
+    mem_path: Path | None = None
+    mem_share: bool = False
+    mem_object: bool = False  # anonymous RAM, but as a memory object (a fork of a clone)
 
 
 def _opt(path: Path) -> str:
@@ -91,11 +98,15 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
     argv = [
         opts.qemu,
         "-name", f"mvm-{spec.name},process=mvm-{spec.name}",
-        "-M", "microvm,isa-serial=on,rtc=on",
+        "-M", MACHINE,
         "-accel", accel_arg(accel, opts.tb_size_mib),
         *(["-cpu", "host"] if accel == "kvm" else []),
         "-smp", str(spec.vcpus),
         "-m", f"{spec.memory_mib}M",
+        *(ram_backend(opts.mem_path, spec.memory_mib, share=opts.mem_share)
+          if opts.mem_path is not None else []),
+        *(["-object", f"memory-backend-ram,id=mem,size={spec.memory_mib}M",
+           "-machine", "memory-backend=mem"] if opts.mem_object and opts.mem_path is None else []),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         "-kernel", str(spec.kernel),
         *(["-initrd", str(spec.initramfs)] if spec.initramfs else []),
@@ -140,5 +151,7 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
     if data.smbios:
         argv += ["-smbios", "type=11" + "".join(f",path={_opt(p)}" for p in data.smbios)]
     if opts.incoming_fd is not None:
-        argv += ["-incoming", f"fd:{opts.incoming_fd}"]
+        # deferred: capabilities (x-ignore-shared) are set over QMP first, then
+        # migrate-incoming fd:N reads the inherited state file (backends/qemu/snapshot.py)
+        argv += ["-incoming", "defer"]
     return argv
