@@ -5,7 +5,7 @@
 (compiled on the host by :mod:`mvm.image.guestbin`, protocol in
 docs/agent-protocol.md);
 ``rootops.sh`` (with the freestanding ``mvm-reseed``, source in
-``mvm-reseed.c``) holds the root operations a restored guest needs
+``agent/reseed.c``, compiled like the agent) holds the root operations a restored guest needs
 (remount, identity, reseed; docs/snapshots.md);
 ``drives.sh``/``credentials.sh`` mount the config/secrets/data drives and
 unpack credentials (init.d), ``env-drives.sh`` puts config and secrets into
@@ -30,7 +30,7 @@ GUEST_FEATURES = ("drives", "credentials", "agent", "rootops")
 
 GUEST_FILES = (
     "initramfs-init.sh", "init.sh", "drives.sh", "credentials.sh", "env-drives.sh",
-    "rootops.sh", "mvm-reseed",
+    "rootops.sh",
 )  # fmt: skip
 # where the builder installs the extension scripts (init.d: sourced by /init as
 # root before the entrypoint; env.d: sourced by each launcher as the entrypoint uid)
