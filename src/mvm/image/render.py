@@ -107,6 +107,7 @@ def render(spec: GuestSpec) -> list[GuestFile]:
             0o600,
         ),
         GuestFile("/etc/resolv.conf", b"nameserver 10.0.2.3\n"),
+        GuestFile("/etc/hosts", b"127.0.0.1 localhost\n::1 localhost\n"),
         GuestFile("/etc/profile", b"export PS1='\\u@\\h:\\w\\$ '\n"),
     ]
     return files

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -196,7 +197,11 @@ class Proxy:
             os.write(self._audit_fd, (json.dumps(entry) + "\n").encode())
 
     # ---- servers ---------------------------------------------------------------
-    async def serve(self, http: Path, tls: Path, dnsp: Path) -> list[asyncio.Server]:
+    async def serve(
+        self, http: Path, tls: Path, dnsp: Path, ports: dict[int, Path] | None = None
+    ) -> list[asyncio.Server]:
+        """Listen on the three sockets, and one per transparent port in ``ports``."""
+
         def guarded(
             fn: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
         ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
@@ -220,34 +225,37 @@ class Proxy:
             ),
             await asyncio.start_unix_server(guarded(self.handle_dns), path=str(dnsp)),
         ]
-        tls_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        tls_sock.bind(str(tls))
-        tls_sock.listen(128)
-        tls_sock.setblocking(False)
-        self._tls_task = asyncio.ensure_future(self._accept_tls(tls_sock))
+        self._accepting = [asyncio.ensure_future(self._accept_raw(_listen(tls), self.handle_tls))]
+        for port, path in (ports or {}).items():
+            handler = functools.partial(self.handle_sniff, port=port)
+            self._accepting.append(asyncio.ensure_future(self._accept_raw(_listen(path), handler)))
         return servers
 
     def close(self) -> None:
         """Stop accepting TLS connections (the asyncio servers are closed by their owner)."""
-        task = getattr(self, "_tls_task", None)
-        if task is not None:
+        for task in getattr(self, "_accepting", []):
             task.cancel()
 
-    async def _accept_tls(self, srv: socket.socket) -> None:
+    async def _accept_raw(
+        self, srv: socket.socket, handler: Callable[[socket.socket], Awaitable[None]]
+    ) -> None:
+        """Accept loop for listeners that peek before choosing how to speak."""
         loop = asyncio.get_running_loop()
         while True:
             conn, _ = await loop.sock_accept(srv)
             if self.sem.locked():
                 conn.close()
                 continue
-            task = asyncio.ensure_future(self._tls_conn(conn))
+            task = asyncio.ensure_future(self._raw_conn(conn, handler))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _tls_conn(self, conn: socket.socket) -> None:
+    async def _raw_conn(
+        self, conn: socket.socket, handler: Callable[[socket.socket], Awaitable[None]]
+    ) -> None:
         async with self.sem:
             try:
-                await self.handle_tls(conn)
+                await handler(conn)
             except Exception as exc:
                 _dropped(exc)
             finally:
@@ -271,7 +279,9 @@ class Proxy:
                 if reply is None:
                     return
             else:
-                ok = self.policy.name_allowed(q.name) and q.name != ""
+                ok = q.name != "" and (
+                    self.policy.name_allowed(q.name) or q.name in self.policy.hosts
+                )
                 if q.qtype in (dns.TYPE_A, dns.TYPE_AAAA):
                     self.audit("dns", q.name, 53, ok, "name allowed" if ok else "not allowed")
                 reply = dns.answer(q, GUEST_PROXY_IP if ok else None)
@@ -349,6 +359,7 @@ class Proxy:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         fixed: tuple[str, int] | None,
+        default_port: int = 80,
     ) -> None:
         """Serve requests from one guest connection; ``fixed``: a terminated TLS
         connection to this host:port (requests must name it)."""
@@ -363,7 +374,9 @@ class Proxy:
                     if ev.method == b"CONNECT" and fixed is None:
                         await self._connect(conn, ev, reader, writer)
                         return
-                    upstream = await self._exchange(conn, ev, reader, writer, fixed, upstream)
+                    upstream = await self._exchange(
+                        conn, ev, reader, writer, fixed, upstream, default_port
+                    )
                 except Denied as d:
                     await _send_error(conn, writer, d.status, d.reason)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
@@ -375,7 +388,9 @@ class Proxy:
             if upstream is not None:
                 upstream.writer.close()
 
-    def _target(self, req: h11.Request, fixed: tuple[str, int] | None) -> tuple[str, int, bytes]:
+    def _target(
+        self, req: h11.Request, fixed: tuple[str, int] | None, default_port: int = 80
+    ) -> tuple[str, int, bytes]:
         host_hdr = next((v for k, v in req.headers if k == b"host"), b"").decode("latin-1")
         target = req.target.decode("latin-1")
         if fixed is not None:
@@ -383,9 +398,11 @@ class Proxy:
             if hn.lower().rstrip(".") != fixed[0] or not target.startswith("/"):
                 raise Denied(421, f"request for {hn!r} on a connection to {fixed[0]}")
             return fixed[0], fixed[1], req.target
+        port_default = 80
         if target.startswith("/"):
             u = urllib.parse.urlsplit("http://" + host_hdr)
             path = req.target
+            port_default = default_port  # transparent: the port the guest connected to
         else:
             u = urllib.parse.urlsplit(target)
             if u.scheme != "http":
@@ -397,7 +414,7 @@ class Proxy:
                 if not is_ip(u.hostname or "")
                 else (u.hostname or "")
             )
-            port = u.port or 80
+            port = u.port or port_default
         except (NetworkError, ValueError):
             raise Denied(400, "bad host") from None
         return host, port, path
@@ -410,8 +427,9 @@ class Proxy:
         writer: asyncio.StreamWriter,
         fixed: tuple[str, int] | None,
         upstream: _Upstream | None,
+        default_port: int = 80,
     ) -> _Upstream | None:
-        host, port, path = self._target(req, fixed)
+        host, port, path = self._target(req, fixed, default_port)
         kind = "https" if fixed else "http"
         decision = self.check(kind, host, port)
         tls = fixed is not None
@@ -523,35 +541,50 @@ class Proxy:
             uw.write(early)
         await _splice(reader, writer, ur, uw)
 
-    async def handle_tls(self, sock: socket.socket) -> None:
+    async def handle_sniff(self, sock: socket.socket, port: int) -> None:
+        """A transparent listener for an explicitly allowed port: TLS (by SNI) if the
+        first byte is a handshake record, plain HTTP (by Host) otherwise."""
+        first = await _peek(sock, 1)
+        if not first:
+            return
+        if first[0] == 22:
+            await self.handle_tls(sock, port)
+            return
+        r, w = await _accepted(sock, None, MAX_HEAD)
+        try:
+            await self._http_loop(r, w, fixed=None, default_port=port)
+        finally:
+            w.close()
+
+    async def handle_tls(self, sock: socket.socket, port: int = 443) -> None:
         hello = await _peek_hello(sock)
         name, _ = sni_from_client_hello(hello)
         if not name:
-            self.audit("tls", "", 443, False, "no SNI")
+            self.audit("tls", "", port, False, "no SNI")
             return
         try:
             host = normalise_host(name)
-            decision = self.check("tls", host, 443)
+            decision = self.check("tls", host, port)
             bound = self.bound(host)
             if bound:
                 self.audit(
                     "tls",
                     host,
-                    443,
+                    port,
                     True,
                     decision.reason + " (terminated)",
                     [b.key for b in bound],
                 )
                 r, w = await _accepted(sock, self.leaf_context(host), MAX_HEAD)
                 try:
-                    await self._http_loop(r, w, fixed=(host, 443))
+                    await self._http_loop(r, w, fixed=(host, port))
                 finally:
                     w.close()
                 return
-            ur, uw = await self.open_upstream(host, 443, decision, tls=False)
+            ur, uw = await self.open_upstream(host, port, decision, tls=False)
         except (Denied, NetworkError):
             return
-        self.audit("tls", host, 443, True, decision.reason)
+        self.audit("tls", host, port, True, decision.reason)
         r, w = await _accepted(sock, None, CHUNK)
         await _splice(r, w, ur, uw)
 
@@ -589,6 +622,26 @@ async def _accepted(
         lambda: protocol, sock, ssl=ctx, ssl_handshake_timeout=HEAD_TIMEOUT if ctx else None
     )
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+def _listen(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.listen(128)
+    s.setblocking(False)
+    return s
+
+
+async def _peek(sock: socket.socket, n: int) -> bytes:
+    """At least one byte (up to ``n``) peeked, within HEAD_TIMEOUT; b"" on EOF."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HEAD_TIMEOUT
+    while loop.time() < deadline:
+        try:
+            return sock.recv(n, socket.MSG_PEEK)
+        except BlockingIOError:
+            await asyncio.sleep(0.005)
+    return b""
 
 
 async def _peek_hello(sock: socket.socket) -> bytes:

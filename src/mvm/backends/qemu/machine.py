@@ -175,6 +175,7 @@ class QemuBackend(Backend):
     ) -> tuple[list[str], guestdata.GuestData, accel_mod.AccelChoice]:
         choice = self.accel(spec)
         data = guestdata.plan(spec.credentials, spec.run_dir, smbios=self.capabilities.smbios)
+        data = guestdata.with_network(data, spec.network.guest_config, spec.run_dir)
         return build_argv(spec, self.options(spec, choice), data), data, choice
 
     def command(self, spec: MachineSpec) -> list[str]:
