@@ -20,7 +20,28 @@ def _run_options(f: Any) -> Any:
                      help="Forward HOST (on 127.0.0.1 unless ADDR is given) to the guest's "
                           "GUEST port; /udp for UDP (repeatable)."),
         click.option("--net/--no-net", "network", default=None,
-                     help="Give the guest outbound network (default: off)."),
+                     help="Alias of --network-preset open (unrestricted egress) / none."),
+        click.option("--network-preset", type=click.Choice(["none", "dev", "agent", "open"]),
+                     help="Egress policy (default: mvm.toml's, else none). dev: package "
+                          "registries and code hosting; agent: dev plus model APIs; "
+                          "see docs/network.md."),
+        click.option("--network-allow", multiple=True, metavar="HOST[:PORT]",
+                     help="Also allow HOST (ports 80 and 443 unless PORT); *.example.com "
+                          "for subdomains (repeatable)."),
+        click.option("--network-allow-cidr", multiple=True, metavar="ADDR/PREFIX",
+                     help="Allow an IP range (repeatable)."),
+        click.option("--add-host", "add_hosts", multiple=True, metavar="NAME:IP",
+                     help="Resolve NAME to IP (for the guest and the proxy; repeatable)."),
+        click.option("--secret", "secrets", multiple=True,
+                     metavar="KEY[=VALUE|@FILE]:HOST[,HOST][:HEADER]",
+                     help="Bind a secret to hosts: the guest sees a placeholder, the egress "
+                          "proxy sends the value (Authorization: Bearer, or HEADER) only to "
+                          "HOST (repeatable)."),
+        click.option("--secret-mode", type=click.Choice(["proxy", "drive"]), default=None,
+                     help="proxy (default): the value never enters the guest; drive: the "
+                          "value is on the secrets drive (mvm-secrets/KEY)."),
+        click.option("--add-ca", type=click.Path(dir_okay=False), metavar="PEM",
+                     help="Also trust PEM for upstream servers the proxy talks TLS to."),
         click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST_DIR:/PATH[:SIZE]",
                      help="Attach HOST_DIR at /mnt/config (read-only, 0444), /mnt/secrets "
                           "(read-only, 0400) or, with a SIZE, as a persistent data volume "
@@ -37,7 +58,7 @@ def _run_options(f: Any) -> Any:
 
 def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tuple[str, ...],
                 network: bool | None, volumes: tuple[str, ...], credentials: tuple[str, ...],
-                attached: bool) -> Any:  # fmt: skip
+                attached: bool, net: dict[str, Any] | None = None) -> Any:  # fmt: skip
     """Parse -v and --credential before anything is built or started."""
     from mvm.drives import parse_volume
     from mvm.runtime.config import RunConfig, parse_port
@@ -49,7 +70,20 @@ def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tupl
         name=name, cpus=cpus, memory_mib=mem, attached=attached, ports=list(ports),
         network=network, volumes=[parse_volume(v) for v in volumes],
         credentials=[parse_credential(c, i) for i, c in enumerate(credentials, 1)],
+        **_net_config(net or {}),
     )  # fmt: skip
+
+
+def _net_config(net: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "network_preset": net.get("network_preset"),
+        "network_allow": list(net.get("network_allow", ())),
+        "network_allow_cidr": list(net.get("network_allow_cidr", ())),
+        "add_hosts": list(net.get("add_hosts", ())),
+        "secrets": list(net.get("secrets", ())),
+        "secret_mode": net.get("secret_mode"),
+        "add_ca": net.get("add_ca"),
+    }
 
 
 def _project_run(path: str | None, run_cfg: Any, image_ref: str | None = None) -> Any:
@@ -110,14 +144,14 @@ IMAGE_HELP = (
 def run(path: str | None, attached: bool, image_ref: str | None, template: str | None,
         cold: bool, name: str | None, cpus: int | None, mem: int | None,
         ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
-        credentials: tuple[str, ...], show_command: bool) -> None:  # fmt: skip
+        credentials: tuple[str, ...], show_command: bool, **net: Any) -> None:  # fmt: skip
     """Build PATH (if needed) and boot it, start a template (restored from its
     snapshot if it has one) or an OCI image; detached unless --attached."""
     from mvm.errors import ConfigError
 
     if sum(1 for x in (path, template, image_ref) if x) > 1:
         raise ConfigError("use one of PATH, --template and --image")
-    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, attached)
+    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, attached, net)
     resolved = (_template_run(template, run_cfg) if template
                 else _project_run(path, run_cfg, image_ref))  # fmt: skip
     started = _launch(resolved, show_command, cold or not template)
@@ -140,14 +174,14 @@ def run(path: str | None, attached: bool, image_ref: str | None, template: str |
 def up(flake: str | None, template: str | None, image_ref: str | None, cold: bool,
        name: str | None, cpus: int | None, mem: int | None, ports: tuple[str, ...],
        network: bool | None, volumes: tuple[str, ...], credentials: tuple[str, ...],
-       show_command: bool) -> None:  # fmt: skip
+       show_command: bool, **net: Any) -> None:  # fmt: skip
     """Start a detached VM from a project (--flake), a template (restored from the
     template's snapshot when it has one, unless --cold) or an OCI image (--image)."""
     from mvm.errors import ConfigError
 
     if sum(1 for x in (flake, template, image_ref) if x) > 1:
         raise ConfigError("use one of --flake, --template and --image")
-    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, False)
+    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, False, net)
     resolved = (_template_run(template, run_cfg) if template
                 else _project_run(flake, run_cfg, image_ref))  # fmt: skip
     started = _launch(resolved, show_command, cold or not template)

@@ -124,6 +124,7 @@ def render(spec: GuestSpec, base: Mapping[str, bytes] | None = None) -> list[Gue
         users[uid] = (APP_USER, spec.home, "/bin/sh")
     files += _users(users, base)
     files.append(GuestFile("/etc/resolv.conf", b"nameserver 10.0.2.3\n"))
+    files.append(GuestFile("/etc/hosts", b"127.0.0.1 localhost\n::1 localhost\n"))
     if spec.image is None:
         files.append(GuestFile("/etc/profile", b"export PS1='\\u@\\h:\\w\\$ '\n"))
     return files

@@ -14,6 +14,7 @@ template from what its revision recorded at build time.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,10 @@ from mvm.backends.spec import PortForward
 from mvm.config.schema import VarCredentialSpec
 from mvm.config.vars_schema import FILE_RE, GEN_RE
 from mvm.drives import DriveFile, VolumeSpec, parse_volume
-from mvm.errors import ConfigError, CredentialError
+from mvm.errors import ConfigError, CredentialError, NetworkError
+from mvm.network import bindings as bindings_mod
+from mvm.network import policy as policy_mod
+from mvm.network.plan import NetworkPlan
 from mvm.runtime.config import RunConfig, parse_port
 from mvm.secrets import credentials as creds_mod
 from mvm.secrets.credentials import Credential
@@ -48,6 +52,22 @@ class CredentialDecl:
 
 
 @dataclass(frozen=True)
+class NetworkDecl:
+    """mvm.toml's ``[network]`` table and ``[secrets.KEY]`` tables (values read at start)."""
+
+    preset: str | None = None
+    allow: tuple[str, ...] = ()
+    allow_cidr: tuple[str, ...] = ()
+    add_hosts: tuple[str, ...] = ()
+    secrets: tuple[tuple[str, dict[str, Any]], ...] = ()
+    base: Path | None = None  # where relative secret files are
+
+    def to_json(self) -> dict[str, Any]:
+        return {"preset": self.preset, "allow": list(self.allow),
+                "allow_cidr": list(self.allow_cidr), "add_hosts": list(self.add_hosts)}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class RuntimeDefaults:
     """What the project (or a template) says about running its image."""
 
@@ -65,6 +85,7 @@ class RuntimeDefaults:
     required_credentials: tuple[str, ...] = ()
     # [credentials] KEY = { var = "GEN/FILE" }: read from the VM's var store at start
     var_credentials: tuple[VarCredentialSpec, ...] = ()
+    net: NetworkDecl = field(default_factory=NetworkDecl)
 
     @classmethod
     def from_spec(cls, spec: GuestSpec) -> RuntimeDefaults:
@@ -123,6 +144,7 @@ class ResolvedRun:
     memory_mib: Setting
     ports: tuple[PortForward, ...]
     egress: Setting
+    network: NetworkPlan = field(repr=False)
     volumes: tuple[VolumeSpec, ...]
     config_files: tuple[DriveFile, ...]
     secret_files: tuple[DriveFile, ...]
@@ -172,8 +194,8 @@ def resolve(
         v = setting.value
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise ConfigError(f"invalid {key} {v!r} ({setting.source}): must be {lo}..{hi}")
-    egress = pick("network", (run.network, who), (defaults.network, defaults.origin),
-                  (False, "default"))  # fmt: skip
+    net = resolve_network(run, defaults, who, sources)
+    egress = Setting(net.policy.egress or bool(net.bindings), sources["network"])
     hypervisor = pick("hypervisor", (run.hypervisor, who),
                       (meta.backend, "image"))  # fmt: skip
 
@@ -223,7 +245,7 @@ def resolve(
     return ResolvedRun(
         image=image, source=source, revision=revision, name=str(name.value),
         name_explicit=name_given, vcpus=vcpus, memory_mib=memory, ports=tuple(ports),
-        egress=egress, volumes=tuple(volumes), config_files=tuple(run.config_files),
+        egress=egress, network=net, volumes=tuple(volumes), config_files=tuple(run.config_files),
         secret_files=tuple(run.secret_files), credentials=tuple(creds), attached=run.attached,
         hypervisor=hypervisor, trace=bool(os.environ.get("MVM_TRACE_BOOT")), sources=sources,
     )  # fmt: skip
@@ -242,3 +264,70 @@ def _dedupe(ports: list[PortForward]) -> list[PortForward]:
             )
         seen[key] = p
     return list(seen.values())
+
+
+SECRET_MODES = ("proxy", "drive")
+
+
+def resolve_network(
+    run: RunConfig, defaults: RuntimeDefaults, who: str, sources: dict[str, str]
+) -> NetworkPlan:
+    """Preset, rules, mappings and secret bindings: CLI/API over mvm.toml over ``none``.
+    ``--net`` (``network=True``) is ``open``; rules and mappings add up."""
+    decl = defaults.net
+    as_preset = {True: "open", False: "none", None: None}
+    if (
+        run.network_preset is not None
+        and run.network is not None
+        and (as_preset[run.network] != run.network_preset)
+    ):
+        raise NetworkError(f"--{'net' if run.network else 'no-net'} contradicts "
+                           f"--network-preset {run.network_preset}")  # fmt: skip
+    candidates = ((run.network_preset, who), (as_preset[run.network], who),
+                  (decl.preset, defaults.origin), (as_preset[defaults.network], defaults.origin),
+                  ("none", "default"))  # fmt: skip
+    preset, origin = next((v, o) for v, o in candidates if v is not None)
+    sources["network"] = origin
+    policy = policy_mod.build(
+        preset,
+        (*run.network_allow, *decl.allow),
+        (*run.network_allow_cidr, *decl.allow_cidr),
+        (*run.add_hosts, *decl.add_hosts),
+    )
+    if run.network_allow or decl.allow or run.network_allow_cidr or decl.allow_cidr:
+        sources["network_allow"] = "+".join(
+            o for o, present in ((who, run.network_allow or run.network_allow_cidr),
+                                 (defaults.origin, decl.allow or decl.allow_cidr)) if present
+        )  # fmt: skip
+    env = dict(os.environ)
+    binds = [bindings_mod.parse(s, env, who) for s in run.secrets]
+    cli_keys = {b.key for b in binds}
+    base = decl.base or Path.cwd()
+    binds += [bindings_mod.from_toml(k, t, env, base) for k, t in decl.secrets
+              if k not in cli_keys]  # fmt: skip
+    bindings_mod.check_unique(binds)
+    for b in binds:
+        for h in b.hosts:
+            if not (policy.check(h, 443).allowed or policy.check(h, 80).allowed
+                    or policy.name_allowed(h)):  # fmt: skip
+                raise NetworkError(
+                    f"secret {b.key} is bound to {h}, which network preset {preset} does not allow",
+                    hint=f"add --network-allow {h} (or a preset that allows it)",
+                )
+    if binds:
+        sources["secrets"] = "+".join(dict.fromkeys(b.origin for b in binds))
+    mode = run.secret_mode or "proxy"
+    if mode not in SECRET_MODES:
+        raise NetworkError(f"invalid --secret-mode {mode!r}: use proxy or drive")
+    upstream_ca = None
+    if run.add_ca:
+        upstream_ca = Path(run.add_ca).expanduser().resolve()
+        try:
+            head = upstream_ca.read_bytes()[: 1 << 20]
+        except OSError as exc:
+            raise NetworkError(f"--add-ca {run.add_ca}: {exc.strerror or exc}") from None
+        if b"-----BEGIN CERTIFICATE-----" not in head:
+            raise NetworkError(f"--add-ca {run.add_ca}: not a PEM certificate file")
+    if mode == "drive":  # the seed's placeholder: the value itself is on the secrets drive
+        binds = [dataclasses.replace(b, placeholder=f"mvm-managed:{b.key}") for b in binds]
+    return NetworkPlan(policy, tuple(binds), upstream_ca, mode)

@@ -12,6 +12,7 @@ the virtio-serial ports of the host channels, slirp networking, fw_cfg.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,12 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
     net = spec.network
     if net.enabled:
         fwd = "".join(f",hostfwd={p.proto}:{p.address}:{p.host}-:{p.guest}" for p in net.forwards)
+        # guest forwards: QEMU runs the command per connection (argv parsed shell-like,
+        # no shell); commas are doubled for QEMU's option parser
+        fwd += "".join(
+            f",guestfwd=tcp:{net.guest_ip}:{g.port}-cmd:{shlex.join(g.command).replace(',', ',,')}"
+            for g in net.guest_forwards
+        )
         restrict = "" if net.egress else ",restrict=on"
         argv += ["-netdev", f"user,id=n0{restrict}{fwd}", "-device", "virtio-net-device,netdev=n0"]
     for fw in data.fw_cfg:

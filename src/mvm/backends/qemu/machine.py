@@ -216,6 +216,7 @@ class QemuBackend(Backend):
     ) -> tuple[list[str], guestdata.GuestData, accel_mod.AccelChoice]:
         choice = self.accel(spec)
         data = guestdata.plan(spec.credentials, spec.run_dir, smbios=self.capabilities.smbios)
+        data = guestdata.with_network(data, spec.network.guest_config, spec.run_dir)
         opts = self.options(spec, choice)
         if spec.ram_file is not None:
             opts = replace(opts, mem_path=spec.ram_file, mem_share=True)
