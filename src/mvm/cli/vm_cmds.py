@@ -28,6 +28,9 @@ def _run_options(f: Any) -> Any:
         click.option("--credential", "credentials", multiple=True, metavar="NAME@FILE|NAME=VALUE",
                      help="Deliver a credential to /run/credentials/@system/NAME (repeatable). "
                           "Prefer NAME@FILE: a VALUE on mvmctl's command line shows in ps."),
+        click.option("--machine", type=click.Choice(["microvm", "q35"]), default=None,
+                     help="Machine type (default: mvm.toml's, else microvm). q35 gives the "
+                          "guest SMBIOS: credentials travel as type 11 OEM strings."),
         click.option("--show-command", is_flag=True,
                      help="Print the hypervisor command line that would run, and exit."),
     ]):  # fmt: skip
@@ -37,7 +40,7 @@ def _run_options(f: Any) -> Any:
 
 def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tuple[str, ...],
                 network: bool | None, volumes: tuple[str, ...], credentials: tuple[str, ...],
-                attached: bool) -> Any:  # fmt: skip
+                attached: bool, machine: str | None = None) -> Any:  # fmt: skip
     """Parse -v and --credential before anything is built or started."""
     from mvm.drives import parse_volume
     from mvm.runtime.config import RunConfig, parse_port
@@ -49,6 +52,7 @@ def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tupl
         name=name, cpus=cpus, memory_mib=mem, attached=attached, ports=list(ports),
         network=network, volumes=[parse_volume(v) for v in volumes],
         credentials=[parse_credential(c, i) for i, c in enumerate(credentials, 1)],
+        machine=machine,
     )  # fmt: skip
 
 
@@ -88,9 +92,10 @@ def _launch(resolved: Any, show_command: bool) -> Any:
 @_run_options
 def run(path: str | None, attached: bool, name: str | None, cpus: int | None, mem: int | None,
         ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
-        credentials: tuple[str, ...], show_command: bool) -> None:  # fmt: skip
+        credentials: tuple[str, ...], machine: str | None, show_command: bool) -> None:  # fmt: skip
     """Build PATH (if needed) and boot it; detached unless --attached."""
-    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, attached)
+    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, attached,
+                          machine)  # fmt: skip
     started = _launch(_project_run(path, run_cfg), show_command)
     if not attached:
         started.machine.close()
@@ -108,13 +113,13 @@ def run(path: str | None, attached: bool, name: str | None, cpus: int | None, me
 @_run_options
 def up(flake: str | None, template: str | None, name: str | None, cpus: int | None,
        mem: int | None, ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
-       credentials: tuple[str, ...], show_command: bool) -> None:  # fmt: skip
+       credentials: tuple[str, ...], machine: str | None, show_command: bool) -> None:  # fmt: skip
     """Start a detached VM from a project (--flake) or a template."""
     from mvm.errors import ConfigError
 
     if flake and template:
         raise ConfigError("use either --flake or --template, not both")
-    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, False)
+    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, False, machine)
     resolved = _template_run(template, run_cfg) if template else _project_run(flake, run_cfg)
     started = _launch(resolved, show_command)
     started.machine.close()

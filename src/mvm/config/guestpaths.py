@@ -59,6 +59,13 @@ MVM_FILES = (
     "/etc/passwd", "/etc/group", "/etc/shadow", "/etc/resolv.conf", "/etc/profile",
 )  # fmt: skip
 MVM_TREES = ("/etc/mvm", "/lib/modules/mvm")
+# systemd guests: the units, generator and settings mvm writes (a project may add its own
+# units, but not under mvm's names)
+SYSTEMD_FILES = (
+    "/etc/machine-id", "/etc/mtab", "/etc/systemd/system/default.target",
+    "/etc/systemd/system-generators/mvm-credentials", "/etc/systemd/system.conf.d/mvm.conf",
+)  # fmt: skip
+_SYSTEMD_MVM = re.compile(r"/etc/systemd/system/(?:[^/]+\.wants/)?mvm-[^/]*")
 MOUNTED = ("/dev", "/proc", "/sys", "/run", "/tmp")
 
 
@@ -73,6 +80,8 @@ def reserved(path: str, sealed_home: str | None = None) -> str | None:
     tmpfs at boot)."""
     if path in MVM_FILES or any(_under(path, t) for t in MVM_TREES):
         return "is written by mvm itself"
+    if path in SYSTEMD_FILES or _SYSTEMD_MVM.fullmatch(path):
+        return "is written by mvm itself (systemd guests)"
     for top in MOUNTED:
         if _under(path, top):
             return f"is hidden at boot: the guest mounts a filesystem on {top}"

@@ -21,11 +21,14 @@ from mvm.config.schema import (
     DEFAULT_AGENT_UID,
     DEFAULT_APP_UID,
     HYPERVISORS,
+    INITS,
+    MACHINES,
     RESTART_POLICIES,
     CopySpec,
     CredentialSpec,
     Entrypoint,
     FileSpec,
+    GuestInit,
     GuestSpec,
     KernelSpec,
     Project,
@@ -41,7 +44,7 @@ MANIFEST = "mvm.toml"
 TOP_KEYS = {
     "name", "vcpus", "memory_mib", "hypervisor", "dev", "entrypoint", "services", "uids",
     "files", "packages", "copy", "kernel", "credentials", "ports", "network", "flake",
-    "profile", "profiles",
+    "profile", "profiles", "init", "machine",
 }  # fmt: skip
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "profile", "flake"}
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, and these patterns
@@ -222,6 +225,22 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         if clash:
             raise ctx.err("services", f"{sorted(clash)[0]!r} is also an entrypoint service")
 
+    init = ctx.string(data.get("init", "busybox"), "init")
+    if init not in INITS:
+        raise ctx.err("init", f"{init!r} is not supported; allowed: {', '.join(INITS)}")
+    machine = None
+    if "machine" in data:
+        machine = ctx.string(data["machine"], "machine")
+        if machine not in MACHINES:
+            raise ctx.err("machine", f"{machine!r} is not supported; allowed: "
+                          f"{', '.join(MACHINES)}")  # fmt: skip
+    if init != "systemd":
+        for s in (*services, *entrypoint.services):
+            if s.load_credentials:
+                raise ctx.err(f"services.{s.name}.load_credentials",
+                              'needs init = "systemd" (busybox guests give every service '
+                              "$CREDENTIALS_DIRECTORY with all credentials)")  # fmt: skip
+
     sealed_home = None if dev else home_for(uids.entrypoint)
     return GuestSpec(
         name=name,
@@ -239,6 +258,8 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         credentials=_credentials(ctx, data.get("credentials", {}), root),
         ports=_ports(ctx, data.get("ports", [])),
         network=_bool(ctx, data.get("network", False), "network"),
+        init=cast(GuestInit, init),
+        machine=machine,
     )
 
 
@@ -274,7 +295,7 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
     if not SERVICE_RE.fullmatch(name):
         raise ctx.err(key, "service names use A-Z, a-z, 0-9, '_' and '-' (max 64)")
     table = ctx.table(value, key)
-    ctx.keys(table, key, {"command", "restart"})
+    ctx.keys(table, key, {"command", "restart", "load_credentials"})
     if "command" not in table:
         raise ctx.err(f"{key}.command", "is required")
     restart = table.get("restart", "on-failure")
@@ -282,7 +303,28 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
         raise ctx.err(
             f"{key}.restart", f"must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}"
         )
-    return Service(name, ctx.argv(table["command"], f"{key}.command"), cast(RestartPolicy, restart))
+    return Service(name, ctx.argv(table["command"], f"{key}.command"), cast(RestartPolicy, restart),
+                   _load_credentials(ctx, table.get("load_credentials", []),
+                                     f"{key}.load_credentials"))  # fmt: skip
+
+
+def _load_credentials(ctx: _Ctx, value: Any, key: str) -> tuple[tuple[str, str], ...]:
+    """``["api-key:API_KEY", "DB_PASS"]`` → ``LoadCredential=`` pairs (ID, system name);
+    a bare NAME is ``NAME:NAME``."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ctx.err(key, 'must be a list like ["api-key:API_KEY"]')
+    out: dict[str, str] = {}
+    for item in value:
+        ident, _, src = item.partition(":")
+        src = src or ident
+        for part in (ident, src):
+            if not CRED_RE.fullmatch(part) or part in (".", ".."):
+                raise ctx.err(key, f"{item!r}: use ID:NAME with credential names of "
+                              "A-Z, a-z, 0-9, '_', '.', '-', '@' (max 255)")  # fmt: skip
+        if ident in out:
+            raise ctx.err(key, f"{ident!r} is given twice")
+        out[ident] = src
+    return tuple(out.items())
 
 
 def _files(ctx: _Ctx, value: Any, sealed_home: str | None) -> tuple[FileSpec, ...]:

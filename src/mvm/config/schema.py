@@ -13,6 +13,11 @@ EntrypointKind = Literal["shell", "command", "services"]
 RestartPolicy = Literal["always", "on-failure", "never"]
 RESTART_POLICIES: tuple[str, ...] = ("always", "on-failure", "never")
 HYPERVISORS: tuple[str, ...] = ("qemu", "firecracker", "cloud-hypervisor")
+GuestInit = Literal["busybox", "systemd"]
+INITS: tuple[str, ...] = ("busybox", "systemd")
+# machine types: microvm (default, fastest; credentials over fw_cfg) or q35 (PCI, SMBIOS:
+# credentials as type 11 OEM strings, as in the seeds)
+MACHINES: tuple[str, ...] = ("microvm", "q35")
 KernelProvider = Literal["debian", "host", "path"]
 
 DEFAULT_AGENT_UID = 990
@@ -30,6 +35,8 @@ class Service:
     name: str
     command: tuple[str, ...]
     restart: RestartPolicy = "on-failure"
+    # systemd guests: LoadCredential= pairs (ID in $CREDENTIALS_DIRECTORY, system credential)
+    load_credentials: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,8 @@ class GuestSpec:
     credentials: tuple[CredentialSpec, ...] = ()
     ports: tuple[str, ...] = ()
     network: bool = False
+    init: GuestInit = "busybox"
+    machine: str | None = None  # a runtime default (None: the backend's, microvm)
 
     @property
     def accessible(self) -> bool:

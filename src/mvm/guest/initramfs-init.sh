@@ -12,6 +12,8 @@ case " $CMDLINE " in *" mvm.trace=1 "*) t() { read -r U < /proc/uptime; echo "mv
 t start
 read -r MODS < /etc/modules.base
 for m in $MODS; do $B insmod /lib/modules/$m.ko; done
+# q35 (mvm.pci=1): the devices are virtio-pci, not virtio-mmio
+case " $CMDLINE " in *" mvm.pci=1 "*) read -r MODS < /etc/modules.pci; for m in $MODS; do $B insmod /lib/modules/$m.ko; done ;; esac
 case " $CMDLINE " in *" mvm.net=1 "*) read -r MODS < /etc/modules.net; for m in $MODS; do $B insmod /lib/modules/$m.ko; done ;; esac
 case " $CMDLINE " in *" mvm.fwcfg=1 "*) read -r MODS < /etc/modules.fwcfg; for m in $MODS; do $B insmod /lib/modules/$m.ko; done ;; esac
 t modules-loaded
@@ -28,4 +30,8 @@ t rootfs-mounted
 $B mount --move /dev /newroot/dev
 $B mount --move /proc /newroot/proc
 $B mount --move /sys /newroot/sys
-exec $B switch_root /newroot /init
+# init = "systemd" images carry this marker: systemd is PID 1 (it finds /dev, /proc
+# and /sys mounted, and mounts the rest itself)
+INIT=/init
+[ -e /newroot/etc/mvm/systemd/finish.sh ] && INIT=/lib/systemd/systemd
+exec $B switch_root /newroot $INIT

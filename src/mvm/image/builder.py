@@ -52,7 +52,7 @@ from mvm.image import kernel as kernels
 from mvm.image.hashcache import ContentHashes
 from mvm.image.meta import ARTEFACTS, ImageMeta
 from mvm.image.meta import load as load_meta
-from mvm.image.render import GuestFile, render
+from mvm.image.render import GuestFile, render, systemd_units
 from mvm.image.source import Source
 from mvm.log import get_logger
 from mvm.proc import is_disk_full
@@ -149,8 +149,9 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
         "mvm": __version__,
         "kernel": kernel.identity,
         "busybox": busybox_sha,
-        "packages": spec.packages,
+        "packages": packages(spec),
         "dev": spec.dev,
+        "init": spec.init,
         "hypervisor": spec.hypervisor,
         "epoch": epoch,
     }
@@ -159,6 +160,11 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
         h.update(guest_file(name))
     for f in render(spec):
         h.update(f"{f.path}\0{f.mode}\0{f.uid}\0".encode() + f.content)
+    if spec.init == "systemd":
+        units, links = systemd_units(spec)
+        for f in units:
+            h.update(f"{f.path}\0{f.mode}\0{f.uid}\0".encode() + f.content)
+        h.update(json.dumps(links).encode())
     for fs in spec.files:
         h.update(f"{fs.path}\0{fs.mode}\0".encode() + fs.content.encode())
     sources = []
@@ -198,6 +204,18 @@ def build(project: Project, *, force: bool = False) -> Image:
             raise BuildError(f"building {spec.name}: {exc.strerror or exc}") from exc
 
 
+# what init = "systemd" adds to the project's packages (no dbus: systemctl talks to
+# PID 1 over its private socket; no udev: devtmpfs is enough for virtio disks)
+SYSTEMD_PACKAGES = ("systemd",)
+
+
+def packages(spec: GuestSpec) -> tuple[str, ...]:
+    """The Debian packages the image gets: the project's, plus systemd for systemd guests."""
+    if spec.init == "systemd":
+        return tuple(sorted({*spec.packages, *SYSTEMD_PACKAGES}))
+    return spec.packages
+
+
 def own_files(spec: GuestSpec, late: list[tuple[str, bytes]]) -> list[GuestFile]:
     """Every file mvm itself writes into the rootfs (after the project's files, so
     they win; :data:`mvm.config.guestpaths.MVM_FILES` lists where they go)."""
@@ -209,6 +227,8 @@ def own_files(spec: GuestSpec, late: list[tuple[str, bytes]]) -> list[GuestFile]
     ]
     files += [GuestFile(f"/lib/modules/mvm/{n}.ko", data) for n, data in late]
     files.append(GuestFile("/etc/mvm/modules.late", (" ".join(n for n, _ in late) + "\n").encode()))
+    if spec.init == "systemd":
+        files += systemd_units(spec)[0]
     return files
 
 
@@ -243,8 +263,8 @@ def _build(
             # order: mvm's skeleton, packages, busybox, the project's files, then
             # mvm's own files (which the project may not touch: guestpaths)
             rootfs.skeleton(st)
-            if spec.packages:
-                debian.extract(debian.fetch(debian.resolve(spec.packages)), st)
+            if packages(spec):
+                debian.extract(debian.fetch(debian.resolve(packages(spec))), st)
             rootfs.install_busybox(st, initramfs.busybox_path())
             for c, src in zip(spec.copy, inputs.sources, strict=True):
                 source.copy_into(src, st, c.dest, _guard(spec, src.what))
@@ -254,6 +274,8 @@ def _build(
                 _guard(spec, f"files.{f.path!r}")(path, "")
                 owners[path] = (uid, uid)
             owners.update(rootfs.write_files(st, own_files(spec, initramfs.late_modules(kernel))))
+            if spec.init == "systemd":
+                rootfs.systemd_tree(st, systemd_units(spec)[1])
             home = st.mkdir(spec.home)
             if uid != 0:
                 owners[home] = (uid, uid)
@@ -327,6 +349,7 @@ def _revision(
         "accessible": spec.accessible,
         "sealed": spec.sealed,
         "entrypointKind": spec.entrypoint.kind,
+        "init": spec.init,
         "hypervisor": spec.hypervisor,
         "uids": {"agent": spec.uids.agent, "entrypoint": spec.uids.entrypoint},
         "rootlessEntrypoint": spec.uids.rootless,
@@ -336,7 +359,7 @@ def _revision(
         "expectedBootMsByAccel": EXPECTED_BOOT_MS,
         "inputHash": digest,
         "kernel": {"version": kernel.version, "identity": kernel.identity},
-        "packages": list(spec.packages),
+        "packages": list(packages(spec)),
         "defaults": {"vcpus": spec.vcpus, "memory_mib": spec.memory_mib},
         "checksums": checksums,
         "sizes": {name: (out / name).stat().st_size for name in ARTEFACTS},

@@ -51,6 +51,7 @@ class RunConfig:
     project_credentials: list[Credential] | None = None
     forward_host_credentials: bool = True
     hypervisor: str | None = None
+    machine: str | None = None  # "microvm" (default) | "q35"
 
 
 def parse_port(spec: str) -> PortForward:

@@ -78,5 +78,7 @@ def machine_spec(
         credentials=tuple(c.for_guest() for c in run.credentials),
         cmdline=(*(("mvm.trace=1",) if run.trace else ()), *att.cmdline),
         scrub=att.scrub,
+        machine=str(run.machine.value),
+        guest_init=image.meta.init,
     )
     return spec, att

@@ -142,7 +142,7 @@ class QemuMachine(Machine):
 class QemuBackend(Backend):
     name = "qemu"
     capabilities = Capabilities(
-        smbios=False, fw_cfg=True, snapshots=True, agent_transport="virtio-serial"
+        smbios=True, fw_cfg=True, snapshots=True, agent_transport="virtio-serial"
     )
 
     def version(self) -> str:
@@ -174,7 +174,8 @@ class QemuBackend(Backend):
         self, spec: MachineSpec
     ) -> tuple[list[str], guestdata.GuestData, accel_mod.AccelChoice]:
         choice = self.accel(spec)
-        data = guestdata.plan(spec.credentials, spec.run_dir, smbios=self.capabilities.smbios)
+        data = guestdata.plan(spec.credentials, spec.run_dir, smbios=spec.machine == "q35",
+                              systemd=spec.guest_init == "systemd")  # fmt: skip
         return build_argv(spec, self.options(spec, choice), data), data, choice
 
     def command(self, spec: MachineSpec) -> list[str]:
