@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -125,7 +126,8 @@ def assert_systemd_guest(out: str, rc: int) -> None:
     # the unit with LoadCredential=api-key:API_KEY read it from its $CREDENTIALS_DIRECTORY
     assert f"keeper {len(API_KEY)} {sha(API_KEY.encode())} uid=1000" in got
     # systemd-creds --system list (as root, ExecStartPre=+): imported by systemd, secure
-    listed = [ln.split() for ln in out.splitlines() if ln.startswith(("API_KEY ", "OTHER "))]
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)  # systemd-creds colours its table
+    listed = [ln.split() for ln in plain.splitlines() if ln.startswith(("API_KEY ", "OTHER "))]
     assert sorted(row[0] for row in listed) == ["API_KEY", "OTHER"], out[-3000:]
     assert all(row[1] == "secure" for row in listed), listed
     assert "done" in got

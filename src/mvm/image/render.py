@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from mvm.config.guestpaths import SYSTEMD_MASKED
 from mvm.config.schema import APP_USER as APP_USER  # re-exported: runtime.inject uses it
 from mvm.config.schema import GuestSpec
 
@@ -120,19 +121,6 @@ def render(spec: GuestSpec) -> list[GuestFile]:
 
 # --- systemd guests (init = "systemd"): units from the templates in mvm/guest/systemd
 SYSTEMD_DIR = "/etc/systemd/system"
-# units a microVM has no use for (no dbus, no logins, no udev, read-only /etc); each
-# one costs boot time under TCG or fails noisily
-SYSTEMD_MASKED = (
-    "getty.target", "systemd-logind.service", "systemd-user-sessions.service",
-    "systemd-firstboot.service", "systemd-sysusers.service", "modprobe@.service",
-    "systemd-pstore.service", "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount",
-    "sys-kernel-debug.mount", "sys-kernel-tracing.mount", "sys-kernel-config.mount",
-    "sys-fs-fuse-connections.mount", "systemd-update-utmp.service",
-    "systemd-update-utmp-runlevel.service", "systemd-ask-password-wall.path",
-    "systemd-ask-password-console.path", "systemd-boot-system-token.service",
-    "systemd-hwdb-update.service", "systemd-journal-catalog-update.service",
-    "systemd-machine-id-commit.service", "e2scrub_reap.service",
-)  # fmt: skip
 RESTART = {"always": "always", "on-failure": "on-failure", "never": "no"}
 
 
