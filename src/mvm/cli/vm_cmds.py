@@ -49,6 +49,9 @@ def _run_options(f: Any) -> Any:
         click.option("--credential", "credentials", multiple=True, metavar="NAME@FILE|NAME=VALUE",
                      help="Deliver a credential to /run/credentials/@system/NAME (repeatable). "
                           "Prefer NAME@FILE: a VALUE on mvmctl's command line shows in ps."),
+        click.option("--machine", type=click.Choice(["microvm", "q35"]), default=None,
+                     help="Machine type (default: mvm.toml's, else microvm). q35 gives the "
+                          "guest SMBIOS: credentials travel as type 11 OEM strings."),
         click.option("--show-command", is_flag=True,
                      help="Print the hypervisor command line that would run, and exit."),
     ]):  # fmt: skip
@@ -58,7 +61,8 @@ def _run_options(f: Any) -> Any:
 
 def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tuple[str, ...],
                 network: bool | None, volumes: tuple[str, ...], credentials: tuple[str, ...],
-                attached: bool, net: dict[str, Any] | None = None) -> Any:  # fmt: skip
+                attached: bool, net: dict[str, Any] | None = None,
+                machine: str | None = None) -> Any:  # fmt: skip
     """Parse -v and --credential before anything is built or started."""
     from mvm.drives import parse_volume
     from mvm.runtime.config import RunConfig, parse_port
@@ -71,6 +75,7 @@ def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tupl
         network=network, volumes=[parse_volume(v) for v in volumes],
         credentials=[parse_credential(c, i) for i, c in enumerate(credentials, 1)],
         **_net_config(net or {}),
+        machine=machine,
     )  # fmt: skip
 
 
@@ -144,14 +149,17 @@ IMAGE_HELP = (
 def run(path: str | None, attached: bool, image_ref: str | None, template: str | None,
         cold: bool, name: str | None, cpus: int | None, mem: int | None,
         ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
-        credentials: tuple[str, ...], show_command: bool, **net: Any) -> None:  # fmt: skip
+        credentials: tuple[str, ...], machine: str | None, show_command: bool,
+        **net: Any) -> None:  # fmt: skip
     """Build PATH (if needed) and boot it, start a template (restored from its
     snapshot if it has one) or an OCI image; detached unless --attached."""
     from mvm.errors import ConfigError
 
     if sum(1 for x in (path, template, image_ref) if x) > 1:
         raise ConfigError("use one of PATH, --template and --image")
-    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, attached, net)
+    run_cfg = _run_config(
+        name, cpus, mem, ports, network, volumes, credentials, attached, net, machine
+    )
     resolved = (_template_run(template, run_cfg) if template
                 else _project_run(path, run_cfg, image_ref))  # fmt: skip
     started = _launch(resolved, show_command, cold or not template)
@@ -174,14 +182,16 @@ def run(path: str | None, attached: bool, image_ref: str | None, template: str |
 def up(flake: str | None, template: str | None, image_ref: str | None, cold: bool,
        name: str | None, cpus: int | None, mem: int | None, ports: tuple[str, ...],
        network: bool | None, volumes: tuple[str, ...], credentials: tuple[str, ...],
-       show_command: bool, **net: Any) -> None:  # fmt: skip
+       machine: str | None, show_command: bool, **net: Any) -> None:  # fmt: skip
     """Start a detached VM from a project (--flake), a template (restored from the
     template's snapshot when it has one, unless --cold) or an OCI image (--image)."""
     from mvm.errors import ConfigError
 
     if sum(1 for x in (flake, template, image_ref) if x) > 1:
         raise ConfigError("use one of --flake, --template and --image")
-    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, False, net)
+    run_cfg = _run_config(
+        name, cpus, mem, ports, network, volumes, credentials, False, net, machine
+    )
     resolved = (_template_run(template, run_cfg) if template
                 else _project_run(flake, run_cfg, image_ref))  # fmt: skip
     started = _launch(resolved, show_command, cold or not template)

@@ -22,6 +22,8 @@ from mvm.config.schema import (
     DEFAULT_AGENT_UID,
     DEFAULT_APP_UID,
     HYPERVISORS,
+    INITS,
+    MACHINES,
     READY_TIMEOUT_DEFAULT,
     READY_TIMEOUT_MAX,
     RESTART_POLICIES,
@@ -29,6 +31,7 @@ from mvm.config.schema import (
     CredentialSpec,
     Entrypoint,
     FileSpec,
+    GuestInit,
     GuestSpec,
     KernelSpec,
     Project,
@@ -47,7 +50,7 @@ MANIFEST = "mvm.toml"
 TOP_KEYS = {
     "name", "vcpus", "memory_mib", "hypervisor", "dev", "entrypoint", "services", "uids",
     "files", "packages", "copy", "kernel", "credentials", "ports", "network", "flake",
-    "profile", "profiles", "image", "vars",
+    "profile", "profiles", "image", "vars", "init", "machine",
 }  # fmt: skip
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "profile", "flake"}
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, and these patterns
@@ -264,6 +267,22 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         if clash:
             raise ctx.err("services", f"{sorted(clash)[0]!r} is also an entrypoint service")
 
+    init = ctx.string(data.get("init", "busybox"), "init")
+    if init not in INITS:
+        raise ctx.err("init", f"{init!r} is not supported; allowed: {', '.join(INITS)}")
+    machine = None
+    if "machine" in data:
+        machine = ctx.string(data["machine"], "machine")
+        if machine not in MACHINES:
+            raise ctx.err("machine", f"{machine!r} is not supported; allowed: "
+                          f"{', '.join(MACHINES)}")  # fmt: skip
+    if init != "systemd":
+        for s in (*services, *entrypoint.services):
+            if s.load_credentials:
+                raise ctx.err(f"services.{s.name}.load_credentials",
+                              'needs init = "systemd" (busybox guests give every service '
+                              "$CREDENTIALS_DIRECTORY with all credentials)")  # fmt: skip
+
     # an image's home is known once its passwd is read: the builder checks it then
     sealed_home = None if dev or image is not None else home_for(uids.entrypoint)
     generators = parse_generators(ctx, data.get("vars", {}))
@@ -293,6 +312,8 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         network=_bool(ctx, data.get("network", False), "network"),
         image=image,
         explicit=frozenset(explicit),
+        init=cast(GuestInit, init),
+        machine=machine,
     )
 
 
@@ -328,7 +349,7 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
     if not SERVICE_RE.fullmatch(name):
         raise ctx.err(key, "service names use A-Z, a-z, 0-9, '_' and '-' (max 64)")
     table = ctx.table(value, key)
-    ctx.keys(table, key, {"command", "restart", "ready"})
+    ctx.keys(table, key, {"command", "restart", "ready", "load_credentials"})
     if "command" not in table:
         raise ctx.err(f"{key}.command", "is required")
     restart = table.get("restart", "on-failure")
@@ -338,7 +359,9 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
         )
     ready = _ready(ctx, table["ready"], f"{key}.ready") if "ready" in table else None
     return Service(name, ctx.argv(table["command"], f"{key}.command"),
-                   cast(RestartPolicy, restart), ready)  # fmt: skip
+                   cast(RestartPolicy, restart), ready,
+                   _load_credentials(ctx, table.get("load_credentials", []),
+                                     f"{key}.load_credentials"))  # fmt: skip
 
 
 def _ready(ctx: _Ctx, value: Any, key: str) -> Readiness:
@@ -355,6 +378,25 @@ def _ready(ctx: _Ctx, value: Any, key: str) -> Readiness:
         return Readiness(tcp=ctx.int_in(table["tcp"], f"{key}.tcp", 1, 65535),
                          timeout=float(timeout))  # fmt: skip
     return Readiness(command=ctx.argv(table["command"], f"{key}.command"), timeout=float(timeout))
+
+
+def _load_credentials(ctx: _Ctx, value: Any, key: str) -> tuple[tuple[str, str], ...]:
+    """``["api-key:API_KEY", "DB_PASS"]`` → ``LoadCredential=`` pairs (ID, system name);
+    a bare NAME is ``NAME:NAME``."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ctx.err(key, 'must be a list like ["api-key:API_KEY"]')
+    out: dict[str, str] = {}
+    for item in value:
+        ident, _, src = item.partition(":")
+        src = src or ident
+        for part in (ident, src):
+            if not CRED_RE.fullmatch(part) or part in (".", ".."):
+                raise ctx.err(key, f"{item!r}: use ID:NAME with credential names of "
+                              "A-Z, a-z, 0-9, '_', '.', '-', '@' (max 255)")  # fmt: skip
+        if ident in out:
+            raise ctx.err(key, f"{ident!r} is given twice")
+        out[ident] = src
+    return tuple(out.items())
 
 
 def _files(ctx: _Ctx, value: Any, sealed_home: str | None) -> tuple[FileSpec, ...]:

@@ -15,6 +15,11 @@ EntrypointKind = Literal["shell", "command", "services"]
 RestartPolicy = Literal["always", "on-failure", "never"]
 RESTART_POLICIES: tuple[str, ...] = ("always", "on-failure", "never")
 HYPERVISORS: tuple[str, ...] = ("qemu", "firecracker", "cloud-hypervisor")
+GuestInit = Literal["busybox", "systemd"]
+INITS: tuple[str, ...] = ("busybox", "systemd")
+# machine types: microvm (default, fastest; credentials over fw_cfg) or q35 (PCI, SMBIOS:
+# credentials as type 11 OEM strings, as in the seeds)
+MACHINES: tuple[str, ...] = ("microvm", "q35")
 KernelProvider = Literal["mvm", "debian", "host", "path"]
 
 DEFAULT_AGENT_UID = 990
@@ -48,6 +53,8 @@ class Service:
     command: tuple[str, ...]
     restart: RestartPolicy = "on-failure"
     ready: Readiness | None = None
+    # systemd guests: LoadCredential= pairs (ID in $CREDENTIALS_DIRECTORY, system credential)
+    load_credentials: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,8 @@ class GuestSpec:
     home_dir: str | None = None  # the entrypoint's home when the image's passwd says so
     home_tmpfs: bool = True  # a sealed image's home is a private tmpfs
     exposed_ports: tuple[str, ...] = ()  # the image's ExposedPorts ("80/tcp"), never published
+    init: GuestInit = "busybox"
+    machine: str | None = None  # a runtime default (None: the backend's, microvm)
 
     @property
     def accessible(self) -> bool:

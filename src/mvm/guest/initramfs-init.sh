@@ -12,6 +12,8 @@ case " $CMDLINE " in *" mvm.trace=1 "*) t() { read -r U < /proc/uptime; echo "mv
 t start
 read -r MODS < /etc/modules.base
 for m in $MODS; do $B insmod /lib/modules/$m.ko; done
+# q35 (mvm.pci=1): the devices are virtio-pci, not virtio-mmio
+case " $CMDLINE " in *" mvm.pci=1 "*) read -r MODS < /etc/modules.pci; for m in $MODS; do $B insmod /lib/modules/$m.ko; done ;; esac
 case " $CMDLINE " in *" mvm.net=1 "*) read -r MODS < /etc/modules.net; for m in $MODS; do $B insmod /lib/modules/$m.ko; done ;; esac
 case " $CMDLINE " in *" mvm.fwcfg=1 "*) read -r MODS < /etc/modules.fwcfg; for m in $MODS; do $B insmod /lib/modules/$m.ko; done ;; esac
 t modules-loaded
@@ -28,6 +30,9 @@ if ! $B mount -t ext4 -o $RO,noatime /dev/vda /newroot; then
     $B reboot -f
 fi
 t rootfs-mounted
+# init = "systemd" images carry this marker: systemd is PID 1 (it finds /dev, /proc
+# and /sys mounted, and mounts the rest itself)
+[ -e /newroot/etc/mvm/systemd/finish.sh ] && INIT=/lib/systemd/systemd
 # The build copies the same static busybox into both images: lend the rootfs
 # ours, already in memory, instead of reading 2 MB through virtio-blk again.
 TOOLS="${INIT%/*}"  # "" for /init, /.mvm for /.mvm/init

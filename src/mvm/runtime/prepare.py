@@ -80,11 +80,14 @@ def machine_spec(
     kinfo = image.meta.kernel
     rootfs = Disk(image.rootfs, role="rootfs", readonly=not image.accessible,
                   ephemeral=image.accessible)  # fmt: skip
+    direct = kinfo.direct_boot or not image.initramfs.exists()
+    # PID 1: mvm's /init (/.mvm/init in an OCI image), or systemd for init = "systemd"
+    init = SYSTEMD if image.meta.init == "systemd" else image.meta.init_exec
     spec = MachineSpec(
         name=name,
         run_dir=run_dir,
         kernel=image.kernel,
-        initramfs=None if kinfo.direct_boot or not image.initramfs.exists() else image.initramfs,
+        initramfs=None if direct else image.initramfs,
         disks=(rootfs, *att.drives),
         vcpus=int(run.vcpus.value),
         memory_mib=int(run.memory_mib.value),
@@ -92,15 +95,22 @@ def machine_spec(
         credentials=tuple(c.for_guest() for c in run.credentials),
         cmdline=(
             *(("mvm.trace=1",) if run.trace else ()),
-            *_init_arg(image.meta.init),
+            *(() if direct else _init_arg(image.meta.init_exec)),
             *att.cmdline,
         ),
         scrub=att.scrub,
         kaslr=kinfo.kaslr is not False,
+        machine=str(run.machine.value),
+        guest_init=image.meta.init,
+        init=init,  # direct boot: the kernel runs it (root=/dev/vda init=…)
     )
     return spec, att
 
 
+SYSTEMD = "/lib/systemd/systemd"
+
+
 def _init_arg(init: str) -> tuple[str, ...]:
-    """An OCI image's own /init is not mvm's (``ImageMeta.init``: ``/.mvm/init``)."""
+    """For the initramfs's switch_root: an OCI image's own /init is not mvm's
+    (``ImageMeta.init_exec``: ``/.mvm/init``); systemd images are found by a marker."""
     return () if init == "/init" else (f"init={init}",)

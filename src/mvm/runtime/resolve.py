@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mvm.backends.spec import PortForward
-from mvm.config.schema import VarCredentialSpec
+from mvm.config.schema import MACHINES, VarCredentialSpec
 from mvm.config.vars_schema import FILE_RE, GEN_RE
 from mvm.drives import DriveFile, VolumeSpec, parse_volume
 from mvm.errors import ConfigError, CredentialError, NetworkError
@@ -76,6 +76,7 @@ class RuntimeDefaults:
     memory_mib: int | None = None
     ports: tuple[str, ...] = ()
     network: bool | None = None
+    machine: str | None = None
     credentials: tuple[CredentialDecl, ...] = ()
     data_disk_mib: int | None = None
     template: str | None = None  # set for templates: its explicit settings win over mvm.toml
@@ -91,7 +92,7 @@ class RuntimeDefaults:
     def from_spec(cls, spec: GuestSpec) -> RuntimeDefaults:
         return cls(
             origin="mvm.toml", vcpus=spec.vcpus, memory_mib=spec.memory_mib,
-            ports=tuple(spec.ports), network=spec.network,
+            ports=tuple(spec.ports), network=spec.network, machine=spec.machine,
             credentials=tuple(CredentialDecl(c.name, c.file) for c in spec.credentials),
             var_credentials=tuple(spec.var_credentials),
         )  # fmt: skip
@@ -121,6 +122,7 @@ class RuntimeDefaults:
             memory_mib=meta.defaults.memory_mib,
             ports=tuple(p for p in runtime.get("ports", []) if isinstance(p, str)),
             network=runtime.get("network") if isinstance(runtime.get("network"), bool) else None,
+            machine=runtime.get("machine") if runtime.get("machine") in MACHINES else None,
             credentials=creds,
         )
 
@@ -152,6 +154,7 @@ class ResolvedRun:
     attached: bool
     hypervisor: Setting
     trace: bool
+    machine: Setting = Setting("microvm", "default")
     sources: dict[str, str] = field(default_factory=dict)
 
     def provenance(self) -> dict[str, str]:
@@ -198,6 +201,11 @@ def resolve(
     egress = Setting(net.policy.egress or bool(net.bindings), sources["network"])
     hypervisor = pick("hypervisor", (run.hypervisor, who),
                       (meta.backend, "image"))  # fmt: skip
+    machine = pick("machine", (run.machine, who), (defaults.machine, defaults.origin),
+                   ("microvm", "default"))  # fmt: skip
+    if machine.value not in MACHINES:
+        raise ConfigError(f"invalid machine {machine.value!r} ({machine.source}): "
+                          f"allowed: {', '.join(MACHINES)}")  # fmt: skip
 
     # a guest port the caller maps itself replaces mvm.toml's forward of it (so several
     # VMs of one template can each publish it on their own host port)
@@ -247,7 +255,8 @@ def resolve(
         name_explicit=name_given, vcpus=vcpus, memory_mib=memory, ports=tuple(ports),
         egress=egress, network=net, volumes=tuple(volumes), config_files=tuple(run.config_files),
         secret_files=tuple(run.secret_files), credentials=tuple(creds), attached=run.attached,
-        hypervisor=hypervisor, trace=bool(os.environ.get("MVM_TRACE_BOOT")), sources=sources,
+        hypervisor=hypervisor, machine=machine, trace=bool(os.environ.get("MVM_TRACE_BOOT")),
+        sources=sources,
     )  # fmt: skip
 
 

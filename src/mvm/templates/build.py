@@ -78,6 +78,8 @@ def runtime_info(spec: GuestSpec) -> dict[str, Any]:
         info["ports"] = list(spec.ports)
     if spec.network:
         info["network"] = True
+    if spec.machine:
+        info["machine"] = spec.machine
     if spec.credentials:
         info["credentials"] = [{"name": c.name, "file": str(c.file)} for c in spec.credentials]
     if spec.var_credentials:  # read from the starting VM's own var store (docs/vars.md)

@@ -45,6 +45,10 @@ BUNDLE_FWCFG = "opt/mvm/credentials/"  # + 00, 01…: pieces of one cpio archive
 FWCFG_SLOTS = 22  # of the 23 QEMU leaves free on microvm: one spare for other features
 CHUNK = 64 << 10  # fw_cfg file size that reads fast in the guest (cost ∝ size²)
 CREDS_DIR = "creds"
+# q35's own fw_cfg files (ACPI, SMBIOS, e820, boot order, option ROMs…) leave fewer slots
+FWCFG_SLOTS_Q35 = 10
+# an SMBIOS type 11 string QEMU 7.2 takes from path= (measured; longer ones go over fw_cfg)
+SMBIOS_STRING_MAX = 4089
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,9 @@ def _fits_single(c: GuestCredential) -> bool:
     return len((FWCFG_PREFIX + c.name).encode()) <= FWCFG_NAME_MAX and 0 < len(c.value) <= CHUNK
 
 
-def fwcfg_split(creds: Sequence[GuestCredential]) -> tuple[list[GuestCredential], bytes]:
+def fwcfg_split(
+    creds: Sequence[GuestCredential], slots: int = FWCFG_SLOTS
+) -> tuple[list[GuestCredential], bytes]:
     """Split into (one fw_cfg entry each, the cpio bundle for the rest) so that
     entries plus bundle pieces fit in :data:`FWCFG_SLOTS`.
 
@@ -89,24 +95,74 @@ def fwcfg_split(creds: Sequence[GuestCredential]) -> tuple[list[GuestCredential]
         chosen = {id(c) for c in single}
         rest = [c for c in creds if id(c) not in chosen]
         bundle = _bundle(rest) if rest else b""
-        if len(single) + -(-len(bundle) // CHUNK) <= FWCFG_SLOTS:
+        if len(single) + -(-len(bundle) // CHUNK) <= slots:
             return single, bundle
-        single.pop()  # ≤ 1 MiB in all: at most 17 pieces, so this ends with singles left
+        if not single:  # q35's fewer slots: ≤ 1 MiB needs up to 17 pieces
+            raise CredentialError(
+                f"credentials of {len(bundle)} bytes need {-(-len(bundle) // CHUNK)} fw_cfg "
+                f'files; q35 leaves {slots} free (use machine = "microvm" or smaller values)'
+            )
+        single.pop()
 
 
-def plan(creds: Sequence[GuestCredential], run_dir: Path, *, smbios: bool) -> GuestData:
-    """Where each credential goes (pure: nothing is written)."""
+def smbios_string(c: GuestCredential) -> bytes:
+    return f"io.systemd.credential.binary:{c.name}=".encode() + base64.b64encode(c.value)
+
+
+def _systemd_fwcfg(creds: Sequence[GuestCredential], slots: int, machine: str) -> None:
+    """Refuse what systemd could not import from fw_cfg (it reads only
+    ``opt/io.systemd.credentials/NAME``, one file each: mvm's bundle is not for it)."""
+    for c in creds:
+        room = FWCFG_NAME_MAX - len(FWCFG_PREFIX)
+        if len((FWCFG_PREFIX + c.name).encode()) > FWCFG_NAME_MAX:
+            raise CredentialError(
+                f"credential {c.name}: a systemd guest on {machine} gets credentials as fw_cfg "
+                f"files, whose names are limited to {FWCFG_NAME_MAX} bytes ({room} for the "
+                f"credential name); use a shorter name"
+                + (' or machine = "q35" (SMBIOS)' if machine != "q35" else "")
+            )
+        if not c.value:
+            raise CredentialError(f"credential {c.name}: empty; a systemd guest gets "
+                                  "credentials as fw_cfg files, which cannot be empty")  # fmt: skip
+    if len(creds) > slots:
+        raise CredentialError(
+            f"{len(creds)} credentials: a systemd guest on {machine} takes at most {slots} "
+            f"over fw_cfg (QEMU's file slots)"
+            + ('; use machine = "q35" (SMBIOS) or fewer' if machine != "q35" else "; use fewer")
+        )
+
+
+def plan(
+    creds: Sequence[GuestCredential], run_dir: Path, *, smbios: bool, systemd: bool = False
+) -> GuestData:
+    """Where each credential goes (pure: nothing is written).
+
+    With ``smbios`` (q35) every credential whose OEM string fits
+    :data:`SMBIOS_STRING_MAX` is an SMBIOS type 11 string, the rest go over
+    fw_cfg.  For ``systemd`` guests nothing goes into mvm's bundle (systemd reads
+    only its own fw_cfg names): what does not fit is refused, naming the limit.
+    """
     if not creds:
         return GuestData()
     dest = run_dir / CREDS_DIR
+    strings: list[tuple[Path, bytes]] = []
     if smbios:
-        files = tuple(
-            (dest / f"smbios-{i}",
-             f"io.systemd.credential.binary:{c.name}=".encode() + base64.b64encode(c.value))
-            for i, c in enumerate(creds)
-        )  # fmt: skip
-        return GuestData(smbios=tuple(p for p, _ in files), files=files)
-    single, bundle = fwcfg_split(creds)
+        rest = []
+        for c in creds:
+            s = smbios_string(c)
+            if len(s) <= SMBIOS_STRING_MAX:
+                strings.append((dest / f"smbios-{len(strings)}", s))
+            else:
+                rest.append(c)
+        creds = rest
+        if not creds:
+            return GuestData(smbios=tuple(p for p, _ in strings), files=tuple(strings))
+    if systemd:
+        _systemd_fwcfg(creds, FWCFG_SLOTS_Q35 if smbios else FWCFG_SLOTS,
+                       "q35" if smbios else "microvm")  # fmt: skip
+        single, bundle = list(creds), b""
+    else:
+        single, bundle = fwcfg_split(creds, FWCFG_SLOTS_Q35 if smbios else FWCFG_SLOTS)
     out: list[tuple[Path, bytes]] = []
     entries: list[FwCfg] = []
     for i, c in enumerate(single):
@@ -116,7 +172,8 @@ def plan(creds: Sequence[GuestCredential], run_dir: Path, *, smbios: bool) -> Gu
         n = i // CHUNK
         out.append((dest / f"bundle-{n:02d}", bundle[i : i + CHUNK]))
         entries.append(FwCfg(f"{BUNDLE_FWCFG}{n:02d}", out[-1][0]))
-    return GuestData(fw_cfg=tuple(entries), files=tuple(out))
+    return GuestData(fw_cfg=tuple(entries), smbios=tuple(p for p, _ in strings),
+                     files=(*strings, *out))  # fmt: skip
 
 
 NETWORK_FWCFG = "opt/mvm/network"  # the guest's network files (guest/network.sh); not secret

@@ -160,7 +160,7 @@ class QemuBackend(Backend):
     name = "qemu"
     machine_type = MACHINE  # recorded with snapshots (a restore needs the same machine)
     capabilities = Capabilities(
-        smbios=False, fw_cfg=True, snapshots=True, agent_transport="virtio-serial"
+        smbios=True, fw_cfg=True, snapshots=True, agent_transport="virtio-serial"
     )
 
     def version(self) -> str:
@@ -215,7 +215,8 @@ class QemuBackend(Backend):
         incoming_fd: int | None = None,
     ) -> tuple[list[str], guestdata.GuestData, accel_mod.AccelChoice]:
         choice = self.accel(spec)
-        data = guestdata.plan(spec.credentials, spec.run_dir, smbios=self.capabilities.smbios)
+        data = guestdata.plan(spec.credentials, spec.run_dir, smbios=spec.machine == "q35",
+                              systemd=spec.guest_init == "systemd")  # fmt: skip
         data = guestdata.with_network(data, spec.network.guest_config, spec.run_dir)
         opts = self.options(spec, choice)
         if spec.ram_file is not None:
