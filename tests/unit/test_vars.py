@@ -340,3 +340,26 @@ def test_cli_hostile_inputs_are_one_line_errors(tmp_path: Path) -> None:
         assert r.returncode != 0 and r.stderr.startswith("mvmctl: error: "), (args, r.stderr)
         assert "Traceback" not in r.stderr
     assert not (Path(os.environ["MVM_HOME"]) / "vars" / "vm1").exists()
+
+
+def test_resolve_reads_vars_of_the_vm_name_and_a_cli_credential_wins(tmp_path: Path) -> None:
+    from mvm.runtime.config import RunConfig
+    from mvm.runtime.resolve import RuntimeDefaults, resolve
+    from mvm.secrets.credentials import Credential
+
+    class FakeImage:
+        class meta:  # the attributes resolve() reads
+            name = "img"
+            backend = "qemu"
+
+    decl = (VarCredentialSpec("API_KEY", "g", "k"),)
+    defaults = RuntimeDefaults(origin="mvm.toml", var_credentials=decl)
+    with pytest.raises(VarsError, match="Run 'mvmctl vars generate web' first"):
+        resolve(FakeImage(), RunConfig(name="web"), defaults, source="x")  # type: ignore[arg-type]
+    given = RunConfig(name="web", credentials=[Credential("API_KEY", b"from-cli")])
+    r = resolve(FakeImage(), given, defaults, source="x")  # type: ignore[arg-type]
+    assert [c.value for c in r.credentials] == [b"from-cli"]
+    vars_mod.generate("web", [gen(SECRET_SCRIPT, "k", public=("p",))])
+    r = resolve(FakeImage(), RunConfig(name="web"), defaults, source="x")  # type: ignore[arg-type]
+    assert r.credentials[0].source == "var" and r.sources["credentials"] == "var"
+    assert r.credentials[0].value == varstore.read("web", "g", "k").value
