@@ -235,8 +235,8 @@ def resolve(
 
         # missing vars fail here, before anything is created or booted; a credential the
         # caller gives under the same name wins, so its var is not needed
-        given = {c.name for c in run.credentials}
-        wanted = [v for v in defaults.var_credentials if v.name not in given]
+        given_names = {c.name for c in run.credentials}
+        wanted = [v for v in defaults.var_credentials if v.name not in given_names]
         var_creds = credentials_for(str(name.value), wanted)
     host = creds_mod.host_credentials() if run.forward_host_credentials else []
     creds = creds_mod.resolve(run.credentials, declared, var_creds, host)
