@@ -93,8 +93,15 @@ def test_exec_errors_are_one_line(home: Path) -> None:
         and r.stderr.startswith("mvmctl: error: ")
         and "Traceback" not in r.stderr
     )
-    r = mvmctl("exec", "agdev", "--timeout", "1", "--", "sleep", "30")
+    r = mvmctl("exec", "agdev", "--timeout", "1", "--", "sh", "-c",
+               "echo $$ > /tmp/timeout.pid; exec sleep 300")  # fmt: skip
     assert r.returncode == 124 and "timed out" in r.stderr
+    # and the command is gone in the guest (the agent, uid 990, may signal uid 1000)
+    gone = "kill -0 $(cat /tmp/timeout.pid) 2>/dev/null && echo alive || echo gone"
+    end = time.monotonic() + 30
+    while (out := ok("exec", "agdev", "--", "sh", "-c", gone)) != "gone\n":
+        assert time.monotonic() < end, out
+        time.sleep(0.3)
     r = mvmctl("exec", "nosuchvm", "--", "true")
     assert r.returncode != 0 and "no VM named" in r.stderr
     r = mvmctl("exec", "agdev", "-e", "1BAD", "--", "true")
@@ -272,3 +279,36 @@ def test_status_shows_service_state_and_health(home: Path) -> None:
     assert _services("agdev")["stuck"]["health"] == "ready"
     text = ok("status", "agdev")
     assert "HEALTH" in text and "web" in text and "ready" in text
+
+
+def test_sidecar_restart_resyncs_and_ends_orphaned_commands(home: Path) -> None:
+    """A new host connection (here: the sidecar killed and started again by the next
+    client) resyncs with the agent, which ends what it ran for the old one."""
+    lock = home / "vms" / "agdev" / "agent-mux.lock"
+    ok("exec", "agdev", "--", "true")  # a sidecar runs
+    orphan = subprocess.Popen([MVMCTL, "exec", "agdev", "--", "sh", "-c",
+                               "echo $$ > /tmp/orphan.pid; exec sleep 600"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    end = time.monotonic() + 60
+    while mvmctl("exec", "agdev", "--", "test", "-s", "/tmp/orphan.pid").returncode != 0:
+        assert time.monotonic() < end
+        time.sleep(0.2)
+    pid = int(lock.read_text())
+    os.kill(pid, 15)  # the sidecar this test's mvmctl started
+    _, err = orphan.communicate(timeout=60)
+    assert orphan.returncode != 0 and err.startswith("mvmctl: error: ") and "Traceback" not in err
+    assert ok("exec", "agdev", "--", "echo", "again", timeout=120) == "again\n"
+    assert int(lock.read_text()) != pid
+    gone = "kill -0 $(cat /tmp/orphan.pid) 2>/dev/null && echo alive || echo gone"
+    end = time.monotonic() + 30
+    while (out := ok("exec", "agdev", "--", "sh", "-c", gone)) != "gone\n":
+        assert time.monotonic() < end, out
+        time.sleep(0.3)
+
+
+def test_sigint_without_a_pty_is_forwarded(home: Path) -> None:
+    p = subprocess.Popen([MVMCTL, "exec", "agdev", "--", "sh", "-c", "echo go; exec sleep 300"],
+                         stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert p.stdout is not None and p.stdout.readline() == "go\n"
+    p.send_signal(2)  # Ctrl-C in mvmctl's terminal: the guest command gets SIGINT
+    assert p.wait(timeout=60) == 130  # 128 + SIGINT, as a local shell reports it
