@@ -312,3 +312,32 @@ def test_sigint_without_a_pty_is_forwarded(home: Path) -> None:
     assert p.stdout is not None and p.stdout.readline() == "go\n"
     p.send_signal(2)  # Ctrl-C in mvmctl's terminal: the guest command gets SIGINT
     assert p.wait(timeout=60) == 130  # 128 + SIGINT, as a local shell reports it
+
+
+def test_malformed_requests_get_errors_and_the_agent_lives(home: Path) -> None:
+    from mvm.agent import codec
+    from mvm.errors import AgentError
+    from mvm.runtime import guest
+
+    deep = "[" * 200 + "]" * 200
+    with guest.connect("agdev", verb="exec") as client:
+        for req in ({"op": "exec", "argv": "sh"}, {"op": "exec", "argv": [1, 2]},
+                    {"op": "exec", "argv": []}, {"op": "exec"},
+                    {"op": "exec", "argv": ["/bin/true"], "env": {"A=B": "1"}},
+                    {"op": "exec", "argv": ["/bin/true"], "env": {"A": 5}},
+                    {"op": "exec", "argv": ["/bin/true"], "cwd": "/no/such/dir"},
+                    {"op": "read", "path": "relative"}, {"op": "read", "path": "/proc"},
+                    {"op": "write", "path": "/no/such/dir/f"}, {"op": "list", "path": "/etc/passwd"},
+                    {"op": "nope"}, {"op": 7}, {"op": "remount"}, {"op": "reseed"}):  # fmt: skip
+            with pytest.raises(AgentError):
+                client.call(req, timeout=60)
+        # raw JSON the client would never send: nesting, a NUL in a path, non-objects
+        for raw in (b'{"op":"exec","argv":' + deep.encode() + b"}", b'{"op":"read","path":"/e\\u0000"}',
+                    b"[]", b"\xff\xfe", b'{"op":"exec","argv":["a"'):  # fmt: skip
+            stream = client.next_stream
+            client.next_stream += 1
+            client._send(codec.encode(codec.JSON, stream, raw))
+            with pytest.raises(AgentError):
+                client.reply(stream, time.monotonic() + 60)
+        assert client.ping() < 30
+        assert client.exec(["echo", "fine"]).stdout == b"fine\n"
