@@ -341,3 +341,15 @@ def test_malformed_requests_get_errors_and_the_agent_lives(home: Path) -> None:
                 client.reply(stream, time.monotonic() + 60)
         assert client.ping() < 30
         assert client.exec(["echo", "fine"]).stdout == b"fine\n"
+
+
+def test_sidecar_files_are_private(home: Path) -> None:
+    import stat
+
+    ok("exec", "agdev", "--", "true")
+    run_dir = home / "vms" / "agdev"
+    for name in ("agent-mux.sock", "agent-mux.lock", "sidecar.log"):
+        assert (run_dir / name).exists(), name
+    leaky = [f"{oct(stat.S_IMODE(p.lstat().st_mode))} {p}" for p in run_dir.rglob("*")
+             if not p.is_symlink() and p.lstat().st_mode & 0o077]  # fmt: skip
+    assert not leaky
