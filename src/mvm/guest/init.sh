@@ -202,7 +202,7 @@ channels() {
         chown "$MVM_AGENT_UID" "$AGENT"; chmod 0600 "$AGENT"
         : > /run/mvm/agent.log; chown "$MVM_AGENT_UID" /run/mvm/agent.log
         # started as root with no-new-privs: the agent drops to the agent uid keeping only
-        # CAP_SETUID/CAP_SETGID (to run commands as the entrypoint uid); a sealed image's
+        # CAP_SETUID/SETGID/KILL (to run and signal commands as the entrypoint uid); a sealed image's
         # agent (-s) has no exec, console or file service at all
         sealed=-s; [ "$MVM_ACCESSIBLE" = 1 ] && sealed=""
         setpriv --nnp start-stop-daemon -S -b -q -p /run/mvm/none -x /usr/local/bin/mvm-guest-agent \
