@@ -30,6 +30,7 @@ demo: setup
 	@echo "mvmctl is $(BIN)/mvmctl; \`. $(BIN)/activate\` puts it on PATH"
 
 test: setup
+	@bash scripts/setup-test.sh
 	$(BIN)/pytest -q
 
 unit: venv

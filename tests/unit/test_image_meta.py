@@ -76,7 +76,8 @@ _DELETE = object()
 @pytest.mark.parametrize(
     ("path", "value", "needle"),
     [
-        ("schema", 2, "unsupported schema 2"),
+        ("schema", 3, "unsupported schema 3"),
+        ("schema", 2, "initPath: is set exactly on schema 2"),
         ("schema", True, "unsupported schema"),
         ("schema", _DELETE, "unsupported schema None"),
         ("name", "app\n", "name: invalid value"),

@@ -52,15 +52,16 @@ def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tupl
     )  # fmt: skip
 
 
-def _project_run(path: str | None, run_cfg: Any) -> Any:
+def _project_run(path: str | None, run_cfg: Any, image_ref: str | None = None) -> Any:
     from mvm.config import load_project
+    from mvm.config.loader import image_project
     from mvm.image.builder import build
     from mvm.runtime.resolve import RuntimeDefaults, resolve
 
-    project = load_project(path)
+    project = image_project(image_ref) if image_ref else load_project(path)
     image = build(project)
     return resolve(image, run_cfg, RuntimeDefaults.from_spec(project.spec),
-                   source=str(project.root))  # fmt: skip
+                   source=image_ref or str(project.root))  # fmt: skip
 
 
 def _template_run(name: str, run_cfg: Any) -> Any:
@@ -93,24 +94,32 @@ COLD = click.option(
 )
 
 
+IMAGE_HELP = (
+    "Boot an OCI image without a project: oci-archive:PATH, docker-archive:PATH, "
+    "oci:DIR[:TAG] or docker://NAME[:TAG] (see docs/oci.md)."
+)
+
+
 @cli.command()
 @click.argument("path", required=False)
 @click.option("--attached", is_flag=True, help="Stream the console; Ctrl-C stops the VM.")
+@click.option("--image", "image_ref", metavar="REF", help=IMAGE_HELP)
 @click.option("--template", "template", help="Run the current revision of a template.")
 @COLD
 @_run_options
-def run(path: str | None, attached: bool, template: str | None, cold: bool, name: str | None,
-        cpus: int | None, mem: int | None, ports: tuple[str, ...], network: bool | None,
-        volumes: tuple[str, ...], credentials: tuple[str, ...],
-        show_command: bool) -> None:  # fmt: skip
+def run(path: str | None, attached: bool, image_ref: str | None, template: str | None,
+        cold: bool, name: str | None, cpus: int | None, mem: int | None,
+        ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
+        credentials: tuple[str, ...], show_command: bool) -> None:  # fmt: skip
     """Build PATH (if needed) and boot it, or start a template (restored from its
     snapshot if it has one); detached unless --attached."""
     from mvm.errors import ConfigError
 
-    if path and template:
-        raise ConfigError("use either PATH or --template, not both")
+    if sum(1 for x in (path, image_ref, template) if x) > 1:
+        raise ConfigError("use one of a project PATH, --image and --template")
     run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, attached)
-    resolved = _template_run(template, run_cfg) if template else _project_run(path, run_cfg)
+    resolved = (_template_run(template, run_cfg) if template
+                else _project_run(path, run_cfg, image_ref))  # fmt: skip
     started = _launch(resolved, show_command, cold or not template)
     if not attached:
         started.machine.close()
@@ -125,19 +134,22 @@ def run(path: str | None, attached: bool, template: str | None, cold: bool, name
 @cli.command()
 @click.option("--flake", "flake", type=click.Path(), help="Project directory (default: .).")
 @click.option("--template", "template", help="Start the current revision of a template.")
+@click.option("--image", "image_ref", metavar="REF", help=IMAGE_HELP)
 @COLD
 @_run_options
-def up(flake: str | None, template: str | None, cold: bool, name: str | None, cpus: int | None,
-       mem: int | None, ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
-       credentials: tuple[str, ...], show_command: bool) -> None:  # fmt: skip
-    """Start a detached VM from a project (--flake) or a template (restored from the
-    template's snapshot when it has one, unless --cold)."""
+def up(flake: str | None, template: str | None, image_ref: str | None, cold: bool,
+       name: str | None, cpus: int | None, mem: int | None, ports: tuple[str, ...],
+       network: bool | None, volumes: tuple[str, ...], credentials: tuple[str, ...],
+       show_command: bool) -> None:  # fmt: skip
+    """Start a detached VM from a project (--flake), a template (restored from its
+    snapshot when it has one, unless --cold) or an OCI image (--image)."""
     from mvm.errors import ConfigError
 
-    if flake and template:
-        raise ConfigError("use either --flake or --template, not both")
+    if sum(1 for x in (flake, template, image_ref) if x) > 1:
+        raise ConfigError("use one of --flake, --template and --image")
     run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, False)
-    resolved = _template_run(template, run_cfg) if template else _project_run(flake, run_cfg)
+    resolved = (_template_run(template, run_cfg) if template
+                else _project_run(flake, run_cfg, image_ref))  # fmt: skip
     started = _launch(resolved, show_command, cold or not template)
     started.machine.close()
     how = " (restored from snapshot)" if started.record.boot == "restored" else ""
@@ -179,17 +191,17 @@ def down(name: str, volumes: bool) -> None:
 @cli.command("ls")
 @click.option("--json", "as_json", is_flag=True)
 def ls(as_json: bool) -> None:
-    """List VMs and their live state."""
-    from mvm.runtime import vm
+    """List VMs (running and defined) with their live state and image freshness."""
+    from mvm.runtime import manage
 
-    infos = [v.info() for v in vm.list_vms()]
+    infos = manage.listing()
     if as_json:
         emit_json(infos)
         return
     table(
-        ["NAME", "STATE", "MODE", "ACCEL", "PID", "UPTIME", "EXIT", "SOURCE"],
+        ["NAME", "STATE", "MODE", "ACCEL", "PID", "UPTIME", "EXIT", "SOURCE", "IMAGE"],
         [[i["name"], i["state"], i["mode"], i["accel"], i["pid"], duration(i["uptime_s"]),
-          i["exit_code"], i["source"]] for i in infos],
+          i["exit_code"], i["source"], i["image"]] for i in infos],
     )  # fmt: skip
 
 
@@ -202,6 +214,13 @@ def status(name: str, as_json: bool) -> None:
     from mvm.runtime import vm
 
     info = vm.get(name).info()
+    if info["state"] == "running":
+        from mvm.runtime import guest
+
+        info["services"], why = guest.service_health(name)
+        info["agent"] = why or "connected"
+    else:
+        info["services"], info["agent"] = None, "not running"
     if as_json:
         emit_json(info)
         return
@@ -211,8 +230,9 @@ def status(name: str, as_json: bool) -> None:
         click.echo(f"hint: `mvmctl down {name}` stops its hypervisor (if any) and removes it")
         return
     for key in ("name", "state", "mode", "hypervisor", "accel", "accel_reason", "pid", "revision",
-                "source", "boot", "entrypoint", "accessible", "vcpus", "memory_mib", "ports",
-                "volumes", "credentials", "exit_code"):  # fmt: skip
+                "source", "boot", "image_ref", "entrypoint", "accessible", "vcpus",
+                "memory_mib", "ports", "exposed_ports", "volumes", "credentials",
+                "exit_code"):  # fmt: skip
         value = info[key]
         if isinstance(value, list):
             value = ", ".join(value) or None
@@ -220,6 +240,17 @@ def status(name: str, as_json: bool) -> None:
         suffix = f"  ({src})" if src else ""
         click.echo(f"{key + ':':<14}{'-' if value is None else value}{suffix}")
     click.echo(f"{'uptime:':<14}{duration(info['uptime_s'])}")
+    if info["services"] is None:
+        if info["state"] == "running":
+            click.echo(f"{'services:':<14}unknown ({info['agent']})")
+        return
+    if not info["services"]:
+        click.echo(f"{'services:':<14}-")
+        return
+    click.echo("services:")
+    rows = [[s["name"], s["state"], s["health"], str(s["restarts"]), str(s["pid"] or "-")]
+            for s in info["services"]]  # fmt: skip
+    table(["  NAME", "STATE", "HEALTH", "RESTARTS", "PID"], [[f"  {r[0]}", *r[1:]] for r in rows])
 
 
 @cli.command()

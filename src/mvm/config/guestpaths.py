@@ -58,7 +58,7 @@ MVM_FILES = (
     "/init", "/bin/busybox", "/usr/local/bin/mvm-guest-agent", "/etc/fstab", "/etc/hostname",
     "/etc/passwd", "/etc/group", "/etc/shadow", "/etc/resolv.conf", "/etc/profile",
 )  # fmt: skip
-MVM_TREES = ("/etc/mvm", "/lib/modules/mvm")
+MVM_TREES = ("/etc/mvm", "/lib/modules/mvm", "/.mvm")  # /.mvm: an OCI image's mvm tools
 MOUNTED = ("/dev", "/proc", "/sys", "/run", "/tmp")
 
 

@@ -1,9 +1,10 @@
 """Files that run inside the guest, shipped as package data.
 
 ``initramfs-init.sh`` loads the virtio modules and switches to the rootfs;
-``init.sh`` is PID 1 in the rootfs; ``agent.sh`` is the agent stub;
-``rootops.sh`` (with the freestanding ``mvm-reseed``, source in
-``mvm-reseed.c``) holds the root operations a restored guest needs
+``init.sh`` is PID 1 in the rootfs; ``agent/`` is the guest agent's C source
+(compiled on the host by :mod:`mvm.image.guestbin`, protocol in
+docs/agent-protocol.md); ``rootops.sh`` (with the freestanding ``mvm-reseed``,
+source in ``mvm-reseed.c``) holds the root operations a restored guest needs
 (remount, identity, reseed; docs/snapshots.md);
 ``drives.sh``/``credentials.sh`` mount the config/secrets/data drives and
 unpack credentials (init.d), ``env-drives.sh`` puts config and secrets into
@@ -24,10 +25,10 @@ def read(name: str) -> bytes:
 
 # what this package's /init understands; images record it so a newer mvm can
 # refuse features an older image's /init would silently ignore
-GUEST_FEATURES = ("drives", "credentials", "rootops")
+GUEST_FEATURES = ("drives", "credentials", "agent", "rootops")
 
 GUEST_FILES = (
-    "initramfs-init.sh", "init.sh", "agent.sh", "drives.sh", "credentials.sh", "env-drives.sh",
+    "initramfs-init.sh", "init.sh", "drives.sh", "credentials.sh", "env-drives.sh",
     "rootops.sh", "mvm-reseed",
 )  # fmt: skip
 # where the builder installs the extension scripts (init.d: sourced by /init as

@@ -47,13 +47,14 @@ from mvm.config.schema import GuestSpec, Project
 from mvm.errors import BuildError, ConfigError, DiskFullError
 from mvm.guest import EXTENSIONS, GUEST_FEATURES, GUEST_FILES
 from mvm.guest import read as guest_file
-from mvm.image import initramfs, source
+from mvm.image import contents, guestbin, initramfs, source
 from mvm.image import kernel as kernels
 from mvm.image.hashcache import ContentHashes
 from mvm.image.meta import ARTEFACTS, ImageMeta
 from mvm.image.meta import load as load_meta
 from mvm.image.render import GuestFile, render
 from mvm.image.source import Source
+from mvm.image.staging import Staging
 from mvm.log import get_logger
 from mvm.proc import is_disk_full
 from mvm.state.atomic import atomic_file, locked, private_tempdir
@@ -121,6 +122,7 @@ class Inputs:
     digest: str
     epoch: int
     sources: tuple[Source, ...]  # one per spec.copy entry
+    image: str | None = None  # an OCI image's identity (oci.identity), when there is one
 
 
 def source_date_epoch() -> int:
@@ -154,9 +156,17 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
         "hypervisor": spec.hypervisor,
         "epoch": epoch,
     }
+    image_id = None
+    if spec.image is not None:
+        from mvm.image import oci
+
+        image_id = oci.identity(spec.image, hashes)
+        identity["image"] = {"ref": spec.image.skopeo_ref(), "identity": image_id,
+                             "explicit": sorted(spec.explicit)}  # fmt: skip
     h.update(json.dumps(identity).encode())
     for name in GUEST_FILES:
         h.update(guest_file(name))
+    h.update(b"guestbin\0" + guestbin.cache_key().encode())
     for f in render(spec):
         h.update(f"{f.path}\0{f.mode}\0{f.uid}\0".encode() + f.content)
     for fs in spec.files:
@@ -166,7 +176,17 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
         src = source.scan(c.src, project.root, f"copy[{i}].from", hashes)
         h.update(f"copy\0{c.dest}\0{src.digest}\0".encode())
         sources.append(src)
-    return Inputs(h.hexdigest(), epoch, tuple(sources))
+    return Inputs(h.hexdigest(), epoch, tuple(sources), image_id)
+
+
+def current_hash(project: Project) -> str:
+    """The input hash ``build(project)`` would produce, without building (freshness:
+    ``mvmctl ls`` compares it with what a VM was last built or booted at)."""
+    kernel = kernels.resolve(project.spec.kernel)
+    hashes = ContentHashes(paths.cache_dir() / HASHES)
+    digest = input_hash(project, kernel, hashes).digest
+    hashes.save()
+    return digest
 
 
 def build(project: Project, *, force: bool = False) -> Image:
@@ -198,13 +218,20 @@ def build(project: Project, *, force: bool = False) -> Image:
             raise BuildError(f"building {spec.name}: {exc.strerror or exc}") from exc
 
 
-def own_files(spec: GuestSpec, late: list[tuple[str, bytes]]) -> list[GuestFile]:
+def own_files(
+    spec: GuestSpec, late: list[tuple[str, bytes]], base: dict[str, bytes] | None = None
+) -> list[GuestFile]:
     """Every file mvm itself writes into the rootfs (after the project's files, so
-    they win; :data:`mvm.config.guestpaths.MVM_FILES` lists where they go)."""
+    they win; :data:`mvm.config.guestpaths.MVM_FILES` lists where they go).  An OCI
+    image's ``/init`` and shell are its own: mvm's init is ``/.mvm/init`` there, and
+    its scripts run under ``/.mvm/bin/sh``."""
+    init = guest_file("init.sh")
+    if spec.image is not None:
+        init = _private_shell(_private_path(init))
     files = [
-        *render(spec),
-        GuestFile("/init", guest_file("init.sh"), 0o755),
-        GuestFile("/usr/local/bin/mvm-guest-agent", guest_file("agent.sh"), 0o755),
+        *render(spec, base),
+        GuestFile(spec.init_path, init, 0o755),
+        GuestFile("/usr/local/bin/mvm-guest-agent", guestbin.build("mvm-guest-agent"), 0o755),
         *(GuestFile(dest, guest_file(src), 0o644) for src, dest in EXTENSIONS.items()),
         GuestFile("/etc/mvm/rootops.sh", guest_file("rootops.sh"), 0o644),
         GuestFile("/etc/mvm/bin/mvm-reseed", guest_file("mvm-reseed"), 0o755),
@@ -214,10 +241,24 @@ def own_files(spec: GuestSpec, late: list[tuple[str, bytes]]) -> list[GuestFile]
     return files
 
 
+def _private_shell(script: bytes) -> bytes:
+    if not script.startswith(b"#!/bin/sh\n"):
+        raise BuildError("internal: a guest script does not start with #!/bin/sh")
+    return b"#!/.mvm/bin/sh\n" + script[len(b"#!/bin/sh\n") :]
+
+
+def _private_path(script: bytes) -> bytes:
+    """init.sh with /.mvm/bin first on PATH (mvm's busybox, not the image's tools)."""
+    line = b"\nexport PATH="
+    if script.count(line) != 1:
+        raise BuildError("internal: init.sh does not set PATH exactly once")
+    return script.replace(line, line + b"/.mvm/bin:")
+
+
 def _guard(spec: GuestSpec, what: str) -> source.Guard:
     """Refuse a project write that resolved (through the image's symlinks) to a
     path mvm writes or the guest mounts over."""
-    home = spec.home if spec.sealed else None
+    home = spec.sealed_home
 
     def check(resolved: str, rel: str) -> None:
         why = reserved(resolved, home)
@@ -232,34 +273,58 @@ def _build(
     spec: GuestSpec, kernel: kernels.Kernel, inputs: Inputs, images: Path, dest: Path
 ) -> Image:
     from mvm.image import debian, rootfs  # only a real build needs them
-    from mvm.image.staging import Staging
 
     started = time.monotonic()
-    uid = spec.uids.entrypoint
     work = private_tempdir(images, ".build-")  # a dead build's directory is swept here
     try:
         out = work / "out"
         out.mkdir(mode=0o700)
         root = work / "root"
+        owners: dict[str, tuple[int, int]] = {}
+        base: dict[str, bytes] | None = None
+        unpacked = None
+        if spec.image is not None:
+            from mvm.image import oci
+
+            unpacked = oci.unpack(spec.image, work)
+            root, owners = unpacked.root, dict(unpacked.owners)
         with Staging(root) as st:
+            if unpacked is not None:
+                assert spec.image is not None
+                _refuse_reserved(st, spec.image.ref)
+                spec = oci.apply(spec, unpacked.config, st, spec.image.ref)
+                base = {p: st.read(p, oci.PASSWD_MAX) or b""
+                        for p in ("/etc/passwd", "/etc/group", "/etc/shadow")}  # fmt: skip
+                rootfs.skeleton(st, rootfs.OCI_SKELETON)
+            else:
+                rootfs.skeleton(st)
+            uid = spec.uids.entrypoint
             # order: mvm's skeleton, packages, busybox, the project's files, then
             # mvm's own files (which the project may not touch: guestpaths)
-            rootfs.skeleton(st)
-            if spec.packages:
-                debian.extract(debian.fetch(debian.resolve(spec.packages)), st)
-            rootfs.install_busybox(st, initramfs.busybox_path())
+            pkgs = debian.resolve(spec.packages) if spec.packages else []
+            if pkgs:
+                debian.extract(debian.fetch(pkgs), st)
+            if unpacked is not None:
+                rootfs.install_busybox_private(st, initramfs.busybox_path(), "/.mvm/bin")
+            else:
+                rootfs.install_busybox(st, initramfs.busybox_path())
             for c, src in zip(spec.copy, inputs.sources, strict=True):
                 source.copy_into(src, st, c.dest, _guard(spec, src.what))
-            owners: dict[str, tuple[int, int]] = {}
             for f in spec.files:
                 path = st.write(f.path, f.content.encode(), f.mode)
                 _guard(spec, f"files.{f.path!r}")(path, "")
                 owners[path] = (uid, uid)
-            owners.update(rootfs.write_files(st, own_files(spec, initramfs.late_modules(kernel))))
-            home = st.mkdir(spec.home)
-            if uid != 0:
-                owners[home] = (uid, uid)
+            own = own_files(spec, initramfs.late_modules(kernel), base)
+            for g in own:  # an image file mvm replaces does not keep the image's owner
+                owners.pop(st.resolve(g.path), None)
+            owners.update(rootfs.write_files(st, own))
+            if unpacked is None or spec.sealed_home:
+                existed = st.is_dir(spec.home)
+                home = st.mkdir(spec.home)
+                if uid != 0 and (unpacked is None or not existed):
+                    owners[home] = (uid, uid)
             st.set_times(inputs.epoch)
+        manifest = contents.scan(root, pkgs)  # for `mvmctl update`'s diff
         stamp = rootfs.Stamp(
             inputs.epoch,
             str(uuid.UUID(hex=inputs.digest[:32], version=4)),
@@ -269,7 +334,14 @@ def _build(
         shutil.rmtree(root)
         initramfs.build(kernel, out / "initramfs.cpio", epoch=inputs.epoch)
         _install_kernel(kernel.image, out / "kernel")
+        contents.write(out, manifest)
         revision = _revision(spec, kernel, inputs.digest, out, time.monotonic() - started)
+        if unpacked is not None:
+            assert spec.image is not None
+            revision["schema"] = 2  # an older mvm would boot /init: it must refuse the image
+            revision["initPath"] = spec.init_path
+            revision["image"] = {"ref": spec.image.ref, "digest": unpacked.digest,
+                                 "exposedPorts": list(spec.exposed_ports)}  # fmt: skip
         with atomic_file(out / "checksums.json") as meta:
             meta.write(json.dumps(revision["checksums"], indent=2, sort_keys=True).encode())
         with atomic_file(out / "revision.json") as meta:  # last: it marks the image complete
@@ -283,6 +355,14 @@ def _build(
         shutil.rmtree(work, ignore_errors=True)
     log.info("built %s in %.1fs", spec.name, time.monotonic() - started)
     return Image.load(dest)
+
+
+def _refuse_reserved(st: Staging, ref: str) -> None:
+    """An image may not bring files where mvm keeps its own (they would be replaced,
+    or redirect mvm's writes through the image's symlinks)."""
+    for top in ("/.mvm", "/etc/mvm", "/lib/modules/mvm"):
+        if st.lexists(top):
+            raise BuildError(f"image {ref} has {top}, which mvm reserves for its own files")
 
 
 def _install_kernel(src: Path, dest: Path) -> None:
@@ -332,7 +412,7 @@ def _revision(
         "hypervisor": spec.hypervisor,
         "uids": {"agent": spec.uids.agent, "entrypoint": spec.uids.entrypoint},
         "rootlessEntrypoint": spec.uids.rootless,
-        "agentBinary": "stub",
+        "agentBinary": "real",
         "guestFeatures": list(GUEST_FEATURES),
         "expectedBootMs": EXPECTED_BOOT_MS["kvm"],
         "expectedBootMsByAccel": EXPECTED_BOOT_MS,

@@ -41,17 +41,23 @@ from mvm.errors import MetadataError
 from mvm.paths import NAME_RE
 
 SCHEMA = 1
+#: schema 2: an OCI image (``initPath``, ``image``): an mvm that only reads 1 would
+#: boot the image's own /init, so it must refuse such an image
+SCHEMAS = (1, 2)
 #: A revision.json (or any small metadata file) larger than this is not ours.
 MAX_BYTES = 1 << 20
 ARTEFACTS: tuple[str, ...] = ("kernel", "initramfs.cpio", "rootfs.ext4")
 ENTRYPOINT_KINDS: tuple[str, ...] = ("shell", "command", "services")
-AGENT_BINARIES: tuple[str, ...] = ("stub",)
+AGENT_BINARIES: tuple[str, ...] = ("stub", "real")  # stub: images built before the agent
 VCPUS_RANGE = (1, 64)
 MEMORY_RANGE = (64, 1 << 20)  # MiB
 UID_RANGE = (0, 65534)
 MAX_ARTEFACT_BYTES = 1 << 40  # 1 TiB: anything claiming more is not an image
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
+INIT_RE = re.compile(r"/(?:\.mvm/)?init")
+IMAGE_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+EXPOSED_RE = re.compile(r"[0-9]{1,5}/(?:tcp|udp|sctp)")
 ISO_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 FEATURE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 ACCEL_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,15}")
@@ -63,6 +69,7 @@ _KEYS = {
     "rootlessEntrypoint", "agentBinary", "guestFeatures", "expectedBootMs",
     "expectedBootMsByAccel", "inputHash", "kernel", "packages", "defaults", "checksums",
     "sizes", "createdAt", "buildSeconds", "mvmVersion", "projectName", "template",
+    "initPath", "image",
 }  # fmt: skip
 
 
@@ -102,6 +109,15 @@ class TemplateInfo:
 
 
 @dataclass(frozen=True)
+class OciInfo:
+    """Set on images built from an OCI image: what it was, and what it exposes."""
+
+    ref: str
+    digest: str
+    exposed_ports: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ImageMeta:
     """The validated content of one ``revision.json``."""
 
@@ -128,7 +144,14 @@ class ImageMeta:
     guest_features: tuple[str, ...] | None = None
     project_name: str | None = None
     template: TemplateInfo | None = None
+    init_path: str | None = None  # absent: /init
+    image: OciInfo | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def init(self) -> str:
+        """The rootfs path the kernel (or the initramfs) starts as PID 1."""
+        return self.init_path or "/init"
 
     @property
     def backend(self) -> str:
@@ -148,10 +171,10 @@ class ImageMeta:
         v = _Check(where)
         obj = v.obj(data, "revision.json")
         schema = obj.get("schema")
-        if schema != SCHEMA or isinstance(schema, bool):
+        if schema not in SCHEMAS or isinstance(schema, bool):
             raise MetadataError(
                 f"{where}: revision.json has unsupported schema {schema!r} "
-                f"(this mvm reads schema {SCHEMA})",
+                f"(this mvm reads schemas {', '.join(map(str, SCHEMAS))})",
                 hint="rebuild it, or use the mvm version that wrote it",
             )
         accessible, sealed = v.boolean(obj, "accessible"), v.boolean(obj, "sealed")
@@ -169,8 +192,12 @@ class ImageMeta:
         if not identity.isprintable():
             raise v.bad("kernel.identity", "must be printable text")
         sums, sizes = v.artefact_map(obj, "checksums"), v.artefact_map(obj, "sizes")
+        oci = v.oci(obj) if "image" in obj else None
+        init_path = v.text(obj, "initPath", INIT_RE) if "initPath" in obj else None
+        if (schema == 2) != (init_path is not None):
+            raise v.bad("initPath", "is set exactly on schema 2 revisions")
         return cls(
-            schema=SCHEMA,
+            schema=schema,
             name=v.text(obj, "name", NAME_RE),
             accessible=accessible,
             sealed=sealed,
@@ -200,6 +227,8 @@ class ImageMeta:
             ),
             project_name=v.text(obj, "projectName", NAME_RE) if "projectName" in obj else None,
             template=v.template(obj) if "template" in obj else None,
+            init_path=init_path,
+            image=oci,
             extra={k: val for k, val in obj.items() if k not in _KEYS},
         )
 
@@ -244,6 +273,11 @@ class ImageMeta:
             t = self.template
             out["template"] = {"name": t.name, "key": t.key, "settings": dict(t.settings),
                                "createdAt": t.created_at}  # fmt: skip
+        if self.init_path is not None:
+            out["initPath"] = self.init_path
+        if self.image is not None:
+            out["image"] = {"ref": self.image.ref, "digest": self.image.digest,
+                            "exposedPorts": list(self.image.exposed_ports)}  # fmt: skip
         return out
 
     def encode(self) -> bytes:
@@ -372,6 +406,14 @@ class _Check:
 
     def artefact_map(self, obj: Mapping[str, Any], key: str) -> dict[str, Any]:
         return self.obj_exact(obj, key, set(ARTEFACTS))
+
+    def oci(self, obj: Mapping[str, Any]) -> OciInfo:
+        o = self.obj_exact(obj, "image", {"ref", "digest", "exposedPorts"})
+        ref = self.text(o, "ref", None, "image.", max_len=1024)
+        if not ref.isprintable():
+            raise self.bad("image.ref", "must be printable text")
+        return OciInfo(ref, self.text(o, "digest", IMAGE_DIGEST_RE, "image."),
+                       self.str_list(o, "exposedPorts", EXPOSED_RE, 256))  # fmt: skip
 
     def template(self, obj: Mapping[str, Any]) -> TemplateInfo:
         t = self.obj_exact(obj, "template", {"name", "key", "settings", "createdAt"})

@@ -76,7 +76,16 @@ def machine_spec(
         memory_mib=int(run.memory_mib.value),
         network=NetworkSpec(egress=bool(run.egress.value), forwards=run.ports),
         credentials=tuple(c.for_guest() for c in run.credentials),
-        cmdline=(*(("mvm.trace=1",) if run.trace else ()), *att.cmdline),
+        cmdline=(
+            *(("mvm.trace=1",) if run.trace else ()),
+            *_init_arg(image.meta.init),
+            *att.cmdline,
+        ),
         scrub=att.scrub,
     )
     return spec, att
+
+
+def _init_arg(init: str) -> tuple[str, ...]:
+    """An OCI image's own /init is not mvm's (``ImageMeta.init``: ``/.mvm/init``)."""
+    return () if init == "/init" else (f"init={init}",)

@@ -118,7 +118,22 @@ class Vm:
             "uptime_s": round(u, 1) if (u := r.uptime()) is not None else None,
             "exit_code": r.exit_code(),
             "created_at": r.created_at,
+            **_oci_info(r.image),
         }
+
+
+def _oci_info(image: str) -> dict[str, Any]:
+    """An OCI image's reference and ExposedPorts (listed, never published: only ``-p``
+    forwards a port).  Read from the image's revision.json; nothing when unreadable."""
+    from mvm.image.meta import load as load_meta
+
+    try:
+        oci = load_meta(Path(image) / "revision.json").image if image else None
+    except (OSError, MvmError):
+        oci = None
+    if oci is None:
+        return {"image_ref": None, "exposed_ports": []}
+    return {"image_ref": oci.ref, "exposed_ports": list(oci.exposed_ports)}
 
 
 def get(name: str) -> Vm:

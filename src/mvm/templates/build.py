@@ -80,6 +80,8 @@ def runtime_info(spec: GuestSpec) -> dict[str, Any]:
         info["network"] = True
     if spec.credentials:
         info["credentials"] = [{"name": c.name, "file": str(c.file)} for c in spec.credentials]
+    if spec.var_credentials:  # read from the starting VM's own var store (docs/vars.md)
+        info["var_credentials"] = [{"name": c.name, "var": c.var} for c in spec.var_credentials]
     return info
 
 
