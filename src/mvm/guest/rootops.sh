@@ -96,7 +96,7 @@ _mvm_descendants() {
     while [ -n "$_mvm_new" ]; do
         _mvm_next=""
         for _mvm_s in /proc/[0-9]*/stat; do
-            read -r _mvm_line < "$_mvm_s" 2>/dev/null || continue
+            read -r _mvm_line 2>/dev/null < "$_mvm_s" || continue
             _mvm_line=${_mvm_line##*) }  # the command name may hold spaces
             _mvm_pp=${_mvm_line#* }; _mvm_pp=${_mvm_pp%% *}
             for _mvm_q in $_mvm_new; do
@@ -111,7 +111,7 @@ _mvm_descendants() {
 # _mvm_live PID…: whether any of them is still a live (not zombie) process
 _mvm_live() {
     for _mvm_q in "$@"; do
-        read -r _mvm_line < "/proc/$_mvm_q/stat" 2>/dev/null || continue
+        read -r _mvm_line 2>/dev/null < "/proc/$_mvm_q/stat" || continue
         _mvm_line=${_mvm_line##*) }
         [ "${_mvm_line%% *}" = Z ] || return 0
     done
