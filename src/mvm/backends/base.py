@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Literal
 
 from mvm import channels
-from mvm.backends.spec import HostChannels, MachineSpec
+from mvm.backends.spec import HostChannels, MachineSpec, PortForward
 from mvm.errors import BackendError
 from mvm.state.procs import pid_alive, proc_start_time
 
@@ -92,6 +92,13 @@ class Machine(abc.ABC):
 
     def launch_error(self, message: str) -> LaunchError:
         return LaunchError(message, command=[])
+
+    def add_forward(self, forward: PortForward) -> None:
+        """Forward a host port to the running guest (``mvmctl forward``)."""
+        raise BackendError(f"the {self.backend.name} backend cannot add port forwards")
+
+    def remove_forward(self, forward: PortForward) -> None:
+        raise BackendError(f"the {self.backend.name} backend cannot remove port forwards")
 
     # -- shared lifecycle ----------------------------------------------------------------------
 

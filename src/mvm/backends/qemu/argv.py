@@ -25,6 +25,7 @@ FAST_CMDLINE = (
     "8250.nr_uarts=1 mitigations=off nokaslr init_on_alloc=0"
 )
 QEMU = "qemu-system-x86_64"
+NETDEV = "n0"  # the user-network backend's id (hostfwd_add at run time names it)
 # the virtio-serial port names the guest's /init looks for (see guest/init.sh)
 NO_DATA = GuestData()
 PORT_NAMES = {"status": "org.mvm.status", "control": "org.mvm.control", "agent": "org.mvm.agent"}
@@ -114,7 +115,8 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
             for g in net.guest_forwards
         )
         restrict = "" if net.egress else ",restrict=on"
-        argv += ["-netdev", f"user,id=n0{restrict}{fwd}", "-device", "virtio-net-device,netdev=n0"]
+        argv += ["-netdev", f"user,id={NETDEV}{restrict}{fwd}",
+                 "-device", f"virtio-net-device,netdev={NETDEV}"]  # fmt: skip
     for fw in data.fw_cfg:
         argv += ["-fw_cfg", f"name={fw.name},file={_opt(fw.file)}"]
     if data.smbios:
