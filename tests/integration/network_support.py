@@ -4,6 +4,7 @@ request headers they receive as JSON, plus a streamed and a large response."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.server
 import json
 import socketserver
@@ -16,6 +17,12 @@ from pathlib import Path
 
 from mvm.network import ca as camod
 from mvm.network.proxy import Proxy, ProxyConfig
+
+SENSITIVE = {"authorization", "x-api-key"}
+
+
+def digest(value: str) -> str:
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -51,13 +58,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(block[:n])
                 left -= n
             return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        for k in SENSITIVE & headers.keys():  # echoed as a digest: the reply goes to the guest
+            headers[k] = digest(headers[k])
         out = json.dumps(
-            {
-                "path": self.path,
-                "method": self.command,
-                "body_len": len(body),
-                "headers": {k.lower(): v for k, v in self.headers.items()},
-            }
+            {"path": self.path, "method": self.command, "body_len": len(body), "headers": headers}
         ).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")

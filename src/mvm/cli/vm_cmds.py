@@ -275,7 +275,8 @@ def status(name: str, as_json: bool) -> None:
         return
     for key in ("name", "state", "mode", "hypervisor", "accel", "accel_reason", "pid", "revision",
                 "source", "boot", "image_ref", "entrypoint", "accessible", "vcpus", "memory_mib",
-                "ports", "exposed_ports", "volumes", "credentials", "exit_code"):  # fmt: skip
+                "ports", "forwards", "exposed_ports", "volumes", "credentials", "network", "proxy",
+                "exit_code"):  # fmt: skip
         value = info[key]
         if isinstance(value, list):
             value = ", ".join(value) or None
@@ -300,11 +301,20 @@ def status(name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the VM stops.")
 @click.option("-n", "--lines", type=click.IntRange(0), default=0, help="Only the last N lines.")
-def logs(name: str, follow: bool, lines: int) -> None:
-    """Print NAME's console output."""
+@click.option("--audit", is_flag=True,
+              help="The egress audit log instead (JSON lines: time, host, port, verdict, "
+                   "injected secret names).")  # fmt: skip
+def logs(name: str, follow: bool, lines: int, audit: bool) -> None:
+    """Print NAME's console output (or, with --audit, its egress decisions)."""
     from mvm.runtime import vm
 
     out = sys.stdout.buffer
+    if audit:
+        from mvm.network.plan import AUDIT_LOG
+
+        out.write(vm.tail_lines(vm.get(name).record.dir / AUDIT_LOG, lines))
+        out.flush()
+        return
     if follow:
         vm.follow(name, lines, out)
     else:
@@ -388,3 +398,29 @@ def volume_rm(vm_name: str, guest_path: str | None) -> None:
                                 hint=f"`mvmctl down {vm_name}` first")  # fmt: skip
         gone = drives.remove_volumes(vm_name, guest_path)
     click.echo(f"{vm_name}: removed {len(gone)} data volume{'s' if len(gone) != 1 else ''}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("port", metavar="[ADDR:]HOST:GUEST")
+@click.option("--detach", is_flag=True, help="Keep the forward after this command exits.")
+@click.option("--rm", "remove", is_flag=True, help="Remove a detached forward.")
+def forward(name: str, port: str, detach: bool, remove: bool) -> None:
+    """Forward a host port (127.0.0.1 unless ADDR) to NAME's GUEST port while NAME
+    runs: until Ctrl-C, or with --detach until `forward --rm`."""
+    from mvm.errors import ConfigError
+    from mvm.runtime import forward as fwd_mod
+
+    if remove and detach:
+        raise ConfigError("use either --detach or --rm")
+    if remove:
+        f = fwd_mod.remove(name, port)
+        click.echo(f"{name}: forward {f} removed")
+        return
+    f = fwd_mod.add(name, port, detach=detach)
+    if detach:
+        click.echo(f"{name}: forwarding {f.address}:{f.host} -> guest {f.guest}")
+        return
+    click.echo(f"{name}: forwarding {f.address}:{f.host} -> guest {f.guest} (Ctrl-C to stop)")
+    sys.stdout.flush()
+    fwd_mod.hold(name, f)

@@ -34,9 +34,11 @@ from mvm.config.schema import (
     GuestInit,
     GuestSpec,
     KernelSpec,
+    NetworkTable,
     Project,
     Readiness,
     RestartPolicy,
+    SecretSpec,
     Service,
     Uids,
     VarCredentialSpec,
@@ -49,7 +51,7 @@ from mvm.paths import NAME_RE
 MANIFEST = "mvm.toml"
 TOP_KEYS = {
     "name", "vcpus", "memory_mib", "hypervisor", "dev", "entrypoint", "services", "uids",
-    "files", "packages", "copy", "kernel", "credentials", "ports", "network", "flake",
+    "files", "packages", "copy", "kernel", "credentials", "ports", "network", "secrets", "flake",
     "profile", "profiles", "image", "vars", "init", "machine",
 }  # fmt: skip
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "profile", "flake"}
@@ -309,12 +311,76 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         var_credentials=var_creds,
         generators=generators,
         ports=_ports(ctx, data.get("ports", [])),
-        network=_bool(ctx, data.get("network", False), "network"),
+        network=_network_flag(ctx, data.get("network", False)),
+        network_table=_network(ctx, data.get("network")),
+        secrets=_secrets(ctx, data.get("secrets", {}), root),
         image=image,
         explicit=frozenset(explicit),
         init=cast(GuestInit, init),
         machine=machine,
     )
+
+
+def _network_flag(ctx: _Ctx, value: Any) -> bool:
+    if isinstance(value, dict):
+        return value.get("preset") == "open"
+    return _bool(ctx, value, "network")
+
+
+def _str_list(ctx: _Ctx, value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ctx.err(key, "must be a list of strings")
+    return tuple(value)
+
+
+def _network(ctx: _Ctx, value: Any) -> NetworkTable | None:
+    """``network = true`` (the old form: preset open) or a ``[network]`` table."""
+    if not isinstance(value, dict):
+        return None
+    ctx.keys(value, "network", {"preset", "allow", "allow_cidr", "add_host"})
+    from mvm.errors import NetworkError
+    from mvm.network import policy
+
+    t = NetworkTable(
+        preset=ctx.string(value["preset"], "network.preset") if "preset" in value else None,
+        allow=_str_list(ctx, value.get("allow", []), "network.allow"),
+        allow_cidr=_str_list(ctx, value.get("allow_cidr", []), "network.allow_cidr"),
+        add_host=_str_list(ctx, value.get("add_host", []), "network.add_host"),
+    )
+    try:
+        policy.build(t.preset or "none", t.allow, t.allow_cidr, t.add_host, origin="mvm.toml")
+    except NetworkError as exc:
+        raise ctx.err("network", exc.message) from None
+    return t
+
+
+def _secrets(ctx: _Ctx, value: Any, root: Path) -> tuple[SecretSpec, ...]:
+    from mvm.errors import NetworkError
+    from mvm.network import bindings
+
+    out = []
+    for key, body in ctx.table(value, "secrets").items():
+        where = f"secrets.{key}"
+        t = ctx.table(body, where)
+        ctx.keys(t, where, {"host", "hosts", "header", "from_env", "file"})
+        host = t.get("host", t.get("hosts"))
+        hosts = (host,) if isinstance(host, str) else _str_list(ctx, host, f"{where}.host")
+        if "file" in t and "from_env" in t:
+            raise ctx.err(where, "use either from_env or file")
+        file = None
+        if "file" in t:
+            file = _resolved(ctx, root / ctx.string(t["file"], f"{where}.file"), f"{where}.file")
+        spec = SecretSpec(
+            key, tuple(hosts),
+            ctx.string(t["header"], f"{where}.header") if "header" in t else None,
+            ctx.string(t["from_env"], f"{where}.from_env") if "from_env" in t else None, file,
+        )  # fmt: skip
+        try:  # syntax only; the value is read at start
+            bindings.check_decl(key, spec.hosts, spec.header)
+        except NetworkError as exc:
+            raise ctx.err(where, exc.message) from None
+        out.append(spec)
+    return tuple(out)
 
 
 def _bool(ctx: _Ctx, value: Any, key: str) -> bool:

@@ -141,6 +141,38 @@ class VarCredentialSpec:
 
 
 @dataclass(frozen=True)
+class NetworkTable:
+    """mvm.toml ``[network]``: egress policy for running the image (docs/network.md)."""
+
+    preset: str | None = None
+    allow: tuple[str, ...] = ()
+    allow_cidr: tuple[str, ...] = ()
+    add_host: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    """mvm.toml ``[secrets.KEY]``: a secret bound to hosts; the value is read at start
+    from ``from_env`` (default: KEY) or ``file``."""
+
+    key: str
+    hosts: tuple[str, ...]
+    header: str | None = None
+    from_env: str | None = None
+    file: Path | None = None
+
+    def table(self) -> dict[str, object]:
+        t: dict[str, object] = {"hosts": list(self.hosts)}
+        if self.header:
+            t["header"] = self.header
+        if self.file is not None:
+            t["file"] = str(self.file)
+        elif self.from_env:
+            t["from_env"] = self.from_env
+        return t
+
+
+@dataclass(frozen=True)
 class GuestSpec:
     name: str
     entrypoint: Entrypoint
@@ -170,6 +202,8 @@ class GuestSpec:
     exposed_ports: tuple[str, ...] = ()  # the image's ExposedPorts ("80/tcp"), never published
     init: GuestInit = "busybox"
     machine: str | None = None  # a runtime default (None: the backend's, microvm)
+    network_table: NetworkTable | None = None
+    secrets: tuple[SecretSpec, ...] = ()
 
     @property
     def accessible(self) -> bool:

@@ -178,6 +178,13 @@ def from_toml(key: str, table: dict[str, Any], env: dict[str, str], base: Path) 
     return Binding(key, hosts, hdr, _check_value(key, value), make_placeholder(key), "mvm.toml")
 
 
+def check_decl(key: str, hosts: tuple[str, ...], header: str | None) -> None:
+    """A declared binding's syntax (mvm.toml), before any value is read."""
+    if not _KEY_RE.fullmatch(key):
+        raise NetworkError(f"invalid secret name {key!r}: letters, digits and _")
+    _hosts_header(",".join(hosts) + (f":{header}" if header is not None else ""), key)
+
+
 def check_unique(bindings: list[Binding]) -> None:
     seen: set[str] = set()
     for b in bindings:

@@ -66,6 +66,28 @@ class NetworkDecl:
         return {"preset": self.preset, "allow": list(self.allow),
                 "allow_cidr": list(self.allow_cidr), "add_hosts": list(self.add_hosts)}  # fmt: skip
 
+    @classmethod
+    def from_spec(cls, spec: GuestSpec) -> NetworkDecl:
+        t = spec.network_table
+        secrets = tuple((s.key, s.table()) for s in spec.secrets)
+        if t is None:
+            return cls(secrets=secrets)
+        return cls(t.preset, t.allow, t.allow_cidr, t.add_host, secrets)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> NetworkDecl:
+        """What a template revision recorded (secrets are never recorded: a template
+        built elsewhere gets its bindings from the caller)."""
+        if not isinstance(raw, dict):
+            return cls()
+
+        def strs(k: str) -> tuple[str, ...]:
+            v = raw.get(k)
+            return tuple(x for x in v if isinstance(x, str)) if isinstance(v, list) else ()
+
+        preset = raw.get("preset") if isinstance(raw.get("preset"), str) else None
+        return cls(preset, strs("allow"), strs("allow_cidr"), strs("add_hosts"))
+
 
 @dataclass(frozen=True)
 class RuntimeDefaults:
@@ -95,6 +117,7 @@ class RuntimeDefaults:
             ports=tuple(spec.ports), network=spec.network, machine=spec.machine,
             credentials=tuple(CredentialDecl(c.name, c.file) for c in spec.credentials),
             var_credentials=tuple(spec.var_credentials),
+            net=NetworkDecl.from_spec(spec),
         )  # fmt: skip
 
     @classmethod
@@ -124,6 +147,7 @@ class RuntimeDefaults:
             network=runtime.get("network") if isinstance(runtime.get("network"), bool) else None,
             machine=runtime.get("machine") if runtime.get("machine") in MACHINES else None,
             credentials=creds,
+            net=NetworkDecl.from_json(runtime.get("network_table")),
         )
 
 

@@ -29,6 +29,7 @@ FAST_CMDLINE = (
 ROOT_DEVICE = "/dev/vda"
 QEMU = "qemu-system-x86_64"
 MACHINE = "microvm,isa-serial=on,rtc=on"
+NETDEV = "n0"  # the user-network backend's id (hostfwd_add at run time names it)
 # the virtio-serial port names the guest's /init looks for (see guest/init.sh)
 NO_DATA = GuestData()
 PORT_NAMES = {"status": "org.mvm.status", "control": "org.mvm.control", "agent": "org.mvm.agent"}
@@ -157,7 +158,8 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
             for g in net.guest_forwards
         )
         restrict = "" if net.egress else ",restrict=on"
-        argv += ["-netdev", f"user,id=n0{restrict}{fwd}", "-device", f"virtio-net-{bus},netdev=n0"]
+        argv += ["-netdev", f"user,id={NETDEV}{restrict}{fwd}",
+                 "-device", f"virtio-net-{bus},netdev={NETDEV}"]  # fmt: skip
     for fw in data.fw_cfg:
         argv += ["-fw_cfg", f"name={fw.name},file={_opt(fw.file)}"]
     if data.smbios:  # type 11 OEM strings, one path= per string (never value=: argv is public)

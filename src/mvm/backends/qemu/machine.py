@@ -22,9 +22,9 @@ from mvm import proc
 from mvm.backends.base import Backend, Capabilities, LaunchError, Machine, RunStatus
 from mvm.backends.qemu import accel as accel_mod
 from mvm.backends.qemu import guestdata
-from mvm.backends.qemu.argv import MACHINE, QEMU, QemuOptions, build_argv
+from mvm.backends.qemu.argv import MACHINE, NETDEV, QEMU, QemuOptions, build_argv
 from mvm.backends.qemu.qmp import QmpSession
-from mvm.backends.spec import HostChannels, MachineSpec, RestoreSource
+from mvm.backends.spec import HostChannels, MachineSpec, PortForward, RestoreSource
 from mvm.errors import BackendError, HypervisorMissing
 from mvm.log import get_logger
 from mvm.state.procs import pid_alive, proc_start_time
@@ -113,6 +113,23 @@ class QemuMachine(Machine):
             snapshot.start_incoming(self, fd, shared_ram=shared)
             self.incoming = None
         snapshot.wait_loaded(self, memory_mib)
+
+    def _hostfwd(self, command: str, success: str = "") -> None:
+        """QEMU 7.2 has no QMP command for user-network forwards: HMP through QMP
+        (its reply is text: empty when a rule was added, "… removed" when removed)."""
+        reply = self.session.command("human-monitor-command", 5.0, **{"command-line": command})
+        text = str(reply or "").strip()
+        if text and not (success and text.endswith(success)):
+            raise BackendError(f"QEMU refused the forward: {text.splitlines()[0]}")
+
+    def add_forward(self, forward: PortForward) -> None:
+        self._hostfwd(f"hostfwd_add {NETDEV} {forward.proto}:{forward.address}:{forward.host}"
+                      f"-:{forward.guest}")  # fmt: skip
+
+    def remove_forward(self, forward: PortForward) -> None:
+        self._hostfwd(
+            f"hostfwd_remove {NETDEV} {forward.proto}:{forward.address}:{forward.host}", "removed"
+        )
 
     def _answering(self) -> bool:
         if not self.session.sock.exists():  # not listening yet: no noisy failed connect
