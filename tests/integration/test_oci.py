@@ -273,10 +273,12 @@ def test_symlink_escapes_whiteouts_and_opaque_dirs_stay_inside_the_image(
          _entry("hl", tarfile.LNKTYPE, link="keep.txt")],
         {"op/a": b"a", "gone.txt": b"g", "/abs.txt": b"abs", "keep.txt": b"keep"},
     )  # fmt: skip
+    xattr = _entry("xattr.txt")
+    xattr.pax_headers = {"SCHILY.xattr.user.mvmtest": "kept"}
     second = _tar(
-        [_entry("esc/pwned"), _entry("op", d), _entry("op/.wh..wh..opq"), _entry("op/b"),
+        [xattr, _entry("esc/pwned"), _entry("op", d), _entry("op/.wh..wh..opq"), _entry("op/b"),
          _entry(".wh.gone.txt")],
-        {"esc/pwned": b"through the symlink", "op/b": b"b"},
+        {"esc/pwned": b"through the symlink", "op/b": b"b", "xattr.txt": b"x"},
     )  # fmt: skip
     proj = _hostile(tmp_path, [first, second])
     rev = json.loads(ok("build", str(proj), "--json", timeout=600))
@@ -290,6 +292,20 @@ def test_symlink_escapes_whiteouts_and_opaque_dirs_stay_inside_the_image(
     assert "File not found" in _debugfs(image, "stat /gone.txt")  # whiteout
     assert "abs" in _debugfs(image, "cat /abs.txt")  # absolute name: inside the root
     assert "Links: 2" in _debugfs(image, "stat /keep.txt")  # hard link kept
+    assert "user.mvmtest" in _debugfs(image, "ea_list /xattr.txt")  # xattrs ext4 keeps
+    assert "rootlesscontainers" not in _debugfs(image, "ea_list /keep.txt")
+    # reproducible: the same image and inputs give the same bytes
+    before = hashlib.sha256(image.read_bytes()).hexdigest()
+    ok("build", str(proj), "--force", timeout=600)
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == before
+
+
+def test_an_image_cannot_bring_mvms_own_directories(tmp_path: Path) -> None:
+    for top in (".mvm", "etc/mvm"):
+        shutil.rmtree(tmp_path / "hostile", ignore_errors=True)
+        layer = _tar([_entry(top, tarfile.DIRTYPE), _entry(f"{top}/init")], {f"{top}/init": b"x"})
+        _one_line(mvmctl("build", str(_hostile(tmp_path, [layer])), timeout=300),
+                  "which mvm reserves")  # fmt: skip
 
 
 # -- without a project: run/up --image, template create --image ---------------------------
@@ -330,4 +346,5 @@ def test_template_create_from_an_image(tmp_path: Path, images: dict[str, Path]) 
     finally:
         ok("down", "ocit-1")
     copy = tmp_path / "mvm-home" / "image-projects" / "ocit"
-    assert (copy / "image.tar").stat().st_mode & 0o077 == 0
+    for p in (copy, copy / "image.tar", copy / "mvm.toml"):
+        assert p.stat().st_mode & 0o077 == 0, p
