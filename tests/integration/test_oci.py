@@ -202,7 +202,7 @@ def _layout(root: Path, layers: list[bytes], user: str = "1000") -> None:
 
     diff_ids = ["sha256:" + hashlib.sha256(gzip.decompress(x)).hexdigest() for x in layers]
     config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "config": {"User": user, "Cmd": ["/bin/true"]},
+                         "config": {"User": user, "Cmd": ["/bin/true"], "WorkingDir": "/srv/w"},
                          "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()  # fmt: skip
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -294,6 +294,7 @@ def test_symlink_escapes_whiteouts_and_opaque_dirs_stay_inside_the_image(
     assert "Links: 2" in _debugfs(image, "stat /keep.txt")  # hard link kept
     assert "user.mvmtest" in _debugfs(image, "ea_list /xattr.txt")  # xattrs ext4 keeps
     assert "rootlesscontainers" not in _debugfs(image, "ea_list /keep.txt")
+    assert "Type: directory" in _debugfs(image, "stat /srv/w")  # WorkingDir made, as runtimes do
     # reproducible: the same image and inputs give the same bytes
     before = hashlib.sha256(image.read_bytes()).hexdigest()
     ok("build", str(proj), "--force", timeout=600)

@@ -284,6 +284,8 @@ def _build(
                 base = {p: st.read(p, oci.PASSWD_MAX) or b""
                         for p in ("/etc/passwd", "/etc/group", "/etc/shadow")}  # fmt: skip
                 rootfs.skeleton(st, rootfs.OCI_SKELETON)
+                if spec.workdir and not st.is_dir(spec.workdir):  # runtimes create it too
+                    _guard(spec, "the image's WorkingDir")(st.mkdir(spec.workdir), "")
             else:
                 rootfs.skeleton(st)
             uid = spec.uids.entrypoint

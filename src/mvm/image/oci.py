@@ -71,6 +71,7 @@ UID_MAX = 65534
 LAYERS_MAX = 256
 _BLOB_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 SKOPEO_TIMEOUT = 1800.0
+REGISTRY_TIMEOUT = 120  # seconds for one manifest lookup
 UMOCI_TIMEOUT = 1800.0
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -121,7 +122,8 @@ def identity(src: ImageSource, hashes: ContentHashes) -> str:
         except OSError as exc:
             raise BuildError(f"image {src.ref}: cannot read index.json ({exc})") from exc
         return "sha256:" + hashlib.sha256(raw + f"\0{src.tag or ''}".encode()).hexdigest()
-    out = _skopeo(["inspect", "--raw", src.skopeo_ref()], Path("/nonexistent"), src, network=True)
+    out = _skopeo(["--command-timeout", f"{REGISTRY_TIMEOUT}s", "inspect", "--raw",
+                   src.skopeo_ref()], Path("/nonexistent"), src, network=True)  # fmt: skip
     if len(out) > MANIFEST_MAX:
         raise BuildError(f"image {src.ref}: manifest larger than {MANIFEST_MAX} bytes")
     return "sha256:" + hashlib.sha256(out).hexdigest()
@@ -155,7 +157,8 @@ def unpack(src: ImageSource, work: Path) -> Unpacked:
     fd = os.open(policy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"default": [{"type": "insecureAcceptAnything"}]}, f)
-    pol = [] if src.transport == "docker" else ["--policy", str(policy)]
+    pol = (["--command-timeout", f"{int(SKOPEO_TIMEOUT)}s"] if src.transport == "docker"
+           else ["--policy", str(policy)])  # fmt: skip
     _skopeo([*pol, "copy", "-q", "--", src.skopeo_ref(), f"oci:{layout}:{TAG}"], work, src,
             network=src.transport == "docker")  # fmt: skip
     digest, config, layers = read_layout(layout, src.ref)
