@@ -50,6 +50,14 @@ _EXPORTS = {
     "resume": "mvm.runtime.vm",
     "ImageMeta": "mvm.image.meta",
     "MachineSpec": "mvm.backends.spec",
+    "AgentError": "mvm.errors",
+    "ProtocolError": "mvm.errors",
+    "exec": "mvm.runtime.guest",
+    "guest_status": "mvm.runtime.guest",
+    "read_file": "mvm.runtime.guest",
+    "write_file": "mvm.runtime.guest",
+    "list_dir": "mvm.runtime.guest",
+    "connect_agent": "mvm.runtime.guest",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -60,6 +68,8 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 _RENAMED = {
     "build_image": "build",
     "get_vm": "get",
+    "guest_status": "status",
+    "connect_agent": "connect",
 }  # exported under a name that says what it builds
 
 
@@ -81,6 +91,7 @@ if TYPE_CHECKING:
     from mvm.config import GuestSpec, Project, load_project
     from mvm.drives import DriveFile, VolumeSpec
     from mvm.errors import (
+        AgentError,
         BackendError,
         BuildError,
         ConfigError,
@@ -93,6 +104,7 @@ if TYPE_CHECKING:
         MetadataError,
         MvmError,
         NotFoundError,
+        ProtocolError,
         RegistryError,
         StateError,
         TemplateError,
@@ -102,6 +114,9 @@ if TYPE_CHECKING:
     from mvm.image.builder import build as build_image
     from mvm.image.meta import ImageMeta
     from mvm.runtime.config import RunConfig
+    from mvm.runtime.guest import connect as connect_agent
+    from mvm.runtime.guest import exec, list_dir, read_file, write_file
+    from mvm.runtime.guest import status as guest_status
     from mvm.runtime.vm import Vm, down, list_vms, pause, resume, up, wait
     from mvm.runtime.vm import get as get_vm
     from mvm.secrets.credentials import Credential

@@ -10,7 +10,9 @@ escape un-wrapped.  Wrap with ``raise SomeError(...) from exc`` at the seam.
     ├── BuildError           image build failed (kernel fetch, packages, mkfs…)
     │   └── DiskFullError    ran out of space while building
     ├── BackendError         the hypervisor failed to start or answer
-    │   └── HypervisorMissing  qemu-system-x86_64 not installed
+    │   ├── HypervisorMissing  qemu-system-x86_64 not installed
+    │   └── AgentError       the guest agent refused, failed or is unreachable
+    │       └── ProtocolError  the guest agent sent something invalid
     ├── StateError           VM/template records: conflicts and lookups
     │   ├── NotFoundError    unknown VM or template
     │   └── ConflictError    name already in use / wrong lifecycle state
@@ -64,6 +66,14 @@ class BackendError(MvmError):
 
 class HypervisorMissing(BackendError):
     """The hypervisor binary is not installed."""
+
+
+class AgentError(BackendError):
+    """The guest agent is unreachable, refused a request or reported a failure."""
+
+
+class ProtocolError(AgentError):
+    """The guest agent (or the sidecar) sent a frame or message that is not valid."""
 
 
 class StateError(MvmError):

@@ -19,7 +19,13 @@ from mvm import __version__
 class Group(click.Group):
     """Lists commands in the order they were added (lifecycle order, not alphabetical)."""
 
-    lazy = {"template": "mvm.cli.template_cmds"}  # imported only when used (or listed)
+    # imported only when used (or listed)
+    lazy = {
+        "template": "mvm.cli.template_cmds",
+        "exec": "mvm.cli.agent_cmds",
+        "console": "mvm.cli.agent_cmds",
+        "cp": "mvm.cli.agent_cmds",
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         for name in self.lazy:

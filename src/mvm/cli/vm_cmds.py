@@ -175,6 +175,13 @@ def status(name: str, as_json: bool) -> None:
     from mvm.runtime import vm
 
     info = vm.get(name).info()
+    if info["state"] == "running":
+        from mvm.runtime import guest
+
+        info["services"], why = guest.service_health(name)
+        info["agent"] = why or "connected"
+    else:
+        info["services"], info["agent"] = None, "not running"
     if as_json:
         emit_json(info)
         return
@@ -193,6 +200,17 @@ def status(name: str, as_json: bool) -> None:
         suffix = f"  ({src})" if src else ""
         click.echo(f"{key + ':':<14}{'-' if value is None else value}{suffix}")
     click.echo(f"{'uptime:':<14}{duration(info['uptime_s'])}")
+    if info["services"] is None:
+        if info["state"] == "running":
+            click.echo(f"{'services:':<14}unknown ({info['agent']})")
+        return
+    if not info["services"]:
+        click.echo(f"{'services:':<14}-")
+        return
+    click.echo("services:")
+    rows = [[s["name"], s["state"], s["health"], str(s["restarts"]), str(s["pid"] or "-")]
+            for s in info["services"]]  # fmt: skip
+    table(["  NAME", "STATE", "HEALTH", "RESTARTS", "PID"], [[f"  {r[0]}", *r[1:]] for r in rows])
 
 
 @cli.command()

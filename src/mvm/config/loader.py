@@ -22,6 +22,8 @@ from mvm.config.schema import (
     DEFAULT_AGENT_UID,
     DEFAULT_APP_UID,
     HYPERVISORS,
+    READY_TIMEOUT_DEFAULT,
+    READY_TIMEOUT_MAX,
     RESTART_POLICIES,
     CopySpec,
     CredentialSpec,
@@ -30,6 +32,7 @@ from mvm.config.schema import (
     GuestSpec,
     KernelSpec,
     Project,
+    Readiness,
     RestartPolicy,
     Service,
     Uids,
@@ -314,7 +317,7 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
     if not SERVICE_RE.fullmatch(name):
         raise ctx.err(key, "service names use A-Z, a-z, 0-9, '_' and '-' (max 64)")
     table = ctx.table(value, key)
-    ctx.keys(table, key, {"command", "restart"})
+    ctx.keys(table, key, {"command", "restart", "ready"})
     if "command" not in table:
         raise ctx.err(f"{key}.command", "is required")
     restart = table.get("restart", "on-failure")
@@ -322,7 +325,25 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
         raise ctx.err(
             f"{key}.restart", f"must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}"
         )
-    return Service(name, ctx.argv(table["command"], f"{key}.command"), cast(RestartPolicy, restart))
+    ready = _ready(ctx, table["ready"], f"{key}.ready") if "ready" in table else None
+    return Service(name, ctx.argv(table["command"], f"{key}.command"),
+                   cast(RestartPolicy, restart), ready)  # fmt: skip
+
+
+def _ready(ctx: _Ctx, value: Any, key: str) -> Readiness:
+    table = ctx.table(value, key)
+    ctx.keys(table, key, {"tcp", "command", "timeout"})
+    if ("tcp" in table) == ("command" in table):
+        raise ctx.err(key, "needs exactly one of tcp = PORT or command = [...]")
+    timeout = table.get("timeout", READY_TIMEOUT_DEFAULT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ctx.err(f"{key}.timeout", f"must be a number of seconds, got {_tname(timeout)}")
+    if not 0 < timeout <= READY_TIMEOUT_MAX:
+        raise ctx.err(f"{key}.timeout", f"must be more than 0 and at most {READY_TIMEOUT_MAX:g}")
+    if "tcp" in table:
+        return Readiness(tcp=ctx.int_in(table["tcp"], f"{key}.tcp", 1, 65535),
+                         timeout=float(timeout))  # fmt: skip
+    return Readiness(command=ctx.argv(table["command"], f"{key}.command"), timeout=float(timeout))
 
 
 def _files(ctx: _Ctx, value: Any, sealed_home: str | None) -> tuple[FileSpec, ...]:

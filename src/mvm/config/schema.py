@@ -27,11 +27,27 @@ def home_for(uid: int) -> str:
     return "/root" if uid == 0 else f"/home/{APP_USER}"
 
 
+READY_TIMEOUT_DEFAULT = 60.0
+READY_TIMEOUT_MAX = 3600.0
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """When a service counts as ready (``ready = { tcp = 8080 }`` or ``{ command =
+    [...] }``): the guest agent evaluates it; until ``timeout`` seconds after the
+    service started a failing check is "starting", after that "unhealthy"."""
+
+    tcp: int | None = None
+    command: tuple[str, ...] = ()
+    timeout: float = READY_TIMEOUT_DEFAULT
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
     command: tuple[str, ...]
     restart: RestartPolicy = "on-failure"
+    ready: Readiness | None = None
 
 
 @dataclass(frozen=True)

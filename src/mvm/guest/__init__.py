@@ -1,7 +1,9 @@
 """Files that run inside the guest, shipped as package data.
 
 ``initramfs-init.sh`` loads the virtio modules and switches to the rootfs;
-``init.sh`` is PID 1 in the rootfs; ``agent.sh`` is the agent stub;
+``init.sh`` is PID 1 in the rootfs; ``agent/`` is the guest agent's C source
+(compiled on the host by :mod:`mvm.image.guestbin`, protocol in
+docs/agent-protocol.md);
 ``drives.sh``/``credentials.sh`` mount the config/secrets/data drives and
 unpack credentials (init.d), ``env-drives.sh`` puts config and secrets into
 the entrypoint's environment (env.d).  The
@@ -21,10 +23,10 @@ def read(name: str) -> bytes:
 
 # what this package's /init understands; images record it so a newer mvm can
 # refuse features an older image's /init would silently ignore
-GUEST_FEATURES = ("drives", "credentials")
+GUEST_FEATURES = ("drives", "credentials", "agent")
 
 GUEST_FILES = (
-    "initramfs-init.sh", "init.sh", "agent.sh", "drives.sh", "credentials.sh", "env-drives.sh",
+    "initramfs-init.sh", "init.sh", "drives.sh", "credentials.sh", "env-drives.sh",
 )  # fmt: skip
 # where the builder installs the extension scripts (init.d: sourced by /init as
 # root before the entrypoint; env.d: sourced by each launcher as the entrypoint uid)

@@ -1,7 +1,7 @@
 #!/bin/sh
 # mvm PID 1 (busybox sh).  Stays uid 0 (the kernel requires PID 1 to live),
 # runs the entrypoint under the entrypoint uid with no-new-privs, supervises
-# services, starts the agent stub under the agent uid, then reports the
+# services, starts the guest agent (it drops to the agent uid itself), then reports the
 # entrypoint's exit status on the org.mvm.status port and powers off.
 #
 # Boot time matters (every exec costs milliseconds under TCG): mounts come
@@ -25,7 +25,7 @@ done
 
 mkdir -p /dev/pts /dev/shm
 mount -a -T /etc/mvm/fstab  # rendered from the spec: /run, /tmp, /dev/pts, /dev/shm, sealed home
-mkdir -p /run/mvm
+mkdir -p /run/mvm /run/mvm/svc
 if [ "$NET" = 1 ]; then
     ip link set lo up
     ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
@@ -44,24 +44,35 @@ run_as() {
     fi
 }
 
+# svc_state NAME STATE RESTARTS PID [RC]: /run/mvm/svc/NAME, which the guest agent
+# reports (`mvmctl status`); written to a temporary name and renamed (never half-read)
+svc_state() {
+    printf 'state=%s\nrestarts=%s\npid=%s\nrc=%s\nstarted=%s\n' "$2" "$3" "$4" "$5" "$t0" \
+        > "/run/mvm/svc/.$1" && mv -f "/run/mvm/svc/.$1" "/run/mvm/svc/$1"
+}
+
 # supervise NAME POLICY: run /etc/mvm/run/svc-NAME with its restart policy.  A service
 # that keeps failing is restarted after 1, 2, 4 … 30 s (capped); one that ran for a
 # minute before failing starts again from 1 s.
 supervise() {
-    delay=1
+    delay=1 restarts=0
     while :; do
         read -r t0 _ < /proc/uptime
-        run_as /etc/mvm/run/svc-"$1" < "$MVM_STDIN"
+        run_as /etc/mvm/run/svc-"$1" < "$MVM_STDIN" &
+        svc_state "$1" running $restarts $!
+        wait $!
         rc=$?
         case "$2" in
-            never) return $rc ;;
-            on-failure) [ $rc = 0 ] && return 0 ;;
+            never) svc_state "$1" exited $restarts 0 $rc; return $rc ;;
+            on-failure) [ $rc = 0 ] && { svc_state "$1" exited $restarts 0 $rc; return 0; } ;;
         esac
+        svc_state "$1" restarting $restarts 0 $rc
         read -r t1 _ < /proc/uptime
         [ $(( ${t1%.*} - ${t0%.*} )) -ge 60 ] && delay=1
         echo "mvm: service $1 exited with status $rc, restarting in ${delay}s" >&2
         sleep "$delay"
         delay=$((delay * 2)); [ $delay -gt 30 ] && delay=30
+        restarts=$((restarts + 1))
     done
 }
 
@@ -148,9 +159,16 @@ channels() {
             done
         ) &
     fi
-    if [ -n "$AGENT" ]; then chown "$MVM_AGENT_UID" "$AGENT"; chmod 0600 "$AGENT"; fi
-    setpriv --nnp start-stop-daemon -S -b -q -p /run/mvm/none -c "$MVM_AGENT_UID:$MVM_AGENT_UID" \
-        -x /usr/local/bin/mvm-guest-agent -- "$AGENT"
+    if [ -n "$AGENT" ]; then
+        chown "$MVM_AGENT_UID" "$AGENT"; chmod 0600 "$AGENT"
+        : > /run/mvm/agent.log; chown "$MVM_AGENT_UID" /run/mvm/agent.log
+        # started as root with no-new-privs: the agent drops to the agent uid keeping only
+        # CAP_SETUID/CAP_SETGID (to run commands as the entrypoint uid); a sealed image's
+        # agent (-s) has no exec, console or file service at all
+        sealed=-s; [ "$MVM_ACCESSIBLE" = 1 ] && sealed=""
+        setpriv --nnp start-stop-daemon -S -b -q -p /run/mvm/none -x /usr/local/bin/mvm-guest-agent \
+            -- -a "$MVM_AGENT_UID" -e "$MVM_UID" -h "$MVM_HOME_DIR" $sealed "$AGENT"
+    fi
 }
 # the subshell lowers its own priority (/proc/self is the subshell: `read` is a builtin)
 ( read -r _me _ < /proc/self/stat; renice -n 19 -p "$_me" >/dev/null 2>&1; channels ) &

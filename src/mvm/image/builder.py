@@ -47,7 +47,7 @@ from mvm.config.schema import GuestSpec, Project
 from mvm.errors import BuildError, ConfigError, DiskFullError
 from mvm.guest import EXTENSIONS, GUEST_FEATURES, GUEST_FILES
 from mvm.guest import read as guest_file
-from mvm.image import initramfs, source
+from mvm.image import guestbin, initramfs, source
 from mvm.image import kernel as kernels
 from mvm.image.hashcache import ContentHashes
 from mvm.image.meta import ARTEFACTS, ImageMeta
@@ -166,6 +166,7 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
     h.update(json.dumps(identity).encode())
     for name in GUEST_FILES:
         h.update(guest_file(name))
+    h.update(b"guestbin\0" + guestbin.cache_key().encode())
     for f in render(spec):
         h.update(f"{f.path}\0{f.mode}\0{f.uid}\0".encode() + f.content)
     for fs in spec.files:
@@ -214,14 +215,13 @@ def own_files(
     they win; :data:`mvm.config.guestpaths.MVM_FILES` lists where they go).  An OCI
     image's ``/init`` and shell are its own: mvm's init is ``/.mvm/init`` there, and
     its scripts run under ``/.mvm/bin/sh``."""
-    init, agent = guest_file("init.sh"), guest_file("agent.sh")
+    init = guest_file("init.sh")
     if spec.image is not None:
         init = _private_shell(_private_path(init))
-        agent = _private_shell(agent)
     files = [
         *render(spec, base),
         GuestFile(spec.init_path, init, 0o755),
-        GuestFile("/usr/local/bin/mvm-guest-agent", agent, 0o755),
+        GuestFile("/usr/local/bin/mvm-guest-agent", guestbin.build("mvm-guest-agent"), 0o755),
         *(GuestFile(dest, guest_file(src), 0o644) for src, dest in EXTENSIONS.items()),
     ]
     files += [GuestFile(f"/lib/modules/mvm/{n}.ko", data) for n, data in late]
@@ -399,7 +399,7 @@ def _revision(
         "hypervisor": spec.hypervisor,
         "uids": {"agent": spec.uids.agent, "entrypoint": spec.uids.entrypoint},
         "rootlessEntrypoint": spec.uids.rootless,
-        "agentBinary": "stub",
+        "agentBinary": "real",
         "guestFeatures": list(GUEST_FEATURES),
         "expectedBootMs": EXPECTED_BOOT_MS["kvm"],
         "expectedBootMsByAccel": EXPECTED_BOOT_MS,

@@ -111,6 +111,13 @@ def render(spec: GuestSpec, base: Mapping[str, bytes] | None = None) -> list[Gue
         files.append(GuestFile("/etc/mvm/run/entrypoint", _launcher(spec, ep.command), 0o755))
     for s in (*ep.services, *spec.services):
         files.append(GuestFile(f"/etc/mvm/run/svc-{s.name}", _launcher(spec, s.command), 0o755))
+        if s.ready is not None:  # read by the guest agent (status), see guest/agent/agent.c
+            r = s.ready
+            line = f"tcp {r.tcp} {r.timeout:g}" if r.tcp else f"command {r.timeout:g}"
+            files.append(GuestFile(f"/etc/mvm/ready/{s.name}", (line + "\n").encode()))
+            if r.command:
+                files.append(GuestFile(f"/etc/mvm/run/ready-{s.name}", _launcher(spec, r.command),
+                                       0o755))  # fmt: skip
 
     users = {0: ("root", "/root", "/bin/sh"), agent: (AGENT_USER, "/nonexistent", "/bin/false")}
     if uid != 0:
