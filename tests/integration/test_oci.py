@@ -349,3 +349,22 @@ def test_template_create_from_an_image(tmp_path: Path, images: dict[str, Path]) 
     copy = tmp_path / "mvm-home" / "image-projects" / "ocit"
     for p in (copy, copy / "image.tar", copy / "mvm.toml"):
         assert p.stat().st_mode & 0o077 == 0, p
+
+
+def test_a_hostile_oci_archive_never_writes_outside(tmp_path: Path, host_dir: Path) -> None:
+    """The archive itself (not a layer) holds a traversal entry next to a valid layout:
+    skopeo (extracting it in the build's private directory, --tmpdir) refuses it."""
+    layout = tmp_path / "lay"
+    _layout(layout, [_tar([_entry("f")], {"f": b"x"})])
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    with tarfile.open(proj / "app.tar", "w") as tar:
+        tar.add(layout, arcname=".")
+        evil = _entry("../" * 12 + str(host_dir).lstrip("/") + "/escaped")
+        evil.size = 4
+        tar.addfile(evil, io.BytesIO(b"evil"))
+    write_project(proj, 'name = "evil-archive"\nimage = "oci-archive:app.tar"\n')
+    before = set(Path("/var/tmp").glob("oci*"))
+    _one_line(mvmctl("build", str(proj), timeout=300), "is outside of")
+    assert _untouched(host_dir)
+    assert set(Path("/var/tmp").glob("oci*")) <= before  # never extracted in /var/tmp

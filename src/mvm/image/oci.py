@@ -144,9 +144,13 @@ def _open_regular(path: Path, what: str) -> int:
 
 
 def _skopeo(args: list[str], home: Path, src: ImageSource, *, network: bool = False) -> bytes:
-    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "XDG_CONFIG_HOME": str(home)}
-    return proc.run(["skopeo", *args], env=env, network=network, timeout=SKOPEO_TIMEOUT,
-                    what=f"reading image {src.ref} (skopeo)").stdout  # fmt: skip
+    # HOME and TMPDIR are the build's private work directory: no credentials file of the
+    # user's is read, and an oci-archive is extracted there, not in /var/tmp
+    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "XDG_CONFIG_HOME": str(home),
+           "TMPDIR": str(home)}  # fmt: skip
+    argv = ["skopeo", "--tmpdir", str(home), *args]
+    what = f"reading image {src.ref} (skopeo)"
+    return proc.run(argv, env=env, network=network, timeout=SKOPEO_TIMEOUT, what=what).stdout
 
 
 def unpack(src: ImageSource, work: Path) -> Unpacked:
@@ -166,7 +170,7 @@ def unpack(src: ImageSource, work: Path) -> Unpacked:
         scan_layer(layout, layer, src.ref)
     bundle = work / "bundle"
     proc.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:{TAG}", str(bundle)],
-             env={"HOME": str(work)}, timeout=UMOCI_TIMEOUT,
+             env={"HOME": str(work), "TMPDIR": str(work)}, timeout=UMOCI_TIMEOUT,
              what=f"unpacking image {src.ref} (umoci)")  # fmt: skip
     root = bundle / "rootfs"
     owners = take_owners(root)
