@@ -50,7 +50,9 @@ def check(run: ResolvedRun) -> Prepared:
                               "support; rebuild the image or template")  # fmt: skip
     uid = meta.uids.entrypoint
     if plan.data and not image.accessible:
-        drives.check_mountpoints(plan, image.rootfs, "/root" if uid == 0 else f"/home/{APP_USER}")
+        # an OCI image's home is the image's (not recorded; only /tmp is sure to be a tmpfs)
+        home = "/tmp" if meta.image is not None else "/root" if uid == 0 else f"/home/{APP_USER}"
+        drives.check_mountpoints(plan, image.rootfs, home)
     return Prepared(run, plan, uid)
 
 
