@@ -30,7 +30,7 @@ HELLO = r"""#!/bin/busybox sh
 B=busybox
 echo "who=$($B id -u):$($B id -g) pwd=$($B pwd) foo=$FOO home=$HOME path=$PATH"
 echo "args=$#|$1|$2"
-for f in /app/gone /app/kept /init /bin/sh /.mvm/init; do
+for f in /app/gone /app/kept /init /bin/sh /.mvm/init /.mvm/agent /usr; do
     if [ -e $f ]; then echo "have $f"; else echo "no $f"; fi
 done
 echo "links=$($B stat -c %h /app/k2) suid=$($B stat -c %a /app/suid) owner=$($B stat -c %u:%g /app/owned)"
@@ -60,6 +60,8 @@ EXPECTED = [
     "no /init",  # mvm's init is /.mvm/init: the image's / is its own
     "no /bin/sh",
     "have /.mvm/init",
+    "have /.mvm/agent",
+    "no /usr",  # nothing of mvm's outside /.mvm, /etc/mvm, /lib/modules/mvm and mount points
     "links=2 suid=4711 owner=1234:1234",  # hard link, mode bits and owner kept
     "bin=busybox ",  # mvm's busybox applets are not added to the image's /bin
     "home-writable",  # a sealed image's (empty) home is a private tmpfs
