@@ -8,7 +8,8 @@ not use.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # not `from typing`: importing typing costs `mvmctl exec` start-up
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,8 @@ _EXPORTS = {
     "RegistryError": "mvm.errors",
     "IntegrityError": "mvm.errors",
     "TrustError": "mvm.errors",
+    "VarsError": "mvm.errors",
+    "SnapshotError": "mvm.errors",
     "LaunchError": "mvm.backends.base",
     "DriveFile": "mvm.drives",
     "VolumeSpec": "mvm.drives",
@@ -86,6 +89,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from mvm.backends.base import LaunchError
     from mvm.backends.spec import MachineSpec
     from mvm.config import GuestSpec, Project, load_project
@@ -106,9 +111,11 @@ if TYPE_CHECKING:
         NotFoundError,
         ProtocolError,
         RegistryError,
+        SnapshotError,
         StateError,
         TemplateError,
         TrustError,
+        VarsError,
     )
     from mvm.image.builder import Image
     from mvm.image.builder import build as build_image

@@ -18,6 +18,7 @@ escape un-wrapped.  Wrap with ``raise SomeError(...) from exc`` at the seam.
     │   └── ConflictError    name already in use / wrong lifecycle state
     ├── DriveError           --volume / drive images are invalid
     ├── CredentialError      credentials invalid or too large
+    ├── VarsError            generated vars: a generator failed, a var is missing, a bundle is bad
     ├── MetadataError        an image's revision.json is malformed or of an unknown schema
     ├── TemplateError        template records and revisions
     └── RegistryError        push/pull/verify against a registry
@@ -100,6 +101,11 @@ class CredentialError(MvmError):
     exit_code = 2
 
 
+class VarsError(MvmError):
+    """A generator failed or produced the wrong files, a var is missing or cannot be
+    decrypted, or an export bundle is malformed (messages name vars, never values)."""
+
+
 class MetadataError(MvmError):
     """An image's ``revision.json`` is malformed, or written for a schema this mvm
     does not know (it names the file and the key)."""
@@ -119,3 +125,7 @@ class IntegrityError(RegistryError):
 
 class TrustError(IntegrityError):
     """Trust is configured and a revision is unsigned or its signer is not trusted."""
+
+
+class SnapshotError(MvmError):
+    """A snapshot cannot be saved, or cannot be restored on this host (mismatch, damage)."""

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import pty
 import select
+import struct
 import subprocess
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +101,29 @@ def test_exec_errors_are_one_line(home: Path) -> None:
     assert r.returncode == 2 and r.stderr.startswith("mvmctl: error: ")
 
 
+def test_exec_large_stdin_and_a_command_that_ignores_it(home: Path) -> None:
+    data = os.urandom(3_000_000)
+    r = subprocess.run([MVMCTL, "exec", "-i", "agdev", "--", "sh", "-c", "sleep 1; md5sum"],
+                       input=data, capture_output=True, timeout=300)  # fmt: skip
+    import hashlib
+
+    assert r.returncode == 0 and r.stdout.split()[0].decode() == hashlib.md5(data).hexdigest()
+    # a command that never reads its stdin does not stall the agent for others
+    ignorer = subprocess.Popen([MVMCTL, "exec", "-i", "agdev", "--", "sleep", "20"],
+                               stdin=subprocess.PIPE)  # fmt: skip
+    assert ignorer.stdin is not None
+    with contextlib.suppress(BrokenPipeError):
+        ignorer.stdin.write(os.urandom(2_000_000))
+        ignorer.stdin.flush()
+    try:
+        t0 = time.monotonic()
+        assert ok("exec", "agdev", "--", "echo", "still") == "still\n"
+        assert time.monotonic() - t0 < 30
+    finally:
+        ignorer.kill()
+        ignorer.wait()
+
+
 def test_library_exec(home: Path) -> None:
     import mvm
 
@@ -105,17 +131,28 @@ def test_library_exec(home: Path) -> None:
     assert (r.code, r.stdout, r.stderr) == (4, b"a\0b", b"e")
 
 
-def _drive_pty(argv: list[str], script: list[tuple[bytes | None, bytes]],
+Send = bytes | tuple[int, int] | None  # keys to type, or a new terminal size
+
+
+def _winsz(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _drive_pty(argv: list[str], script: list[tuple[Send, bytes]],
                timeout: float = 90) -> tuple[int, bytes]:  # fmt: skip
-    """Run argv on a local pty; for each (send, expect) write ``send`` and read until
-    ``expect`` shows.  Returns the exit code and everything read."""
+    """Run argv on a local 50x132 pty; for each (send, expect) type ``send`` (or
+    resize the terminal, which sends SIGWINCH) and read until ``expect`` shows.
+    Returns the exit code and everything read."""
     pid, fd = pty.fork()
     if pid == 0:
+        _winsz(0, 50, 132)
         os.execvpe(argv[0], argv, dict(os.environ))
     seen = b""
     try:
         for send, expect in script:
-            if send is not None:
+            if isinstance(send, tuple):
+                _winsz(fd, *send)
+            elif send is not None:
                 os.write(fd, send)
             end = time.monotonic() + timeout
             while expect not in seen:
@@ -145,14 +182,16 @@ def _drive_pty(argv: list[str], script: list[tuple[bytes | None, bytes]],
         os.close(fd)
 
 
-def test_exec_tty_and_ctrl_c(home: Path) -> None:
+def test_exec_tty_resize_and_ctrl_c(home: Path) -> None:
     code, out = _drive_pty(
         [MVMCTL, "exec", "-i", "-t", "agdev", "--", "sh"],
-        [(None, b"$ "), (b"tty; stty size\r", b"/dev/pts/"),
-         (b"sleep 60\r", b"sleep 60"), (b"\x03", b"$ "), (b"exit 3\r", b"exit 3")],
+        [(None, b"$ "), (b"tty; stty size\r", b"50 132"),
+         ((40, 100), b""), (b"stty size\r", b"40 100"),
+         (b"sleep 60; echo slept\r", b"sleep 60"), (b"\x03", b"$ "),
+         (b"exit 3\r", b"exit 3")],
     )  # fmt: skip
     assert code == 3, out
-    assert b"/dev/pts/" in out
+    assert b"/dev/pts/" in out and b"slept" not in out.split(b"sleep 60; echo slept")[-1]
 
 
 def test_console_shell_through_a_pty(home: Path) -> None:

@@ -96,7 +96,7 @@ class FakeBackend(Backend):
     def command(self, spec: MachineSpec) -> list[str]:
         return ["fake-hv", "--name", spec.name, "--mem", str(spec.memory_mib)]
 
-    def launch(self, spec: MachineSpec) -> FakeMachine:
+    def launch(self, spec: MachineSpec, restore: object = None) -> FakeMachine:
         if self.fail_launch:
             raise LaunchError("fake: cannot start", command=self.command(spec))
         type(self).launched.append(spec)

@@ -168,11 +168,19 @@ def create_multi(name: str, flake: str, profile: str, cpus: int | None, mem: int
 @template.command("build")
 @NAME
 @click.option("--force", is_flag=True, help="Rebuild the image even if cached.")
-def build(name: str, force: bool) -> None:
+@click.option("--snapshot", is_flag=True,
+              help="Also boot it, wait until its ports answer and save the ready VM with the "
+                   "revision: `up --template` then restores instead of booting.")  # fmt: skip
+def build(name: str, force: bool, snapshot: bool) -> None:
     """Build NAME; a new revision appears only when its inputs changed."""
     from mvm.templates.build import build as do_build
 
-    r = do_build(name, force=force)
+    hook = None
+    if snapshot:
+        from mvm.runtime.templates import snapshot_into
+
+        hook = snapshot_into
+    r = do_build(name, force=force, snapshot=hook)
     if r.created:
         click.echo(f"{name}: built revision {r.revision} ({r.seconds:.1f}s)")
     else:

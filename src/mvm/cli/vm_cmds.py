@@ -72,7 +72,8 @@ def _template_run(name: str, run_cfg: Any) -> Any:
     return resolve(image, run_cfg, defaults, source=f"template:{name}", revision=rev)
 
 
-def _launch(resolved: Any, show_command: bool) -> Any:
+def _launch(resolved: Any, show_command: bool, cold: bool = True) -> Any:
+    """Start ``resolved``: restored from its template's snapshot unless ``cold``."""
     from mvm.runtime import start
 
     if show_command:
@@ -80,7 +81,17 @@ def _launch(resolved: Any, show_command: bool) -> Any:
 
         click.echo(printable(start.show_command(resolved)))
         sys.exit(0)
-    return start.start(resolved)
+    restore = None
+    if not cold:
+        from mvm.runtime.templates import template_restore
+
+        restore = template_restore(resolved.image)
+    return start.start(resolved, restore=restore)
+
+
+COLD = click.option(
+    "--cold", is_flag=True, help="Boot even if the template has a snapshot (default: restore it)."
+)
 
 
 IMAGE_HELP = (
@@ -93,18 +104,23 @@ IMAGE_HELP = (
 @click.argument("path", required=False)
 @click.option("--attached", is_flag=True, help="Stream the console; Ctrl-C stops the VM.")
 @click.option("--image", "image_ref", metavar="REF", help=IMAGE_HELP)
+@click.option("--template", "template", help="Run the current revision of a template.")
+@COLD
 @_run_options
-def run(path: str | None, attached: bool, image_ref: str | None, name: str | None,
-        cpus: int | None, mem: int | None, ports: tuple[str, ...], network: bool | None,
-        volumes: tuple[str, ...], credentials: tuple[str, ...],
-        show_command: bool) -> None:  # fmt: skip
-    """Build PATH (if needed) and boot it; detached unless --attached."""
+def run(path: str | None, attached: bool, image_ref: str | None, template: str | None,
+        cold: bool, name: str | None, cpus: int | None, mem: int | None,
+        ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
+        credentials: tuple[str, ...], show_command: bool) -> None:  # fmt: skip
+    """Build PATH (if needed) and boot it, start a template (restored from its
+    snapshot if it has one) or an OCI image; detached unless --attached."""
     from mvm.errors import ConfigError
 
-    if path and image_ref:
-        raise ConfigError("use either a project PATH or --image, not both")
+    if sum(1 for x in (path, template, image_ref) if x) > 1:
+        raise ConfigError("use one of PATH, --template and --image")
     run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, attached)
-    started = _launch(_project_run(path, run_cfg, image_ref), show_command)
+    resolved = (_template_run(template, run_cfg) if template
+                else _project_run(path, run_cfg, image_ref))  # fmt: skip
+    started = _launch(resolved, show_command, cold or not template)
     if not attached:
         started.machine.close()
         name_ = started.record.name
@@ -119,12 +135,14 @@ def run(path: str | None, attached: bool, image_ref: str | None, name: str | Non
 @click.option("--flake", "flake", type=click.Path(), help="Project directory (default: .).")
 @click.option("--template", "template", help="Start the current revision of a template.")
 @click.option("--image", "image_ref", metavar="REF", help=IMAGE_HELP)
+@COLD
 @_run_options
-def up(flake: str | None, template: str | None, image_ref: str | None, name: str | None,
-       cpus: int | None, mem: int | None, ports: tuple[str, ...], network: bool | None,
-       volumes: tuple[str, ...], credentials: tuple[str, ...],
+def up(flake: str | None, template: str | None, image_ref: str | None, cold: bool,
+       name: str | None, cpus: int | None, mem: int | None, ports: tuple[str, ...],
+       network: bool | None, volumes: tuple[str, ...], credentials: tuple[str, ...],
        show_command: bool) -> None:  # fmt: skip
-    """Start a detached VM from a project (--flake), a template or an OCI image (--image)."""
+    """Start a detached VM from a project (--flake), a template (restored from the
+    template's snapshot when it has one, unless --cold) or an OCI image (--image)."""
     from mvm.errors import ConfigError
 
     if sum(1 for x in (flake, template, image_ref) if x) > 1:
@@ -132,9 +150,30 @@ def up(flake: str | None, template: str | None, image_ref: str | None, name: str
     run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, False)
     resolved = (_template_run(template, run_cfg) if template
                 else _project_run(flake, run_cfg, image_ref))  # fmt: skip
-    started = _launch(resolved, show_command)
+    started = _launch(resolved, show_command, cold or not template)
     started.machine.close()
-    click.echo(f"{started.record.name}: running")
+    how = " (restored from snapshot)" if started.record.boot == "restored" else ""
+    click.echo(f"{started.record.name}: running{how}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("new")
+@click.option(
+    "-p",
+    "--publish",
+    "ports",
+    multiple=True,
+    metavar="[ADDR:]HOST:GUEST",
+    help="Forward HOST to NEW's GUEST port (repeatable; NAME's forwards stay NAME's).",
+)
+def fork(name: str, new: str, ports: tuple[str, ...]) -> None:
+    """Snapshot running VM NAME (a brief pause) and start NEW from it; both keep running."""
+    from mvm.runtime.fork import fork as do_fork
+
+    started = do_fork(name, new, ports)
+    started.machine.close()
+    click.echo(f"{started.record.name}: running (forked from {name})")
 
 
 @cli.command()
@@ -152,17 +191,17 @@ def down(name: str, volumes: bool) -> None:
 @cli.command("ls")
 @click.option("--json", "as_json", is_flag=True)
 def ls(as_json: bool) -> None:
-    """List VMs and their live state."""
-    from mvm.runtime import vm
+    """List VMs (running and defined) with their live state and image freshness."""
+    from mvm.runtime import manage
 
-    infos = [v.info() for v in vm.list_vms()]
+    infos = manage.listing()
     if as_json:
         emit_json(infos)
         return
     table(
-        ["NAME", "STATE", "MODE", "ACCEL", "PID", "UPTIME", "EXIT", "SOURCE"],
+        ["NAME", "STATE", "MODE", "ACCEL", "PID", "UPTIME", "EXIT", "SOURCE", "IMAGE"],
         [[i["name"], i["state"], i["mode"], i["accel"], i["pid"], duration(i["uptime_s"]),
-          i["exit_code"], i["source"]] for i in infos],
+          i["exit_code"], i["source"], i["image"]] for i in infos],
     )  # fmt: skip
 
 
@@ -191,8 +230,8 @@ def status(name: str, as_json: bool) -> None:
         click.echo(f"hint: `mvmctl down {name}` stops its hypervisor (if any) and removes it")
         return
     for key in ("name", "state", "mode", "hypervisor", "accel", "accel_reason", "pid", "revision",
-                "source", "image_ref", "entrypoint", "accessible", "vcpus", "memory_mib", "ports",
-                "exposed_ports", "volumes", "credentials", "exit_code"):  # fmt: skip
+                "source", "boot", "image_ref", "entrypoint", "accessible", "vcpus", "memory_mib",
+                "ports", "exposed_ports", "volumes", "credentials", "exit_code"):  # fmt: skip
         value = info[key]
         if isinstance(value, list):
             value = ", ".join(value) or None

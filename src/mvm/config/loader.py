@@ -36,8 +36,10 @@ from mvm.config.schema import (
     RestartPolicy,
     Service,
     Uids,
+    VarCredentialSpec,
     home_for,
 )
+from mvm.config.vars_schema import parse_generators
 from mvm.errors import ConfigError
 from mvm.paths import NAME_RE
 
@@ -45,7 +47,7 @@ MANIFEST = "mvm.toml"
 TOP_KEYS = {
     "name", "vcpus", "memory_mib", "hypervisor", "dev", "entrypoint", "services", "uids",
     "files", "packages", "copy", "kernel", "credentials", "ports", "network", "flake",
-    "profile", "profiles", "image",
+    "profile", "profiles", "image", "vars",
 }  # fmt: skip
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "profile", "flake"}
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, and these patterns
@@ -264,6 +266,13 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
 
     # an image's home is known once its passwd is read: the builder checks it then
     sealed_home = None if dev or image is not None else home_for(uids.entrypoint)
+    generators = parse_generators(ctx, data.get("vars", {}))
+    creds, var_creds = _credentials(ctx, data.get("credentials", {}), root)
+    declared = {(g.name, f.name) for g in generators for f in g.files}
+    for vc in var_creds:
+        if (vc.generator, vc.file) not in declared:
+            raise ctx.err(f"credentials.{vc.name}.var", f"{vc.var!r} is not a file of any "
+                          "[vars.generators.GEN] (files.NAME)")  # fmt: skip
     return GuestSpec(
         name=name,
         entrypoint=entrypoint,
@@ -276,8 +285,10 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         files=_files(ctx, data.get("files", {}), sealed_home),
         packages=_packages(ctx, data.get("packages", [])),
         copy=_copies(ctx, data.get("copy", []), root, sealed_home),
-        kernel=_kernel(ctx, data.get("kernel", "debian"), root),
-        credentials=_credentials(ctx, data.get("credentials", {}), root),
+        kernel=_kernel(ctx, data.get("kernel", "mvm"), root),
+        credentials=creds,
+        var_credentials=var_creds,
+        generators=generators,
         ports=_ports(ctx, data.get("ports", [])),
         network=_bool(ctx, data.get("network", False), "network"),
         image=image,
@@ -413,14 +424,16 @@ def _copies(ctx: _Ctx, value: Any, root: Path, sealed_home: str | None) -> tuple
 
 
 def _kernel(ctx: _Ctx, value: Any, root: Path) -> KernelSpec:
-    if value in ("debian", "host"):
+    if value in ("mvm", "debian", "host"):
         return KernelSpec(provider=value)
     if isinstance(value, str):
         value = {"path": value}
     table = ctx.table(value, "kernel")
     ctx.keys(table, "kernel", {"path", "modules"})
     if "path" not in table:
-        raise ctx.err("kernel", 'needs path = "/path/to/vmlinuz" (or kernel = "debian" | "host")')
+        raise ctx.err(
+            "kernel", 'needs path = "/path/to/vmlinuz" (or kernel = "mvm" | "debian" | "host")'
+        )
     path = _resolved(ctx, root / ctx.string(table["path"], "kernel.path"), "kernel.path")
     if not path.is_file():
         raise ctx.err("kernel.path", f"{str(path)!r} is not a file")
@@ -455,20 +468,30 @@ def _is_kernel_image(path: Path) -> bool:
     return head.startswith(b"\x7fELF") or head[0x202:0x206] == b"HdrS"
 
 
-def _credentials(ctx: _Ctx, value: Any, root: Path) -> tuple[CredentialSpec, ...]:
+def _credentials(
+    ctx: _Ctx, value: Any, root: Path
+) -> tuple[tuple[CredentialSpec, ...], tuple[VarCredentialSpec, ...]]:
     table = ctx.table(value, "credentials")
     out = []
+    from_vars = []
     for name, spec in table.items():
         key = f"credentials.{name}"
         if not CRED_RE.fullmatch(name):
             raise ctx.err(key, "credential names use A-Z, a-z, 0-9, '_', '.', '-', '@' (max 255)")
         body = ctx.table(spec, key)
-        ctx.keys(body, key, {"file"})
-        if "file" not in body:
-            raise ctx.err(key, 'needs file = "path/to/file"')
+        ctx.keys(body, key, {"file", "var"})
+        if ("file" in body) == ("var" in body):
+            raise ctx.err(key, 'needs exactly one of file = "path/to/file" or var = "GEN/FILE"')
+        if "var" in body:
+            var = ctx.string(body["var"], f"{key}.var")
+            gen, sep, fname = var.partition("/")
+            if not sep or not gen or not fname or "/" in fname:
+                raise ctx.err(f"{key}.var", f'must be "GENERATOR/FILE", got {var!r}')
+            from_vars.append(VarCredentialSpec(name, gen, fname))
+            continue
         file = _resolved(ctx, root / ctx.string(body["file"], f"{key}.file"), f"{key}.file")
         out.append(CredentialSpec(name, file))
-    return tuple(out)
+    return tuple(out), tuple(from_vars)
 
 
 def _ports(ctx: _Ctx, value: Any) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ EntrypointKind = Literal["shell", "command", "services"]
 RestartPolicy = Literal["always", "on-failure", "never"]
 RESTART_POLICIES: tuple[str, ...] = ("always", "on-failure", "never")
 HYPERVISORS: tuple[str, ...] = ("qemu", "firecracker", "cloud-hypervisor")
-KernelProvider = Literal["debian", "host", "path"]
+KernelProvider = Literal["mvm", "debian", "host", "path"]
 
 DEFAULT_AGENT_UID = 990
 DEFAULT_APP_UID = 1000
@@ -87,7 +87,7 @@ class CopySpec:
 
 @dataclass(frozen=True)
 class KernelSpec:
-    provider: KernelProvider = "debian"
+    provider: KernelProvider = "mvm"
     path: Path | None = None
     modules: Path | None = None
 
@@ -98,6 +98,39 @@ class CredentialSpec:
 
     name: str
     file: Path
+
+
+@dataclass(frozen=True)
+class VarFileSpec:
+    """One file a generator must produce in ``$out``."""
+
+    name: str
+    secret: bool = True
+    mode: int = 0o400
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """``[vars.generators.NAME]``: a script that writes exactly ``files`` into ``$out``,
+    run on the host by ``mvmctl vars generate`` with only ``runtime_inputs`` on PATH."""
+
+    name: str
+    files: tuple[VarFileSpec, ...]
+    script: str
+    runtime_inputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VarCredentialSpec:
+    """``[credentials] NAME = { var = "GEN/FILE" }``: delivered from the VM's var store."""
+
+    name: str
+    generator: str
+    file: str
+
+    @property
+    def var(self) -> str:
+        return f"{self.generator}/{self.file}"
 
 
 @dataclass(frozen=True)
@@ -115,6 +148,8 @@ class GuestSpec:
     copy: tuple[CopySpec, ...] = ()
     kernel: KernelSpec = field(default_factory=KernelSpec)
     credentials: tuple[CredentialSpec, ...] = ()
+    var_credentials: tuple[VarCredentialSpec, ...] = ()
+    generators: tuple[GeneratorSpec, ...] = ()
     ports: tuple[str, ...] = ()
     network: bool = False
     # OCI images (docs/oci.md): where the rootfs comes from, and what the image's

@@ -4,6 +4,9 @@
 ``init.sh`` is PID 1 in the rootfs; ``agent/`` is the guest agent's C source
 (compiled on the host by :mod:`mvm.image.guestbin`, protocol in
 docs/agent-protocol.md);
+``rootops.sh`` (with the freestanding ``mvm-reseed``, source in
+``agent/reseed.c``, compiled like the agent) holds the root operations a restored guest needs
+(remount, identity, reseed; docs/snapshots.md);
 ``drives.sh``/``credentials.sh`` mount the config/secrets/data drives and
 unpack credentials (init.d), ``env-drives.sh`` puts config and secrets into
 the entrypoint's environment (env.d).  The
@@ -23,10 +26,11 @@ def read(name: str) -> bytes:
 
 # what this package's /init understands; images record it so a newer mvm can
 # refuse features an older image's /init would silently ignore
-GUEST_FEATURES = ("drives", "credentials", "agent")
+GUEST_FEATURES = ("drives", "credentials", "agent", "rootops")
 
 GUEST_FILES = (
     "initramfs-init.sh", "init.sh", "drives.sh", "credentials.sh", "env-drives.sh",
+    "rootops.sh",
 )  # fmt: skip
 # where the builder installs the extension scripts (init.d: sourced by /init as
 # root before the entrypoint; env.d: sourced by each launcher as the entrypoint uid)

@@ -10,7 +10,12 @@
 # after the entrypoint has started.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
+# booted straight from the rootfs (built-in drivers, no initramfs): the kernel
+# mounted only /dev (DEVTMPFS_MOUNT); proc and sysfs are ours to mount
+[ -e /proc/self ] || mount -t proc proc /proc
+[ -d /sys/kernel ] || mount -t sysfs sys /sys
 . /etc/mvm/spec.sh
+[ -r /etc/mvm/rootops.sh ] && . /etc/mvm/rootops.sh  # the control port's root operations
 read -r CMDLINE < /proc/cmdline
 NET=0
 t() { :; }
@@ -107,9 +112,11 @@ STOPPING=0
 trap 'STOPPING=1' TERM
 
 t before-entrypoint
-for s in $MVM_AUX_SERVICES; do supervise "${s%%:*}" "${s#*:}" & done
-
 export HOME="$MVM_HOME_DIR" USER="$MVM_USER" LOGNAME="$MVM_USER"
+# start_workload: the aux services and the entrypoint; their pids in $AUX and $pids
+start_workload() {
+AUX=""
+for s in $MVM_AUX_SERVICES; do supervise "${s%%:*}" "${s#*:}" & AUX="$AUX $!"; done
 pids=""
 case "$MVM_KIND" in
     shell)
@@ -126,6 +133,12 @@ case "$MVM_KIND" in
     failed)  # an init.d script could not set up what the entrypoint needs (it said why)
         false & pids=$! ;;
 esac
+}
+# `restart` on the control port (after a snapshot restore: services reread config and
+# secrets) reaches PID 1 as SIGUSR1; the main loop below stops and starts the workload
+RESTART=0
+trap 'RESTART=1' USR1
+start_workload
 
 # --- after the entrypoint started: channels to the host, at low priority so
 # the entrypoint keeps the CPU; PID 1 reads the port paths back before it reports.
@@ -148,13 +161,39 @@ channels() {
         [ -n "$STATUS" ] && [ -n "$CONTROL" ] && [ -n "$AGENT" ] || usleep 10000
     done
     echo "STATUS=$STATUS" > /run/mvm/ports
+    # control_op VERB A1 A2: run one request, answer on the port (fd 3)
+    control_op() {
+        case "$1" in
+            ping) r=0; out="" ;;
+            restart)
+                rm -f /run/mvm/restarted
+                kill -USR1 1
+                n=600; while [ ! -e /run/mvm/restarted ] && [ $n -gt 0 ]; do usleep 50000; n=$((n - 1)); done
+                if [ -e /run/mvm/restarted ]; then r=0; out=""; else r=1; out="restart timed out"; fi ;;
+            *) out=$(mvm_op_"$1" "$2" "$3" 2>&1 3>&-); r=$? ;;
+        esac
+        out=$(echo $out)  # one line
+        if [ $r = 0 ]; then echo "$id ok" >&3; else echo "$id err ${out:-failed}" >&3; fi
+    }
     if [ -n "$CONTROL" ]; then
         # the host end is a pipe that is always connected: read() blocks until a request
         (
+            # verbs run at normal priority (the channels subshell runs at nice 19)
+            read -r _me _ < /proc/self/stat; renice 0 -p "$_me" >/dev/null 2>&1
             while :; do
-                while read -r req; do
-                    case "$req" in poweroff) kill -TERM 1 ;; esac
-                done < "$CONTROL"
+                # requests: "poweroff", or "VERB ID ARGS…" answered by "ID ok" or
+                # "ID err REASON" (docs/snapshots.md); one open, read and write
+                exec 3<> "$CONTROL"
+                while read -r verb id a1 a2 _rest <&3; do
+                    case "$verb" in
+                        poweroff) kill -TERM 1; continue ;;
+                        ping|remount|identity|reseed|restart) ;;
+                        *) continue ;;
+                    esac
+                    case "$id" in ''|*[!A-Za-z0-9]*) continue ;; esac
+                    control_op "$verb" "$a1" "$a2" < /dev/null
+                done
+                exec 3>&-
                 usleep 200000  # only if the port was ever closed under us
             done
         ) &
@@ -175,15 +214,25 @@ channels() {
 CHANNELS=$!
 
 t channels-ready
-rc=0
-for p in $pids; do
-    while :; do
-        wait "$p"; r=$?
-        # a trapped SIGTERM interrupts `wait` (status > 128): stop everything
-        [ "$STOPPING" = 1 ] && break 2
-        kill -0 "$p" 2>/dev/null || break
+while :; do
+    rc=0
+    for p in $pids; do
+        while :; do
+            wait "$p"; r=$?
+            # a trapped SIGTERM interrupts `wait` (status > 128): stop everything
+            [ "$STOPPING" = 1 ] && break 3
+            [ "$RESTART" = 1 ] && break 2
+            kill -0 "$p" 2>/dev/null || break
+        done
+        [ $r != 0 ] && rc=$r
     done
-    [ $r != 0 ] && rc=$r
+    [ "$RESTART" = 1 ] || break
+    RESTART=0
+    mvm_stop_tree $pids $AUX
+    for p in $pids $AUX; do wait "$p" 2>/dev/null; done
+    [ -d /run/credentials/@system ] && export CREDENTIALS_DIRECTORY=/run/credentials/@system
+    start_workload
+    : > /run/mvm/restarted
 done
 wait "$CHANNELS"
 [ -r /run/mvm/ports ] && . /run/mvm/ports

@@ -47,17 +47,17 @@ from mvm.config.schema import GuestSpec, Project
 from mvm.errors import BuildError, ConfigError, DiskFullError
 from mvm.guest import EXTENSIONS, GUEST_FEATURES, GUEST_FILES
 from mvm.guest import read as guest_file
-from mvm.image import guestbin, initramfs, source
+from mvm.image import contents, guestbin, initramfs, source
 from mvm.image import kernel as kernels
 from mvm.image.hashcache import ContentHashes
-from mvm.image.meta import ARTEFACTS, ImageMeta
+from mvm.image.meta import ARTEFACTS, ImageMeta, KernelInfo
 from mvm.image.meta import load as load_meta
 from mvm.image.render import GuestFile, render
 from mvm.image.source import Source
 from mvm.image.staging import Staging
 from mvm.log import get_logger
 from mvm.proc import is_disk_full
-from mvm.state.atomic import atomic_file, locked, private_tempdir
+from mvm.state.atomic import atomic_file, locked, private_tempdir, publish_dir
 
 log = get_logger(__name__)
 
@@ -180,6 +180,16 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
     return Inputs(h.hexdigest(), epoch, tuple(sources), image_id)
 
 
+def current_hash(project: Project) -> str:
+    """The input hash ``build(project)`` would produce, without building (freshness:
+    ``mvmctl ls`` compares it with what a VM was last built or booted at)."""
+    kernel = kernels.resolve(project.spec.kernel)
+    hashes = ContentHashes(paths.cache_dir() / HASHES)
+    digest = input_hash(project, kernel, hashes).digest
+    hashes.save()
+    return digest
+
+
 def build(project: Project, *, force: bool = False) -> Image:
     """Return the image for ``project``, building it only if its inputs changed."""
     spec = project.spec
@@ -229,6 +239,8 @@ def own_files(
         GuestFile(spec.init_path, init, 0o755),
         GuestFile(agent, guestbin.build("mvm-guest-agent"), 0o755),
         *(GuestFile(dest, guest_file(src), 0o644) for src, dest in EXTENSIONS.items()),
+        GuestFile("/etc/mvm/rootops.sh", guest_file("rootops.sh"), 0o644),
+        GuestFile("/etc/mvm/bin/mvm-reseed", guestbin.build("mvm-reseed"), 0o755),
     ]
     files += [GuestFile(f"/lib/modules/mvm/{n}.ko", data) for n, data in late]
     files.append(GuestFile("/etc/mvm/modules.late", (" ".join(n for n, _ in late) + "\n").encode()))
@@ -297,8 +309,9 @@ def _build(
             uid = spec.uids.entrypoint
             # order: mvm's skeleton, packages, busybox, the project's files, then
             # mvm's own files (which the project may not touch: guestpaths)
-            if spec.packages:
-                debian.extract(debian.fetch(debian.resolve(spec.packages)), st)
+            pkgs = debian.resolve(spec.packages) if spec.packages else []
+            if pkgs:
+                debian.extract(debian.fetch(pkgs), st)
             if unpacked is not None:
                 rootfs.install_busybox_private(st, initramfs.busybox_path(), "/.mvm/bin")
             else:
@@ -319,6 +332,7 @@ def _build(
                 if uid != 0 and (unpacked is None or not existed):
                     owners[home] = (uid, uid)
             st.set_times(inputs.epoch)
+        manifest = contents.scan(root, pkgs)  # for `mvmctl update`'s diff
         stamp = rootfs.Stamp(
             inputs.epoch,
             str(uuid.UUID(hex=inputs.digest[:32], version=4)),
@@ -326,8 +340,13 @@ def _build(
         )
         rootfs.make_ext4(root, out / "rootfs.ext4", owners, stamp=stamp)
         shutil.rmtree(root)
-        initramfs.build(kernel, out / "initramfs.cpio", epoch=inputs.epoch)
+        if kernel.boot == "direct":  # the kernel mounts the rootfs itself: an empty artefact
+            with atomic_file(out / "initramfs.cpio"):
+                pass
+        else:
+            initramfs.build(kernel, out / "initramfs.cpio", epoch=inputs.epoch)
         _install_kernel(kernel.image, out / "kernel")
+        contents.write(out, manifest)
         revision = _revision(spec, kernel, inputs.digest, out, time.monotonic() - started)
         if unpacked is not None:
             assert spec.image is not None
@@ -339,11 +358,7 @@ def _build(
             meta.write(json.dumps(revision["checksums"], indent=2, sort_keys=True).encode())
         with atomic_file(out / "revision.json") as meta:  # last: it marks the image complete
             meta.write(json.dumps(revision, indent=2, sort_keys=True).encode())
-        if dest.exists():
-            old = images / f".old-{inputs.digest}-{os.getpid()}"
-            os.replace(dest, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, dest)
+        publish_dir(out, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("built %s in %.1fs", spec.name, time.monotonic() - started)
@@ -410,7 +425,12 @@ def _revision(
         "expectedBootMs": EXPECTED_BOOT_MS["kvm"],
         "expectedBootMsByAccel": EXPECTED_BOOT_MS,
         "inputHash": digest,
-        "kernel": {"version": kernel.version, "identity": kernel.identity},
+        "kernel": KernelInfo(
+            kernel.version,
+            kernel.identity,
+            kaslr=None if kernel.kaslr else False,
+            boot=None if kernel.boot == "initramfs" else kernel.boot,
+        ).to_json(),
         "packages": list(spec.packages),
         "defaults": {"vcpus": spec.vcpus, "memory_mib": spec.memory_mib},
         "checksums": checksums,

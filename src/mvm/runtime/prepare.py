@@ -66,28 +66,22 @@ def machine_spec(
         att = drives.materialise(prep.plan, run_dir, vm=name, uid=prep.uid)
     else:
         att = drives.layout(prep.plan, run_dir, vm=name)
+    kinfo = image.meta.kernel
     rootfs = Disk(image.rootfs, role="rootfs", readonly=not image.accessible,
                   ephemeral=image.accessible)  # fmt: skip
     spec = MachineSpec(
         name=name,
         run_dir=run_dir,
         kernel=image.kernel,
-        initramfs=image.initramfs if image.initramfs.exists() else None,
+        initramfs=None if kinfo.direct_boot or not image.initramfs.exists() else image.initramfs,
         disks=(rootfs, *att.drives),
         vcpus=int(run.vcpus.value),
         memory_mib=int(run.memory_mib.value),
         network=NetworkSpec(egress=bool(run.egress.value), forwards=run.ports),
         credentials=tuple(c.for_guest() for c in run.credentials),
-        cmdline=(
-            *(("mvm.trace=1",) if run.trace else ()),
-            *_init_arg(image.meta.init),
-            *att.cmdline,
-        ),
+        cmdline=(*(("mvm.trace=1",) if run.trace else ()), *att.cmdline),
         scrub=att.scrub,
+        kaslr=kinfo.kaslr is not False,
+        init=image.meta.init,  # an OCI image's own /init is not mvm's: /.mvm/init
     )
     return spec, att
-
-
-def _init_arg(init: str) -> tuple[str, ...]:
-    """An OCI image's own /init is not mvm's (``ImageMeta.init``: ``/.mvm/init``)."""
-    return () if init == "/init" else (f"init={init}",)

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mvm.backends.spec import PortForward
+from mvm.config.schema import VarCredentialSpec
+from mvm.config.vars_schema import FILE_RE, GEN_RE
 from mvm.drives import DriveFile, VolumeSpec, parse_volume
 from mvm.errors import ConfigError, CredentialError
 from mvm.runtime.config import RunConfig, parse_port
@@ -61,6 +63,8 @@ class RuntimeDefaults:
     template_memory_mib: int | None = None
     # declared by a template this host did not build: the caller must give the values
     required_credentials: tuple[str, ...] = ()
+    # [credentials] KEY = { var = "GEN/FILE" }: read from the VM's var store at start
+    var_credentials: tuple[VarCredentialSpec, ...] = ()
 
     @classmethod
     def from_spec(cls, spec: GuestSpec) -> RuntimeDefaults:
@@ -68,6 +72,7 @@ class RuntimeDefaults:
             origin="mvm.toml", vcpus=spec.vcpus, memory_mib=spec.memory_mib,
             ports=tuple(spec.ports), network=spec.network,
             credentials=tuple(CredentialDecl(c.name, c.file) for c in spec.credentials),
+            var_credentials=tuple(spec.var_credentials),
         )  # fmt: skip
 
     @classmethod
@@ -81,8 +86,16 @@ class RuntimeDefaults:
             for c in runtime.get("credentials", [])
             if isinstance(c, dict) and isinstance(c.get("name"), str) and "file" in c
         )
+        var_creds = []
+        for c in runtime.get("var_credentials", []):
+            if not isinstance(c, dict) or not isinstance(c.get("var"), str):
+                continue
+            name, (gen, _, fname) = str(c.get("name")), str(c["var"]).partition("/")
+            if creds_mod.valid_name(name) and GEN_RE.fullmatch(gen) and FILE_RE.fullmatch(fname):
+                var_creds.append(VarCredentialSpec(name, gen, fname))
         return cls(
             origin="mvm.toml",
+            var_credentials=tuple(var_creds),
             vcpus=meta.defaults.vcpus,
             memory_mib=meta.defaults.memory_mib,
             ports=tuple(p for p in runtime.get("ports", []) if isinstance(p, str)),
@@ -164,7 +177,12 @@ def resolve(
     hypervisor = pick("hypervisor", (run.hypervisor, who),
                       (meta.backend, "image"))  # fmt: skip
 
-    ports = _dedupe([parse_port(p) for p in run.ports] + [parse_port(p) for p in defaults.ports])
+    # a guest port the caller maps itself replaces mvm.toml's forward of it (so several
+    # VMs of one template can each publish it on their own host port)
+    given = [parse_port(p) for p in run.ports]
+    mapped = {(p.guest, p.proto) for p in given}
+    ports = _dedupe(given + [p for p in map(parse_port, defaults.ports)
+                             if (p.guest, p.proto) not in mapped])  # fmt: skip
     if run.ports or defaults.ports:
         sources["ports"] = "+".join(
             o for o, present in ((who, run.ports), (defaults.origin, defaults.ports)) if present
@@ -181,8 +199,14 @@ def resolve(
     if declared is None:
         declared = [creds_mod.read_file(c.name, c.file, defaults.origin)
                     for c in defaults.credentials]  # fmt: skip
+    var_creds: list[Credential] = []
+    if defaults.var_credentials:
+        from mvm.secrets.vars import credentials_for
+
+        # missing vars fail here, before anything is created or booted
+        var_creds = credentials_for(str(name.value), defaults.var_credentials)
     host = creds_mod.host_credentials() if run.forward_host_credentials else []
-    creds = creds_mod.resolve(run.credentials, declared, host)
+    creds = creds_mod.resolve(run.credentials, declared, var_creds, host)
     missing = sorted(set(defaults.required_credentials) - {c.name for c in creds})
     if missing:
         raise CredentialError(
@@ -193,7 +217,7 @@ def resolve(
         )
     if creds:
         origins = [o for o, group in ((who, run.credentials), (defaults.origin, declared),
-                                      ("host", host)) if group]  # fmt: skip
+                                      ("var", var_creds), ("host", host)) if group]  # fmt: skip
         sources["credentials"] = "+".join(origins)
 
     return ResolvedRun(

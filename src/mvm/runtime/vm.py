@@ -104,6 +104,7 @@ class Vm:
             "accel_reason": r.accel_reason,
             "pid": r.live_pid(),
             "source": r.source,
+            "boot": r.boot,
             "revision": r.revision or r.image_hash[:12],
             "image_hash": r.image_hash,
             "accessible": r.accessible,
@@ -205,6 +206,10 @@ def down(name: str, *, volumes: bool = False) -> VmState:
             finally:
                 machine.close()
         remove_run_dir(vm.record.dir)
+        if isinstance(rec, VmRecord) and rec.snapshot:
+            from mvm.runtime.fork import release
+
+            release(Path(rec.snapshot), exclude=name)
         if volumes:
             from mvm.drives import remove_volumes
 
@@ -308,13 +313,14 @@ def follow(name: str, n: int, out: Any) -> None:
 
 
 def up(target: Any, run: RunConfig | None = None, *, source: str | None = None,
-       revision: str = "") -> Vm:  # fmt: skip
+       revision: str = "", cold: bool = False) -> Vm:  # fmt: skip
     """Start a detached VM and return once it answers.
 
     ``target`` is a :class:`~mvm.config.Project` (built if needed), an
     :class:`~mvm.image.builder.Image` (its mvm.toml's runtime settings apply
     when it was built from a project in this process), or a template name
-    given as ``"template:NAME"``.  mvm.toml's ports, network and
+    given as ``"template:NAME"`` (restored from the template's snapshot when it
+    has one, unless ``cold``).  mvm.toml's ports, network and
     ``[credentials]`` apply as they do for ``mvmctl up``.
     """
     from mvm.config.schema import Project
@@ -337,6 +343,11 @@ def up(target: Any, run: RunConfig | None = None, *, source: str | None = None,
     else:
         raise TypeError("up() takes a Project, an Image or 'template:NAME'")
     resolved = resolve(image, run, defaults, source=source or label, revision=revision, who="api")
-    started = start(resolved)
+    restore = None
+    if isinstance(target, str) and not cold:
+        from mvm.runtime.templates import template_restore
+
+        restore = template_restore(image)
+    started = start(resolved, restore=restore)
     started.machine.close()
     return Vm(started.record)
