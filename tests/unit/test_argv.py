@@ -114,6 +114,9 @@ def test_direct_boot_mounts_the_rootfs_from_the_kernel() -> None:
     assert "-initrd" not in build_argv(cfg(initramfs=None))
     with_initrd = kernel_cmdline(cfg())
     assert "root=" not in with_initrd and "init=" not in with_initrd
+    # an OCI image's init with an initramfs: the initramfs reads init= and switches to it
+    oci = kernel_cmdline(cfg(init="/.mvm/init")).split()
+    assert "init=/.mvm/init" in oci and not any(p.startswith("root=") for p in oci)
 
 
 def test_tcg_translation_buffer_is_bounded_and_kvm_has_none() -> None:

@@ -67,6 +67,7 @@ DEFAULT_EPOCH = 1
 EPOCH_MAX = (1 << 31) - 1  # ext4's classic 32-bit timestamps
 BUILD_LOCK_TIMEOUT = 1800.0
 HASHES = "content-hashes.json"  # in MVM_CACHE: keyed by device and inode, shareable
+AGENT = "/usr/local/bin/mvm-guest-agent"  # an OCI image's is /.mvm/agent
 
 
 @dataclass(frozen=True)
@@ -244,12 +245,17 @@ def own_files(
     image's ``/init`` and shell are its own: mvm's init is ``/.mvm/init`` there, and
     its scripts run under ``/.mvm/bin/sh``."""
     init = guest_file("init.sh")
+    agent = AGENT
     if spec.image is not None:
         init = _private_shell(_private_path(init))
+        if init.count(AGENT.encode()) != 1:
+            raise BuildError("internal: init.sh does not start the agent exactly once")
+        agent = "/.mvm/agent"
+        init = init.replace(AGENT.encode(), agent.encode())
     files = [
         *render(spec, base),
         GuestFile(spec.init_path, init, 0o755),
-        GuestFile("/usr/local/bin/mvm-guest-agent", guestbin.build("mvm-guest-agent"), 0o755),
+        GuestFile(agent, guestbin.build("mvm-guest-agent"), 0o755),
         *(GuestFile(dest, guest_file(src), 0o644) for src, dest in EXTENSIONS.items()),
         GuestFile("/etc/mvm/rootops.sh", guest_file("rootops.sh"), 0o644),
         GuestFile("/etc/mvm/bin/mvm-reseed", guestbin.build("mvm-reseed"), 0o755),
@@ -316,6 +322,8 @@ def _build(
                 base = {p: st.read(p, oci.PASSWD_MAX) or b""
                         for p in ("/etc/passwd", "/etc/group", "/etc/shadow")}  # fmt: skip
                 rootfs.skeleton(st, rootfs.OCI_SKELETON)
+                if spec.workdir and not st.is_dir(spec.workdir):  # runtimes create it too
+                    _guard(spec, "the image's WorkingDir")(st.mkdir(spec.workdir), "")
             else:
                 rootfs.skeleton(st)
             uid = spec.uids.entrypoint

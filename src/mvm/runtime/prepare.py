@@ -63,7 +63,9 @@ def check(run: ResolvedRun) -> Prepared:
                               "support; rebuild the image or template")  # fmt: skip
     uid = meta.uids.entrypoint
     if plan.data and not image.accessible:
-        drives.check_mountpoints(plan, image.rootfs, "/root" if uid == 0 else f"/home/{APP_USER}")
+        # an OCI image's home is the image's (not recorded; only /tmp is sure to be a tmpfs)
+        home = "/tmp" if meta.image is not None else "/root" if uid == 0 else f"/home/{APP_USER}"
+        drives.check_mountpoints(plan, image.rootfs, home)
     return Prepared(run, plan, uid)
 
 
@@ -93,24 +95,14 @@ def machine_spec(
         memory_mib=int(run.memory_mib.value),
         network=netplan.prepare(run.network, run_dir, name, run.ports, materialise=materialise),
         credentials=tuple(c.for_guest() for c in run.credentials),
-        cmdline=(
-            *(("mvm.trace=1",) if run.trace else ()),
-            *(() if direct else _init_arg(image.meta.init_exec)),
-            *att.cmdline,
-        ),
+        cmdline=(*(("mvm.trace=1",) if run.trace else ()), *att.cmdline),
         scrub=att.scrub,
         kaslr=kinfo.kaslr is not False,
         machine=str(run.machine.value),
         guest_init=image.meta.init,
-        init=init,  # direct boot: the kernel runs it (root=/dev/vda init=…)
+        init=init,  # direct boot: the kernel runs it; else the initramfs switches to it
     )
     return spec, att
 
 
 SYSTEMD = "/lib/systemd/systemd"
-
-
-def _init_arg(init: str) -> tuple[str, ...]:
-    """For the initramfs's switch_root: an OCI image's own /init is not mvm's
-    (``ImageMeta.init_exec``: ``/.mvm/init``); systemd images are found by a marker."""
-    return () if init == "/init" else (f"init={init}",)

@@ -80,6 +80,8 @@ def kernel_cmdline(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DA
         # direct boot (built-in drivers): the kernel mounts the rootfs and runs init
         mode = "ro" if spec.rootfs.readonly else "rw"
         parts.append(f"root={ROOT_DEVICE} rootfstype=ext4 {mode} init={spec.init}")
+    elif spec.init != "/init":  # the initramfs switches to it (an OCI image's /.mvm/init)
+        parts.append(f"init={spec.init}")
     if opts.tsc_khz:
         parts.append(f"lpj={opts.tsc_khz * 4} tsc_early_khz={opts.tsc_khz}")
     if not spec.rootfs.readonly:
