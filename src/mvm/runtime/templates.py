@@ -79,6 +79,12 @@ def template_restore(image: Image) -> Restore | None:
     from mvm.runtime.restore import Restore
     from mvm.runtime.snapshots import META, load
 
+    from mvm.errors import MvmError
+    from mvm.templates import integrity
+
     if not (image.path / META).exists():
         return None
-    return Restore(load(image.path))
+    kernel_sha = None
+    with contextlib.suppress(MvmError):  # verified with the revision: no second hash
+        kernel_sha = integrity.load_checksums(image.path, str(image.path)).get("kernel")
+    return Restore(load(image.path), kernel_sha256=kernel_sha)
