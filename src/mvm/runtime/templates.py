@@ -76,10 +76,9 @@ def snapshot_into(image: Image, stage: Path) -> None:
 def template_restore(image: Image) -> Restore | None:
     """The snapshot a template revision holds (checked with the revision by
     ``store.current_image``), as what ``start`` restores; None if it has none."""
+    from mvm.errors import MvmError
     from mvm.runtime.restore import Restore
     from mvm.runtime.snapshots import META, load
-
-    from mvm.errors import MvmError
     from mvm.templates import integrity
 
     if not (image.path / META).exists():
