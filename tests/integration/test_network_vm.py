@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import mvmctl, write_project
+from tests.conftest import MVMCTL, mvmctl, write_project
 from tests.integration.drives_support import env_for, parse
 from tests.integration.network_support import digest, echo_server
 
@@ -241,6 +243,25 @@ def test_forward_added_to_a_running_vm(world: World) -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
     st = json.loads(mvmctl("status", world.name, "--json", env=env).stdout)
     assert st["forwards"] == []
+
+
+def test_forward_until_ctrl_c(world: World) -> None:
+    env = dict(os.environ, **env_for(world.home))
+    port = _free_port()
+    p = subprocess.Popen([MVMCTL, "forward", world.name, f"{port}:8080"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert "Ctrl-C to stop" in line, line + (p.stderr.read() if p.stderr else "")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).read()
+        assert body == b"hello from the guest\n"
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 0
+    finally:
+        p.kill()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
 
 
 def test_preset_none_has_no_egress_at_all(world: World, tmp_path: Path) -> None:
