@@ -87,7 +87,7 @@ def spec_for(machine: str, creds: tuple[GuestCredential, ...] = ()) -> MachineSp
 
 def test_q35_uses_pci_devices_and_keeps_pci_on() -> None:
     argv = build_argv(spec_for("q35"), QemuOptions())
-    assert argv[argv.index("-M") + 1] == "q35"
+    assert argv[argv.index("-M") + 1] == "q35" and argv[argv.index("-bios") + 1] == "qboot.rom"
     assert "virtio-blk-pci,drive=vd0" in argv and "virtio-serial-pci,max_ports=4" in argv
     line = kernel_cmdline(spec_for("q35"), QemuOptions())
     assert " pci=off" not in line and "mvm.pci=1" in line
@@ -106,15 +106,8 @@ def test_smbios_strings_from_files_with_fwcfg_for_oversize() -> None:
     assert "s3cret" not in " ".join(argv) and "czNjcmV0" not in " ".join(argv)
 
 
-def test_systemd_guests_refuse_what_systemd_cannot_import() -> None:
-    long = GuestCredential("N" * 29, b"v")
-    with pytest.raises(CredentialError, match="55 bytes"):
-        gd.plan([long], Path("/r"), smbios=False, systemd=True)
-    assert gd.plan([long], Path("/r"), smbios=True, systemd=True).smbios  # q35: SMBIOS
-    many = [GuestCredential(f"C{i}", b"v") for i in range(23)]
-    with pytest.raises(CredentialError, match="at most 22"):
-        gd.plan(many, Path("/r"), smbios=False, systemd=True)
-    # no bundle for systemd: a 100 KiB value is one fw_cfg file systemd reads itself
-    data = gd.plan([GuestCredential("K", b"k" * 100_000)], Path("/r"), smbios=False,
-                   systemd=True)  # fmt: skip
-    assert [f.name for f in data.fw_cfg] == ["opt/io.systemd.credentials/K"]
+def test_q35_busybox_bundle_beyond_its_fwcfg_slots_is_a_clear_error() -> None:
+    big = [GuestCredential(f"B{i}", b"b" * 60_000) for i in range(11)]  # 660 KiB: 11 pieces
+    with pytest.raises(CredentialError, match="q35 leaves 10 free"):
+        gd.plan(big, Path("/r"), smbios=True)
+    assert len(gd.plan(big, Path("/r"), smbios=False).fw_cfg) == 11  # microvm: room enough

@@ -102,7 +102,6 @@ class MachineSpec:
     # host files holding secrets (drive images) to remove once the hypervisor has opened them
     scrub: tuple[Path, ...] = ()
     machine: str = "microvm"  # "microvm" | "q35" (a backend may refuse what it lacks)
-    guest_init: str = "busybox"  # "systemd": every credential must reach systemd itself
 
     @property
     def rootfs(self) -> Disk:

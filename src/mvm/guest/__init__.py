@@ -25,6 +25,7 @@ GUEST_FEATURES = ("drives", "credentials")
 
 GUEST_FILES = (
     "initramfs-init.sh", "init.sh", "agent.sh", "drives.sh", "credentials.sh", "env-drives.sh",
+    "credentials-unpack.sh",
 )  # fmt: skip
 # where the builder installs the extension scripts (init.d: sourced by /init as
 # root before the entrypoint; env.d: sourced by each launcher as the entrypoint uid)
@@ -32,4 +33,5 @@ EXTENSIONS = {
     "drives.sh": "/etc/mvm/init.d/10-drives.sh",
     "credentials.sh": "/etc/mvm/init.d/20-credentials.sh",
     "env-drives.sh": "/etc/mvm/env.d/50-drives.sh",
+    "credentials-unpack.sh": "/etc/mvm/lib/credentials-unpack.sh",  # also in the initramfs
 }

@@ -136,11 +136,6 @@ class ImageMeta:
         return self.hypervisor or "qemu"
 
     @property
-    def init(self) -> str:
-        """The guest's PID 1: "busybox" (mvm's /init; older images) or "systemd"."""
-        return "systemd" if self.extra.get("init") == "systemd" else "busybox"
-
-    @property
     def features(self) -> frozenset[str]:
         """What the image's /init understands (older images: nothing optional)."""
         return frozenset(self.guest_features or ())

@@ -79,6 +79,5 @@ def machine_spec(
         cmdline=(*(("mvm.trace=1",) if run.trace else ()), *att.cmdline),
         scrub=att.scrub,
         machine=str(run.machine.value),
-        guest_init=image.meta.init,
     )
     return spec, att

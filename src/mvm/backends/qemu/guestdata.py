@@ -109,38 +109,13 @@ def smbios_string(c: GuestCredential) -> bytes:
     return f"io.systemd.credential.binary:{c.name}=".encode() + base64.b64encode(c.value)
 
 
-def _systemd_fwcfg(creds: Sequence[GuestCredential], slots: int, machine: str) -> None:
-    """Refuse what systemd could not import from fw_cfg (it reads only
-    ``opt/io.systemd.credentials/NAME``, one file each: mvm's bundle is not for it)."""
-    for c in creds:
-        room = FWCFG_NAME_MAX - len(FWCFG_PREFIX)
-        if len((FWCFG_PREFIX + c.name).encode()) > FWCFG_NAME_MAX:
-            raise CredentialError(
-                f"credential {c.name}: a systemd guest on {machine} gets credentials as fw_cfg "
-                f"files, whose names are limited to {FWCFG_NAME_MAX} bytes ({room} for the "
-                f"credential name); use a shorter name"
-                + (' or machine = "q35" (SMBIOS)' if machine != "q35" else "")
-            )
-        if not c.value:
-            raise CredentialError(f"credential {c.name}: empty; a systemd guest gets "
-                                  "credentials as fw_cfg files, which cannot be empty")  # fmt: skip
-    if len(creds) > slots:
-        raise CredentialError(
-            f"{len(creds)} credentials: a systemd guest on {machine} takes at most {slots} "
-            f"over fw_cfg (QEMU's file slots)"
-            + ('; use machine = "q35" (SMBIOS) or fewer' if machine != "q35" else "; use fewer")
-        )
-
-
-def plan(
-    creds: Sequence[GuestCredential], run_dir: Path, *, smbios: bool, systemd: bool = False
-) -> GuestData:
+def plan(creds: Sequence[GuestCredential], run_dir: Path, *, smbios: bool) -> GuestData:
     """Where each credential goes (pure: nothing is written).
 
     With ``smbios`` (q35) every credential whose OEM string fits
     :data:`SMBIOS_STRING_MAX` is an SMBIOS type 11 string, the rest go over
-    fw_cfg.  For ``systemd`` guests nothing goes into mvm's bundle (systemd reads
-    only its own fw_cfg names): what does not fit is refused, naming the limit.
+    fw_cfg.  The same for both guest inits: a systemd guest's initramfs imports
+    them all (bundle included) for systemd.
     """
     if not creds:
         return GuestData()
@@ -157,12 +132,7 @@ def plan(
         creds = rest
         if not creds:
             return GuestData(smbios=tuple(p for p, _ in strings), files=tuple(strings))
-    if systemd:
-        _systemd_fwcfg(creds, FWCFG_SLOTS_Q35 if smbios else FWCFG_SLOTS,
-                       "q35" if smbios else "microvm")  # fmt: skip
-        single, bundle = list(creds), b""
-    else:
-        single, bundle = fwcfg_split(creds, FWCFG_SLOTS_Q35 if smbios else FWCFG_SLOTS)
+    single, bundle = fwcfg_split(creds, FWCFG_SLOTS_Q35 if smbios else FWCFG_SLOTS)
     out: list[tuple[Path, bytes]] = []
     entries: list[FwCfg] = []
     for i, c in enumerate(single):

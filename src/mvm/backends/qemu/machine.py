@@ -174,8 +174,7 @@ class QemuBackend(Backend):
         self, spec: MachineSpec
     ) -> tuple[list[str], guestdata.GuestData, accel_mod.AccelChoice]:
         choice = self.accel(spec)
-        data = guestdata.plan(spec.credentials, spec.run_dir, smbios=spec.machine == "q35",
-                              systemd=spec.guest_init == "systemd")  # fmt: skip
+        data = guestdata.plan(spec.credentials, spec.run_dir, smbios=spec.machine == "q35")
         return build_argv(spec, self.options(spec, choice), data), data, choice
 
     def command(self, spec: MachineSpec) -> list[str]:
