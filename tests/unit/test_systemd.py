@@ -96,10 +96,11 @@ def test_q35_uses_pci_devices_and_keeps_pci_on() -> None:
 
 
 def test_smbios_strings_from_files_with_fwcfg_for_oversize() -> None:
-    big = GuestCredential("BIG", b"x" * 5000)
-    data = gd.plan([GuestCredential("A", b"s3cret"), big], Path("/run/vm"), smbios=True)
+    big = GuestCredential("BIG", b"x" * 50_000)  # with A, over the SMBIOS budget
+    mid = GuestCredential("MID", b"m" * 5000)  # one 6.7 KB string: fine in SMBIOS
+    data = gd.plan([GuestCredential("A", b"s3cret"), mid, big], Path("/run/vm"), smbios=True)
     contents = dict(data.files)
-    assert len(data.smbios) == 1
+    assert len(data.smbios) == 2
     assert contents[data.smbios[0]] == b"io.systemd.credential.binary:A=czNjcmV0"
     assert [f.name for f in data.fw_cfg] == ["opt/io.systemd.credentials/BIG"]
     argv = build_argv(spec_for("q35"), QemuOptions(), data)
@@ -107,7 +108,8 @@ def test_smbios_strings_from_files_with_fwcfg_for_oversize() -> None:
 
 
 def test_q35_busybox_bundle_beyond_its_fwcfg_slots_is_a_clear_error() -> None:
-    big = [GuestCredential(f"B{i}", b"b" * 60_000) for i in range(11)]  # 660 KiB: 11 pieces
-    with pytest.raises(CredentialError, match="q35 leaves 10 free"):
+    # 16 x 60 KB: none fits the SMBIOS budget (80 KB in base64), 16 fw_cfg files needed
+    big = [GuestCredential(f"B{i}", b"b" * 60_000) for i in range(16)]
+    with pytest.raises(CredentialError, match="q35 leaves 14 free"):
         gd.plan(big, Path("/r"), smbios=True)
-    assert len(gd.plan(big, Path("/r"), smbios=False).fw_cfg) == 11  # microvm: room enough
+    assert len(gd.plan(big, Path("/r"), smbios=False).fw_cfg) == 16  # microvm: room enough

@@ -45,10 +45,14 @@ BUNDLE_FWCFG = "opt/mvm/credentials/"  # + 00, 01…: pieces of one cpio archive
 FWCFG_SLOTS = 22  # of the 23 QEMU leaves free on microvm: one spare for other features
 CHUNK = 64 << 10  # fw_cfg file size that reads fast in the guest (cost ∝ size²)
 CREDS_DIR = "creds"
-# q35's own fw_cfg files (ACPI, SMBIOS, e820, boot order, option ROMs…) leave fewer slots
-FWCFG_SLOTS_Q35 = 10
-# an SMBIOS type 11 string QEMU 7.2 takes from path= (measured; longer ones go over fw_cfg)
-SMBIOS_STRING_MAX = 4089
+# q35's own fw_cfg files (ACPI, SMBIOS, e820, boot order, option ROMs…) leave fewer slots:
+# measured with qboot, a kernel, an initramfs, SMBIOS and virtio-pci devices, 16 extra
+# files work and the 17th aborts QEMU; two spare (KVM adds option ROMs)
+FWCFG_SLOTS_Q35 = 14
+# QEMU 7.2 builds SMBIOS 2.1 tables on q35, at most 65535 bytes in all ("SMBIOS 2.1 table
+# length … exceeds 65535"); its own structures take about 1 KiB.  Measured: single strings
+# of 6.7 KB arrive intact.  OEM strings beyond this budget go over fw_cfg.
+SMBIOS_BUDGET = 60 << 10
 
 
 @dataclass(frozen=True)
@@ -112,10 +116,10 @@ def smbios_string(c: GuestCredential) -> bytes:
 def plan(creds: Sequence[GuestCredential], run_dir: Path, *, smbios: bool) -> GuestData:
     """Where each credential goes (pure: nothing is written).
 
-    With ``smbios`` (q35) every credential whose OEM string fits
-    :data:`SMBIOS_STRING_MAX` is an SMBIOS type 11 string, the rest go over
-    fw_cfg.  The same for both guest inits: a systemd guest's initramfs imports
-    them all (bundle included) for systemd.
+    With ``smbios`` (q35) credentials are SMBIOS type 11 strings, in order,
+    while they fit :data:`SMBIOS_BUDGET`; the rest go over fw_cfg.  The same for
+    both guest inits: a systemd guest's initramfs imports them all (bundle
+    included) for systemd.
     """
     if not creds:
         return GuestData()
@@ -123,10 +127,12 @@ def plan(creds: Sequence[GuestCredential], run_dir: Path, *, smbios: bool) -> Gu
     strings: list[tuple[Path, bytes]] = []
     if smbios:
         rest = []
+        used = 0
         for c in creds:
             s = smbios_string(c)
-            if len(s) <= SMBIOS_STRING_MAX:
+            if used + len(s) + 1 <= SMBIOS_BUDGET:  # + its NUL
                 strings.append((dest / f"smbios-{len(strings)}", s))
+                used += len(s) + 1
             else:
                 rest.append(c)
         creds = rest
