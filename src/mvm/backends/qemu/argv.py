@@ -38,7 +38,7 @@ PORT_NAMES = {"status": "org.mvm.status", "control": "org.mvm.control", "agent":
 # TCG translation buffer (MiB).  QEMU's default reserves up to 1 GiB and an idle
 # guest had touched ≈45 MB of it; a bounded buffer caps that per VM (docs/kernel.md
 # has the boot-time and RSS measurements behind the value)
-TB_SIZE_MIB = 32
+TB_SIZE_MIB = 16
 
 
 def accel_arg(accel: str, tb_size_mib: int | None = TB_SIZE_MIB) -> str:
