@@ -37,8 +37,12 @@ command = ["/bin/sleep", "100000"]
 ready = { command = ["/bin/sh", "-c", "test -e /tmp/stuck-ready"], timeout = 2 }
 """
 SEALED = """name = "agsealed"
-[entrypoint]
-command = ["/bin/sh", "-c", "echo sealed-up; exec sleep 100000"]
+[entrypoint.services.web]
+command = ["/bin/sh", "-c", "mkdir -p /tmp/w; echo s > /tmp/w/index.html; exec httpd -f -p 8081 -h /tmp/w"]
+ready = { tcp = 8081, timeout = 120 }
+[entrypoint.services.check]
+command = ["/bin/sleep", "100000"]
+ready = { command = ["/bin/sh", "-c", "test $(id -u) = 1000"] }
 """
 
 
@@ -249,6 +253,17 @@ def test_sealed_vm_refused_by_host_and_guest(home: Path) -> None:
             with pytest.raises(AgentError, match="sealed"):
                 client.call(req)
         assert client.ping() < 30
+
+
+def test_sealed_vm_still_reports_health(home: Path) -> None:
+    """Snapshot builds of (usually sealed) templates wait for readiness: the sealed
+    agent has no exec service but evaluates the image's own checks, command checks
+    as the entrypoint user."""
+    end = time.monotonic() + 120
+    while (svcs := _services("agsealed"))["web"]["health"] != "ready":
+        assert time.monotonic() < end, svcs
+        time.sleep(0.5)
+    assert svcs["check"]["health"] == "ready"  # ran as uid 1000
 
 
 def test_many_clients_at_once(home: Path) -> None:

@@ -183,11 +183,17 @@ def test_sidecar_multiplexes_clients(tmp_path: Path, monkeypatch: pytest.MonkeyP
         time.sleep(0.01)
     assert (tmp_path / sidecar.SOCKET).stat().st_mode & 0o777 == 0o600
 
-    def client() -> AgentClient:
+    def client(wait: bool = True) -> AgentClient:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(str(tmp_path / sidecar.SOCKET))
-        return AgentClient(s, timeout=10)
+        return AgentClient(s, timeout=10, wait=wait)
 
+    # a request sent with the hello, maybe before the guest has answered the sidecar:
+    # held, then forwarded
+    c0 = client(wait=False)
+    r = c0.exec(["early"], timeout=5)
+    assert r.stdout == b"early" and c0.hello.verbs == ("ping", "exec")
+    c0.close()
     c1, c2 = client(), client()
     assert c1.exec(["one"], timeout=5).stdout == b"one"
     assert c2.exec(["two"], timeout=5).stdout == b"two"

@@ -33,15 +33,40 @@ MAX_READ = 1 << 31
 MAX_OUTPUT = 64 << 20  # what exec() captures of stdout + stderr before it gives up
 
 
+def exec_request(argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
+                 pty: bool = False, stdin: bool = False,
+                 size: tuple[int, int] = (24, 80)) -> dict[str, Any]:  # fmt: skip
+    """The ``exec`` request (docs/agent-protocol.md)."""
+    req: dict[str, Any] = {"op": "exec", "argv": argv, "env": env or {}, "pty": pty,
+                           "stdin": stdin, "rows": size[0], "cols": size[1]}  # fmt: skip
+    if cwd:
+        req["cwd"] = cwd
+    return req
+
+
 class AgentClient:
     """One connection to a VM's agent (through its sidecar)."""
 
-    def __init__(self, sock: socket.socket, *, timeout: float = 60.0) -> None:
+    def __init__(self, sock: socket.socket, *, timeout: float = 60.0, wait: bool = True) -> None:
+        """Send hello; ``wait=False`` returns before the answer, so a first request
+        can go out in the same round trip (the answer is read when ``hello`` is
+        first used, which the caller must do before trusting a reply)."""
         self.sock = sock
         self.dec = Decoder()
         self.pending: dict[int, deque[Frame]] = defaultdict(deque)
         self.next_stream = 1
-        self.hello = self._handshake(timeout)
+        self._nonce = int.from_bytes(os.urandom(7), "big")
+        self._hello_deadline = time.monotonic() + timeout
+        self._hello: Hello | None = None
+        self.send_json(0, {"op": "hello", "version": 1, "nonce": self._nonce})
+        if wait:
+            self._hello = self._handshake()
+
+    @property
+    def hello(self) -> Hello:
+        if self._hello is None:
+            self._hello = self._handshake()
+        return self._hello
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -92,16 +117,13 @@ class AgentClient:
             self._pump(deadline)
         return q.popleft()
 
-    def _handshake(self, timeout: float) -> Hello:
-        nonce = int.from_bytes(os.urandom(7), "big")
-        self.send_json(0, {"op": "hello", "version": 1, "nonce": nonce})
-        deadline = time.monotonic() + timeout
+    def _handshake(self) -> Hello:
         while True:
-            f = self.next_frame(0, deadline)
+            f = self.next_frame(0, self._hello_deadline)
             msg = f.json() if f.type == JSON else {}
             if msg.get("op") == "error":
                 raise AgentError(error_text(msg))
-            if msg.get("op") == "hello" and msg.get("nonce") == nonce:
+            if msg.get("op") == "hello" and msg.get("nonce") == self._nonce:
                 hello = Hello.parse(msg)
                 if hello.version != PROTOCOL_VERSION:
                     raise AgentError(f"the guest agent speaks protocol version {hello.version}; "
@@ -149,15 +171,15 @@ class AgentClient:
                    cwd: str | None = None, pty: bool = False, stdin: bool = False,
                    size: tuple[int, int] = (24, 80), timeout: float = 30.0) -> int:  # fmt: skip
         """Start a command; return its stream once the guest says it started."""
-        req: dict[str, Any] = {"op": "exec", "argv": argv, "env": env or {}, "pty": pty,
-                               "stdin": stdin, "rows": size[0], "cols": size[1]}  # fmt: skip
-        if cwd:
-            req["cwd"] = cwd
-        stream = self.open(req)
+        stream = self.open(exec_request(argv, env=env, cwd=cwd, pty=pty, stdin=stdin, size=size))
+        self.started(stream, timeout)
+        return stream
+
+    def started(self, stream: int, timeout: float = 30.0) -> None:
+        """Wait for the guest to confirm that the command on ``stream`` started."""
         msg = self.reply(stream, time.monotonic() + timeout)
         if msg["op"] != "started":
             raise ProtocolError("the guest agent did not start the command")
-        return stream
 
     def exec(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
              input: bytes | None = None, timeout: float | None = None,

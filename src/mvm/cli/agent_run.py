@@ -31,12 +31,17 @@ def interactive(
     name: str, argv: list[str], *, verb: str, env: dict[str, str], cwd: str | None,
     stdin: bool, pty: bool, timeout: float | None,
 ) -> int:  # fmt: skip
+    from mvm.agent.client import exec_request
     from mvm.runtime import guest
     from mvm.runtime.console import raw
 
-    with guest.connect(name, verb=verb) as client:
+    # the request goes out with the hello (one round trip less); check() reads the
+    # hello before any reply is trusted
+    with guest.connect(name, verb=verb, wait=False) as client:
         size = winsize() if pty else (24, 80)
-        stream = client.start_exec(argv, env=env, cwd=cwd, pty=pty, stdin=stdin, size=size)
+        stream = client.open(exec_request(argv, env=env, cwd=cwd, pty=pty, stdin=stdin, size=size))
+        guest.check(client, name, verb)
+        client.started(stream)
         fd = sys.stdin.fileno() if stdin else None
         with raw(sys.stdin.fileno()) if pty and stdin else contextlib.nullcontext():
             result = client.interact(

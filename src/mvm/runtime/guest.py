@@ -140,19 +140,35 @@ def _full(name: str, verb: str, timeout: float) -> socket.socket:
     return sock
 
 
-def connect(name: str, *, verb: str = "agent", timeout: float = 60.0) -> AgentClient:
-    """A client of VM ``name``'s agent (waits up to ``timeout`` for the guest)."""
+def connect(name: str, *, verb: str = "agent", timeout: float = 60.0,
+            wait: bool = True) -> AgentClient:  # fmt: skip
+    """A client of VM ``name``'s agent (waits up to ``timeout`` for the guest).
+
+    ``wait=False`` returns once hello is sent, so that the first request travels
+    with it; the caller must then call :func:`check` before using a reply."""
     deadline = time.monotonic() + timeout
     sock = _quick(name, verb) or _full(name, verb, timeout)
     try:
-        client = AgentClient(sock, timeout=max(1.0, deadline - time.monotonic()))
-    except AgentError as exc:
+        client = AgentClient(sock, timeout=max(1.0, deadline - time.monotonic()), wait=False)
+    except AgentError:
         sock.close()
+        raise
+    if wait:
+        check(client, name, verb)
+    return client
+
+
+def check(client: AgentClient, name: str, verb: str) -> None:
+    """Read the agent's hello: it answers, speaks our version, and (for exec,
+    console and cp) is not a sealed image's agent."""
+    try:
+        hello = client.hello
+    except AgentError as exc:
+        client.close()
         raise AgentError(f"VM {name}: the guest agent did not answer ({exc.message})") from exc
-    if verb in ACCESS_VERBS and client.hello.sealed:
+    if verb in ACCESS_VERBS and hello.sealed:
         client.close()
         raise ConflictError(f"cannot {verb} VM {name}: its guest agent is sealed")
-    return client
 
 
 def exec(name: str, argv: list[str], *, env: dict[str, str] | None = None,

@@ -48,6 +48,8 @@ class Conn:
     out: bytearray = field(default_factory=bytearray)
     streams: dict[int, int] = field(default_factory=dict)  # client stream -> global
     hello_waiting: list[int] = field(default_factory=list)  # nonces to answer
+    held: list[codec.Frame] = field(default_factory=list)  # requests sent before the guest's hello
+    held_bytes: int = 0
 
 
 class Sidecar:
@@ -128,8 +130,12 @@ class Sidecar:
                 first = self.hello is None
                 self.hello = msg
                 if first:
-                    for c in self.clients.values():
+                    for c in list(self.clients.values()):
                         self.answer_hellos(c)
+                        held, c.held, c.held_bytes = c.held, [], 0
+                        for f in held:  # requests that came with the client's hello
+                            if id(c) in self.clients:
+                                self.from_client(c, f)
             elif self.hello is not None:
                 # the agent saw a new connection (it restarted): streams are gone
                 self.fail_all("the guest agent restarted")
@@ -170,8 +176,12 @@ class Sidecar:
                 self.answer_hellos(c)
             return
         if self.guest is None or self.hello is None:
-            self.queue(c, codec.encode_json(frame.stream, {
-                "op": "error", "message": "the guest agent is not connected"}))  # fmt: skip
+            # a client may send its first request with its hello: hold it until the
+            # guest has answered ours (bounded; the client's own timeout bounds the wait)
+            c.held.append(frame)
+            c.held_bytes += len(frame.payload)
+            if c.held_bytes > GUEST_OUT_HIGH or len(c.held) > 4096:
+                self.drop_client(c)
             return
         g = c.streams.get(frame.stream)
         if g is None:

@@ -388,7 +388,7 @@ static void do_exec(uint32_t id, const char *doc, size_t len) {
     if (find(id)) return reply_error(id, "stream already in use", NULL);
     sess_t *s = alloc_sess(id);
     if (!s) return reply_error(id, "too many sessions", NULL);
-    int in_p[2] = {-1, -1}, out_p[2] = {-1, -1}, err_p[2] = {-1, -1}, ep[2];
+    int in_p[2] = {-1, -1}, out_p[2] = {-1, -1}, err_p[2] = {-1, -1}, ep[2] = {-1, -1};
     int master = -1, slave = -1;
     if (pipe2(ep, O_CLOEXEC)) goto fail;
     if (pty) {
@@ -447,6 +447,7 @@ fail:
     if (master >= 0) close(master);
     if (slave >= 0) close(slave);
     for (int i = 0; i < 2; i++) {
+        if (ep[i] >= 0) close(ep[i]);
         if (in_p[i] >= 0) close(in_p[i]);
         if (out_p[i] >= 0) close(out_p[i]);
         if (err_p[i] >= 0) close(err_p[i]);
