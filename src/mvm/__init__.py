@@ -8,7 +8,8 @@ not use.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # not `from typing`: importing typing costs `mvmctl exec` start-up
 
 __version__ = "0.1.0"
 
@@ -29,8 +30,9 @@ _EXPORTS = {
     "RegistryError": "mvm.errors",
     "IntegrityError": "mvm.errors",
     "TrustError": "mvm.errors",
-    "SnapshotError": "mvm.errors",
     "VarsError": "mvm.errors",
+    "SnapshotError": "mvm.errors",
+    "NetworkError": "mvm.errors",
     "LaunchError": "mvm.backends.base",
     "DriveFile": "mvm.drives",
     "VolumeSpec": "mvm.drives",
@@ -88,6 +90,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from mvm.backends.base import LaunchError
     from mvm.backends.spec import MachineSpec
     from mvm.config import GuestSpec, Project, load_project
@@ -105,6 +109,7 @@ if TYPE_CHECKING:
         IntegrityError,
         MetadataError,
         MvmError,
+        NetworkError,
         NotFoundError,
         ProtocolError,
         RegistryError,

@@ -30,7 +30,7 @@ HELLO = r"""#!/bin/busybox sh
 B=busybox
 echo "who=$($B id -u):$($B id -g) pwd=$($B pwd) foo=$FOO home=$HOME path=$PATH"
 echo "args=$#|$1|$2"
-for f in /app/gone /app/kept /init /bin/sh /.mvm/init; do
+for f in /app/gone /app/kept /init /bin/sh /.mvm/init /.mvm/agent /usr; do
     if [ -e $f ]; then echo "have $f"; else echo "no $f"; fi
 done
 echo "links=$($B stat -c %h /app/k2) suid=$($B stat -c %a /app/suid) owner=$($B stat -c %u:%g /app/owned)"
@@ -60,6 +60,8 @@ EXPECTED = [
     "no /init",  # mvm's init is /.mvm/init: the image's / is its own
     "no /bin/sh",
     "have /.mvm/init",
+    "have /.mvm/agent",
+    "no /usr",  # nothing of mvm's outside /.mvm, /etc/mvm, /lib/modules/mvm and mount points
     "links=2 suid=4711 owner=1234:1234",  # hard link, mode bits and owner kept
     "bin=busybox ",  # mvm's busybox applets are not added to the image's /bin
     "home-writable",  # a sealed image's (empty) home is a private tmpfs
@@ -202,7 +204,7 @@ def _layout(root: Path, layers: list[bytes], user: str = "1000") -> None:
 
     diff_ids = ["sha256:" + hashlib.sha256(gzip.decompress(x)).hexdigest() for x in layers]
     config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "config": {"User": user, "Cmd": ["/bin/true"]},
+                         "config": {"User": user, "Cmd": ["/bin/true"], "WorkingDir": "/srv/w"},
                          "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()  # fmt: skip
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -273,10 +275,12 @@ def test_symlink_escapes_whiteouts_and_opaque_dirs_stay_inside_the_image(
          _entry("hl", tarfile.LNKTYPE, link="keep.txt")],
         {"op/a": b"a", "gone.txt": b"g", "/abs.txt": b"abs", "keep.txt": b"keep"},
     )  # fmt: skip
+    xattr = _entry("xattr.txt")
+    xattr.pax_headers = {"SCHILY.xattr.user.mvmtest": "kept"}
     second = _tar(
-        [_entry("esc/pwned"), _entry("op", d), _entry("op/.wh..wh..opq"), _entry("op/b"),
+        [xattr, _entry("esc/pwned"), _entry("op", d), _entry("op/.wh..wh..opq"), _entry("op/b"),
          _entry(".wh.gone.txt")],
-        {"esc/pwned": b"through the symlink", "op/b": b"b"},
+        {"esc/pwned": b"through the symlink", "op/b": b"b", "xattr.txt": b"x"},
     )  # fmt: skip
     proj = _hostile(tmp_path, [first, second])
     rev = json.loads(ok("build", str(proj), "--json", timeout=600))
@@ -290,6 +294,21 @@ def test_symlink_escapes_whiteouts_and_opaque_dirs_stay_inside_the_image(
     assert "File not found" in _debugfs(image, "stat /gone.txt")  # whiteout
     assert "abs" in _debugfs(image, "cat /abs.txt")  # absolute name: inside the root
     assert "Links: 2" in _debugfs(image, "stat /keep.txt")  # hard link kept
+    assert "user.mvmtest" in _debugfs(image, "ea_list /xattr.txt")  # xattrs ext4 keeps
+    assert "rootlesscontainers" not in _debugfs(image, "ea_list /keep.txt")
+    assert "Type: directory" in _debugfs(image, "stat /srv/w")  # WorkingDir made, as runtimes do
+    # reproducible: the same image and inputs give the same bytes
+    before = hashlib.sha256(image.read_bytes()).hexdigest()
+    ok("build", str(proj), "--force", timeout=600)
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == before
+
+
+def test_an_image_cannot_bring_mvms_own_directories(tmp_path: Path) -> None:
+    for top in (".mvm", "etc/mvm"):
+        shutil.rmtree(tmp_path / "hostile", ignore_errors=True)
+        layer = _tar([_entry(top, tarfile.DIRTYPE), _entry(f"{top}/init")], {f"{top}/init": b"x"})
+        _one_line(mvmctl("build", str(_hostile(tmp_path, [layer])), timeout=300),
+                  "which mvm reserves")  # fmt: skip
 
 
 # -- without a project: run/up --image, template create --image ---------------------------
@@ -330,4 +349,24 @@ def test_template_create_from_an_image(tmp_path: Path, images: dict[str, Path]) 
     finally:
         ok("down", "ocit-1")
     copy = tmp_path / "mvm-home" / "image-projects" / "ocit"
-    assert (copy / "image.tar").stat().st_mode & 0o077 == 0
+    for p in (copy, copy / "image.tar", copy / "mvm.toml"):
+        assert p.stat().st_mode & 0o077 == 0, p
+
+
+def test_a_hostile_oci_archive_never_writes_outside(tmp_path: Path, host_dir: Path) -> None:
+    """The archive itself (not a layer) holds a traversal entry next to a valid layout:
+    skopeo (extracting it in the build's private directory, --tmpdir) refuses it."""
+    layout = tmp_path / "lay"
+    _layout(layout, [_tar([_entry("f")], {"f": b"x"})])
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    with tarfile.open(proj / "app.tar", "w") as tar:
+        tar.add(layout, arcname=".")
+        evil = _entry("../" * 12 + str(host_dir).lstrip("/") + "/escaped")
+        evil.size = 4
+        tar.addfile(evil, io.BytesIO(b"evil"))
+    write_project(proj, 'name = "evil-archive"\nimage = "oci-archive:app.tar"\n')
+    before = set(Path("/var/tmp").glob("oci*"))
+    _one_line(mvmctl("build", str(proj), timeout=300), "is outside of")
+    assert _untouched(host_dir)
+    assert set(Path("/var/tmp").glob("oci*")) <= before  # never extracted in /var/tmp

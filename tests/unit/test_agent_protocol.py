@@ -13,7 +13,8 @@ import pytest
 from mvm.agent import codec
 from mvm.agent.client import AgentClient
 from mvm.agent.codec import JSON, STDERR, STDOUT, Decoder
-from mvm.agent.protocol import Entry, ExecResult, GuestStatus, Hello
+from mvm.agent.models import Entry, GuestStatus
+from mvm.agent.protocol import ExecResult, Hello
 from mvm.errors import AgentError, ProtocolError
 
 
@@ -154,7 +155,7 @@ def test_client_against_fake_guest() -> None:
             c.exec(["hang"], timeout=0.3)
 
 
-def test_sidecar_multiplexes_clients(tmp_path: Path) -> None:
+def test_sidecar_multiplexes_clients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two clients through one sidecar to one guest; a departed client's stream
     is cancelled in the guest."""
     from mvm.runtime import sidecar
@@ -162,7 +163,9 @@ def test_sidecar_multiplexes_clients(tmp_path: Path) -> None:
     guest_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     guest_listener.bind(str(tmp_path / "agent.sock"))
     guest_listener.listen(1)
-    (tmp_path / "qemu.pid").write_text(str(__import__("os").getpid()))
+    import os
+
+    monkeypatch.setattr(sidecar, "_hypervisor", lambda d: (d / "agent.sock", os.getpid()))
     fakes: list[FakeGuest] = []
 
     def accept() -> None:

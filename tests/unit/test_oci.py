@@ -153,6 +153,8 @@ def test_mvm_users_join_the_images_own_and_scripts_use_mvms_shell(tmp_path: Path
     assert passwd[:2] == ["root:x:0:0::/root:/bin/bash", "web:x:1001:1001::/srv:/x"]
     assert passwd[2].startswith("mvm-agent:x:990:990:") and len(passwd) == 3
     assert "/etc/fstab" not in files and "/etc/profile" not in files and "/init" not in files
+    assert "/.mvm/agent" in files and "/usr/local/bin/mvm-guest-agent" not in files
+    assert b"-x /.mvm/agent" in files["/.mvm/init"].content
     assert files["/.mvm/init"].content.startswith(b"#!/.mvm/bin/sh\n")
     assert b"\nexport PATH=/.mvm/bin:" in files["/.mvm/init"].content
     launcher = files["/etc/mvm/run/entrypoint"].content.decode()
@@ -170,9 +172,9 @@ def test_revision_json_oci_keys_round_trip_and_are_checked() -> None:
                 image={"ref": "oci-archive:app.tar", "digest": "sha256:" + "ab" * 32,
                        "exposedPorts": ["80/tcp"]})  # fmt: skip
     m = ImageMeta.from_json(copy.deepcopy(data), "x")
-    assert m.to_json() == data and m.init == "/.mvm/init" and m.image is not None
+    assert m.to_json() == data and m.init_exec == "/.mvm/init" and m.image is not None
     assert m.image.exposed_ports == ("80/tcp",)
-    assert ImageMeta.from_json(builder_revision(), "x").init == "/init"
+    assert ImageMeta.from_json(builder_revision(), "x").init_exec == "/init"
     for key, value, needle in (
         ("initPath", "/bin/sh", "initPath: invalid value"),
         ("image", {"ref": "x", "digest": "md5:1", "exposedPorts": []}, "image.digest"),

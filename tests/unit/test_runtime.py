@@ -160,7 +160,7 @@ def test_precedence_and_provenance(image: tuple[Image, RuntimeDefaults]) -> None
     assert [str(p) for p in r.ports] == ["18080:80"]
     assert [c.name for c in r.credentials] == ["TOKEN"]
     assert r.provenance() == {"name": "image", "vcpus": "mvm.toml", "memory_mib": "mvm.toml",
-                              "network": "mvm.toml", "hypervisor": "cli", "ports": "mvm.toml",
+                              "network": "mvm.toml", "hypervisor": "cli", "machine": "default", "ports": "mvm.toml",
                               "credentials": "mvm.toml"}  # fmt: skip
     r = run_of(image, name="n1", cpus=4, network=False, ports=["9090:90", "18080:80"],
                credentials=[Credential("TOKEN", b"cli")])  # fmt: skip

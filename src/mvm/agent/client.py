@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import selectors
 import signal
 import socket
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
 
 from mvm.agent import codec
 from mvm.agent.codec import JSON, STDERR, STDIN, STDOUT, Decoder, Frame
-from mvm.agent.protocol import Entry, ExecResult, GuestStatus, Hello, error_text
+from mvm.agent.protocol import VERSION as PROTOCOL_VERSION
+from mvm.agent.protocol import ExecResult, Hello, error_text
 from mvm.errors import AgentError, ProtocolError
+
+TYPE_CHECKING = False  # typing costs start-up time on `mvmctl exec`'s path
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any, BinaryIO
+
+    from mvm.agent.models import Entry, GuestStatus
 
 CHUNK = 256 * 1024
 MAX_READ = 1 << 31
+MAX_OUTPUT = 64 << 20  # what exec() captures of stdout + stderr before it gives up
 
 
 class AgentClient:
@@ -77,7 +83,8 @@ class AgentClient:
         if not data:
             raise AgentError("the guest agent connection closed")
         for f in self.dec.feed(data):
-            self.pending[f.stream].append(f)
+            if f.stream < self.next_stream:  # frames for streams we never opened are dropped
+                self.pending[f.stream].append(f)
 
     def next_frame(self, stream: int, deadline: float) -> Frame:
         q = self.pending[stream]
@@ -86,7 +93,7 @@ class AgentClient:
         return q.popleft()
 
     def _handshake(self, timeout: float) -> Hello:
-        nonce = secrets.randbelow(1 << 62)
+        nonce = int.from_bytes(os.urandom(7), "big")
         self.send_json(0, {"op": "hello", "version": 1, "nonce": nonce})
         deadline = time.monotonic() + timeout
         while True:
@@ -95,7 +102,11 @@ class AgentClient:
             if msg.get("op") == "error":
                 raise AgentError(error_text(msg))
             if msg.get("op") == "hello" and msg.get("nonce") == nonce:
-                return Hello.parse(msg)
+                hello = Hello.parse(msg)
+                if hello.version != PROTOCOL_VERSION:
+                    raise AgentError(f"the guest agent speaks protocol version {hello.version}; "
+                                     f"this mvm speaks {PROTOCOL_VERSION}")  # fmt: skip
+                return hello
 
     def open(self, msg: dict[str, Any]) -> int:
         stream = self.next_stream
@@ -127,6 +138,8 @@ class AgentClient:
         return time.monotonic() - t0
 
     def status(self, timeout: float = 30.0) -> GuestStatus:
+        from mvm.agent.models import GuestStatus
+
         msg = self.call({"op": "status"}, timeout)
         if msg["op"] != "status":
             raise ProtocolError("the guest agent did not answer status")
@@ -147,8 +160,10 @@ class AgentClient:
         return stream
 
     def exec(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
-             input: bytes | None = None, timeout: float | None = None) -> ExecResult:  # fmt: skip
-        """Run a command to completion, capturing stdout and stderr separately."""
+             input: bytes | None = None, timeout: float | None = None,
+             max_output: int = MAX_OUTPUT) -> ExecResult:  # fmt: skip
+        """Run a command to completion, capturing stdout and stderr separately
+        (at most ``max_output`` bytes together: more kills the command)."""
         stream = self.start_exec(argv, env=env, cwd=cwd, stdin=input is not None)
         if input is not None:
             self.send_data(stream, input)
@@ -173,6 +188,9 @@ class AgentClient:
                     return ExecResult.parse(msg, bytes(out), bytes(err))
                 if msg["op"] == "error":
                     raise AgentError(error_text(msg))
+            if len(out) + len(err) > max_output:
+                self.kill(stream)
+                raise AgentError(f"{argv[0]}: more than {max_output} bytes of output")
 
     def kill(self, stream: int) -> None:
         with contextlib.suppress(AgentError):
@@ -332,6 +350,8 @@ class AgentClient:
                 raise AgentError(error_text(f.json()))
 
     def list_dir(self, path: str, timeout: float = 30.0) -> list[Entry]:
+        from mvm.agent.models import Entry
+
         msg = self.call({"op": "list", "path": path}, timeout)
         entries = msg.get("entries")
         if msg["op"] != "entries" or not isinstance(entries, list) or len(entries) > 10000:

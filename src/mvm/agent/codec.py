@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
-from typing import Any
 
 from mvm.errors import ProtocolError
 
@@ -29,11 +27,19 @@ CONTROL_STREAM = 0  # hello only
 __all__ = ["Decoder", "Frame", "ProtocolError", "encode", "encode_json"]
 
 
-@dataclass(frozen=True)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
 class Frame:
-    type: bytes
-    stream: int
-    payload: bytes
+    __slots__ = ("payload", "stream", "type")
+
+    def __init__(self, type_: bytes, stream: int, payload: bytes) -> None:
+        self.type, self.stream, self.payload = type_, stream, payload
+
+    def __repr__(self) -> str:
+        return f"Frame({self.type!r}, {self.stream}, {len(self.payload)} bytes)"
 
     def json(self) -> dict[str, Any]:
         """The payload as a JSON object (only for ``J`` frames)."""

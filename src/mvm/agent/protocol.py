@@ -1,16 +1,19 @@
 """Typed messages of the agent protocol: what the guest sends, validated.
 
 Guest messages are untrusted input on the host, so every reply is checked
-into a frozen dataclass here (types, ranges, lengths) before anything else
-reads it; a bad one is a :class:`~mvm.agent.codec.ProtocolError`.
+into a typed object here (types, ranges, lengths) before anything else reads
+it; a bad one is a :class:`~mvm.agent.codec.ProtocolError`.  The two on
+``mvmctl exec``'s path (:class:`Hello`, :class:`ExecResult`) are plain slotted
+classes; status and directory listings are dataclasses in :mod:`.models`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from mvm.agent.codec import ProtocolError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = 1
 MAX_NAME = 255
@@ -31,12 +34,16 @@ def _str(msg: dict[str, Any], key: str, cap: int = MAX_NAME, default: str | None
     return v
 
 
-@dataclass(frozen=True)
 class Hello:
-    version: int
-    sealed: bool
-    verbs: tuple[str, ...]
-    nonce: int
+    """The agent's greeting: protocol version, sealed or not, the verbs it serves."""
+
+    __slots__ = ("nonce", "sealed", "verbs", "version")
+
+    def __init__(self, version: int, sealed: bool, verbs: tuple[str, ...], nonce: int) -> None:
+        self.version, self.sealed, self.verbs, self.nonce = version, sealed, verbs, nonce
+
+    def __repr__(self) -> str:
+        return f"Hello(version={self.version}, sealed={self.sealed}, verbs={self.verbs})"
 
     @classmethod
     def parse(cls, msg: dict[str, Any]) -> Hello:
@@ -51,87 +58,26 @@ class Hello:
                    _int(msg, "nonce", -1, (1 << 62)))  # fmt: skip
 
 
-@dataclass(frozen=True)
-class ServiceStatus:
-    """One service as the guest reports it: ``state`` from /init's supervisor
-    (running, restarting, exited), ``health`` from its readiness check (ready,
-    starting, unhealthy, down, or none when it declares no check)."""
-
-    name: str
-    state: str
-    pid: int
-    restarts: int
-    health: str
-    rc: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state, "pid": self.pid,
-                "restarts": self.restarts, "health": self.health, "rc": self.rc}  # fmt: skip
-
-
-HEALTH = ("ready", "starting", "unhealthy", "down", "none")
-STATES = ("running", "restarting", "exited", "starting", "")
-
-
-@dataclass(frozen=True)
-class GuestStatus:
-    uptime: float
-    sealed: bool
-    services: tuple[ServiceStatus, ...]
-
-    @classmethod
-    def parse(cls, msg: dict[str, Any]) -> GuestStatus:
-        raw = msg.get("services")
-        if not isinstance(raw, list) or len(raw) > 256:
-            raise ProtocolError("the guest agent sent a bad service list")
-        services = []
-        for s in raw:
-            if not isinstance(s, dict):
-                raise ProtocolError("the guest agent sent a bad service entry")
-            state, health = _str(s, "state", 32), _str(s, "health", 32)
-            if state not in STATES or health not in HEALTH:
-                raise ProtocolError("the guest agent sent an unknown service state")
-            rc = _int(s, "rc", 0, 255) if "rc" in s else None
-            services.append(ServiceStatus(
-                _str(s, "name", 64), state or "unknown", _int(s, "pid", 0, 1 << 22),
-                _int(s, "restarts", 0, 1 << 30), health, rc))  # fmt: skip
-        up = msg.get("uptime", 0)
-        if isinstance(up, bool) or not isinstance(up, int | float) or not 0 <= up < 1e10:
-            raise ProtocolError("the guest agent sent a bad uptime")
-        sealed = msg.get("sealed")
-        if not isinstance(sealed, bool):
-            raise ProtocolError("the guest agent's status lacks 'sealed'")
-        return cls(float(up), sealed, tuple(sorted(services, key=lambda s: s.name)))
-
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    type: str
-    mode: int
-    size: int
-
-    @classmethod
-    def parse(cls, e: Any) -> Entry:
-        if not isinstance(e, dict):
-            raise ProtocolError("the guest agent sent a bad directory entry")
-        name = _str(e, "name")
-        if not name or "/" in name or name in (".", ".."):
-            raise ProtocolError("the guest agent sent a bad file name")
-        typ = _str(e, "type", 16)
-        if typ not in ("file", "dir", "symlink", "other"):
-            raise ProtocolError("the guest agent sent a bad file type")
-        return cls(name, typ, _int(e, "mode", 0, 0o7777), _int(e, "size", 0, 1 << 62))
-
-
-@dataclass(frozen=True)
 class ExecResult:
-    """A finished command: its exit code (128+N when killed by signal N)."""
+    """A finished command: its exit code (128+N when killed by signal N) and, when
+    captured, its stdout and stderr."""
 
-    code: int
-    signal: int
-    stdout: bytes = b""
-    stderr: bytes = b""
+    __slots__ = ("code", "signal", "stderr", "stdout")
+
+    def __init__(self, code: int, signal: int, stdout: bytes = b"", stderr: bytes = b"") -> None:
+        self.code, self.signal, self.stdout, self.stderr = code, signal, stdout, stderr
+
+    def __repr__(self) -> str:
+        return (f"ExecResult(code={self.code}, signal={self.signal}, "
+                f"stdout={self.stdout!r:.60}, stderr={self.stderr!r:.60})")  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ExecResult):
+            return NotImplemented
+        return (self.code, self.signal, self.stdout, self.stderr) == (
+            other.code, other.signal, other.stdout, other.stderr)  # fmt: skip
+
+    __hash__ = None  # type: ignore[assignment]
 
     @classmethod
     def parse(cls, msg: dict[str, Any], stdout: bytes = b"", stderr: bytes = b"") -> ExecResult:

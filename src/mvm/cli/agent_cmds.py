@@ -19,42 +19,6 @@ from mvm.cli.main import cli
 EXEC_SETTINGS = {"ignore_unknown_options": True}
 
 
-def _env(pairs: tuple[str, ...]) -> dict[str, str]:
-    from mvm.errors import ConfigError
-
-    env = {}
-    for p in pairs:
-        key, eq, value = p.partition("=")
-        if not eq or not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
-            raise ConfigError(f"-e {p!r}: expected NAME=VALUE (NAME: letters, digits, _)")
-        env[key] = value
-    return env
-
-
-def _winsize() -> tuple[int, int]:
-    size = os.get_terminal_size(sys.stdout.fileno()) if os.isatty(1) else os.terminal_size((80, 24))
-    return size.lines, size.columns
-
-
-def _interactive(
-    name: str, argv: list[str], *, verb: str, env: dict[str, str], cwd: str | None,
-    stdin: bool, pty: bool, timeout: float | None,
-) -> int:  # fmt: skip
-    from mvm.runtime import guest
-    from mvm.runtime.console import raw
-
-    with guest.connect(name, verb=verb) as client:
-        size = _winsize() if pty else (24, 80)
-        stream = client.start_exec(argv, env=env, cwd=cwd, pty=pty, stdin=stdin, size=size)
-        fd = sys.stdin.fileno() if stdin else None
-        with raw(sys.stdin.fileno()) if pty and stdin else contextlib.nullcontext():
-            result = client.interact(
-                stream, stdin_fd=fd, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer,
-                pty=pty, winsize=_winsize if pty else None, timeout=timeout,
-            )  # fmt: skip
-    return result.code
-
-
 @cli.command("exec", context_settings=EXEC_SETTINGS)
 @click.argument("name")
 @click.option("-i", "--interactive", is_flag=True, help="Send mvmctl's stdin to the command.")
@@ -71,24 +35,13 @@ def exec_cmd(name: str, interactive: bool, tty: bool, env: tuple[str, ...], work
 
     stdout and stderr stay separate; mvmctl exits with the command's exit code.
     """
-    from mvm.errors import AgentError
+    from mvm.cli.agent_run import run_exec
 
     argv = list(command[1:] if command and command[0] == "--" else command)
     if not argv:
         raise click.UsageError("missing the command to run")
-    try:
-        code = _interactive(name, argv, verb="exec", env=_env(env), cwd=workdir,
-                            stdin=interactive, pty=tty, timeout=timeout)  # fmt: skip
-    except AgentError as exc:
-        if timeout is not None and "timed out" in exc.message:
-            click.echo(f"mvmctl: error: {exc.message}", err=True)
-            sys.exit(124)
-        if "No such file" in exc.message or "Permission denied" in exc.message:
-            click.echo(f"mvmctl: error: {exc.message}", err=True)
-            sys.exit(127 if "No such file" in exc.message else 126)
-        raise
-    sys.stdout.flush()
-    sys.exit(code)
+    sys.exit(run_exec(name, argv, interactive_stdin=interactive, tty=tty, env=env,
+                      workdir=workdir, timeout=timeout))  # fmt: skip
 
 
 @cli.command("console")
@@ -96,8 +49,10 @@ def exec_cmd(name: str, interactive: bool, tty: bool, env: tuple[str, ...], work
 @click.option("--shell", default="/bin/sh", show_default=True, help="The shell to start.")
 def console_cmd(name: str, shell: str) -> None:
     """Open an interactive shell in VM NAME (accessible images only); exit leaves it."""
-    code = _interactive(name, [shell, "-l"], verb="console", env={}, cwd=None, stdin=True,
-                        pty=True, timeout=None)  # fmt: skip
+    from mvm.cli.agent_run import interactive
+
+    code = interactive(name, [shell, "-l"], verb="console", env={}, cwd=None, stdin=True,
+                       pty=True, timeout=None)  # fmt: skip
     sys.exit(code)
 
 

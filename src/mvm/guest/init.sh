@@ -10,6 +10,10 @@
 # after the entrypoint has started.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
+# booted straight from the rootfs (built-in drivers, no initramfs): the kernel
+# mounted only /dev (DEVTMPFS_MOUNT); proc and sysfs are ours to mount
+[ -e /proc/self ] || mount -t proc proc /proc
+[ -d /sys/kernel ] || mount -t sysfs sys /sys
 . /etc/mvm/spec.sh
 [ -r /etc/mvm/rootops.sh ] && . /etc/mvm/rootops.sh  # the control port's root operations
 read -r CMDLINE < /proc/cmdline
@@ -199,7 +203,7 @@ channels() {
         chown "$MVM_AGENT_UID" "$AGENT"; chmod 0600 "$AGENT"
         : > /run/mvm/agent.log; chown "$MVM_AGENT_UID" /run/mvm/agent.log
         # started as root with no-new-privs: the agent drops to the agent uid keeping only
-        # CAP_SETUID/CAP_SETGID (to run commands as the entrypoint uid); a sealed image's
+        # CAP_SETUID/SETGID/KILL (to run and signal commands as the entrypoint uid); a sealed image's
         # agent (-s) has no exec, console or file service at all
         sealed=-s; [ "$MVM_ACCESSIBLE" = 1 ] && sealed=""
         setpriv --nnp start-stop-daemon -S -b -q -p /run/mvm/none -x /usr/local/bin/mvm-guest-agent \

@@ -50,14 +50,14 @@ from mvm.guest import read as guest_file
 from mvm.image import contents, guestbin, initramfs, source
 from mvm.image import kernel as kernels
 from mvm.image.hashcache import ContentHashes
-from mvm.image.meta import ARTEFACTS, ImageMeta
+from mvm.image.meta import ARTEFACTS, ImageMeta, KernelInfo
 from mvm.image.meta import load as load_meta
-from mvm.image.render import GuestFile, render
+from mvm.image.render import GuestFile, render, systemd_units
 from mvm.image.source import Source
 from mvm.image.staging import Staging
 from mvm.log import get_logger
 from mvm.proc import is_disk_full
-from mvm.state.atomic import atomic_file, locked, private_tempdir
+from mvm.state.atomic import atomic_file, locked, private_tempdir, publish_dir
 
 log = get_logger(__name__)
 
@@ -67,6 +67,7 @@ DEFAULT_EPOCH = 1
 EPOCH_MAX = (1 << 31) - 1  # ext4's classic 32-bit timestamps
 BUILD_LOCK_TIMEOUT = 1800.0
 HASHES = "content-hashes.json"  # in MVM_CACHE: keyed by device and inode, shareable
+AGENT = "/usr/local/bin/mvm-guest-agent"  # an OCI image's is /.mvm/agent
 
 
 @dataclass(frozen=True)
@@ -151,8 +152,9 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
         "mvm": __version__,
         "kernel": kernel.identity,
         "busybox": busybox_sha,
-        "packages": spec.packages,
+        "packages": packages(spec),
         "dev": spec.dev,
+        "init": spec.init,
         "hypervisor": spec.hypervisor,
         "epoch": epoch,
     }
@@ -169,6 +171,11 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
     h.update(b"guestbin\0" + guestbin.cache_key().encode())
     for f in render(spec):
         h.update(f"{f.path}\0{f.mode}\0{f.uid}\0".encode() + f.content)
+    if spec.init == "systemd":
+        units, links = systemd_units(spec)
+        for f in units:
+            h.update(f"{f.path}\0{f.mode}\0{f.uid}\0".encode() + f.content)
+        h.update(json.dumps(links).encode())
     for fs in spec.files:
         h.update(f"{fs.path}\0{fs.mode}\0".encode() + fs.content.encode())
     sources = []
@@ -218,6 +225,18 @@ def build(project: Project, *, force: bool = False) -> Image:
             raise BuildError(f"building {spec.name}: {exc.strerror or exc}") from exc
 
 
+# what init = "systemd" adds to the project's packages (no dbus: systemctl talks to
+# PID 1 over its private socket; no udev: devtmpfs is enough for virtio disks)
+SYSTEMD_PACKAGES = ("systemd",)
+
+
+def packages(spec: GuestSpec) -> tuple[str, ...]:
+    """The Debian packages the image gets: the project's, plus systemd for systemd guests."""
+    if spec.init == "systemd":
+        return tuple(sorted({*spec.packages, *SYSTEMD_PACKAGES}))
+    return spec.packages
+
+
 def own_files(
     spec: GuestSpec, late: list[tuple[str, bytes]], base: dict[str, bytes] | None = None
 ) -> list[GuestFile]:
@@ -226,18 +245,25 @@ def own_files(
     image's ``/init`` and shell are its own: mvm's init is ``/.mvm/init`` there, and
     its scripts run under ``/.mvm/bin/sh``."""
     init = guest_file("init.sh")
+    agent = AGENT
     if spec.image is not None:
         init = _private_shell(_private_path(init))
+        if init.count(AGENT.encode()) != 1:
+            raise BuildError("internal: init.sh does not start the agent exactly once")
+        agent = "/.mvm/agent"
+        init = init.replace(AGENT.encode(), agent.encode())
     files = [
         *render(spec, base),
         GuestFile(spec.init_path, init, 0o755),
-        GuestFile("/usr/local/bin/mvm-guest-agent", guestbin.build("mvm-guest-agent"), 0o755),
+        GuestFile(agent, guestbin.build("mvm-guest-agent"), 0o755),
         *(GuestFile(dest, guest_file(src), 0o644) for src, dest in EXTENSIONS.items()),
         GuestFile("/etc/mvm/rootops.sh", guest_file("rootops.sh"), 0o644),
-        GuestFile("/etc/mvm/bin/mvm-reseed", guest_file("mvm-reseed"), 0o755),
+        GuestFile("/etc/mvm/bin/mvm-reseed", guestbin.build("mvm-reseed"), 0o755),
     ]
     files += [GuestFile(f"/lib/modules/mvm/{n}.ko", data) for n, data in late]
     files.append(GuestFile("/etc/mvm/modules.late", (" ".join(n for n, _ in late) + "\n").encode()))
+    if spec.init == "systemd":
+        files += systemd_units(spec)[0]
     return files
 
 
@@ -296,12 +322,14 @@ def _build(
                 base = {p: st.read(p, oci.PASSWD_MAX) or b""
                         for p in ("/etc/passwd", "/etc/group", "/etc/shadow")}  # fmt: skip
                 rootfs.skeleton(st, rootfs.OCI_SKELETON)
+                if spec.workdir and not st.is_dir(spec.workdir):  # runtimes create it too
+                    _guard(spec, "the image's WorkingDir")(st.mkdir(spec.workdir), "")
             else:
                 rootfs.skeleton(st)
             uid = spec.uids.entrypoint
             # order: mvm's skeleton, packages, busybox, the project's files, then
             # mvm's own files (which the project may not touch: guestpaths)
-            pkgs = debian.resolve(spec.packages) if spec.packages else []
+            pkgs = debian.resolve(packages(spec)) if packages(spec) else []
             if pkgs:
                 debian.extract(debian.fetch(pkgs), st)
             if unpacked is not None:
@@ -318,6 +346,8 @@ def _build(
             for g in own:  # an image file mvm replaces does not keep the image's owner
                 owners.pop(st.resolve(g.path), None)
             owners.update(rootfs.write_files(st, own))
+            if spec.init == "systemd":
+                rootfs.systemd_tree(st, systemd_units(spec)[1])
             if unpacked is None or spec.sealed_home:
                 existed = st.is_dir(spec.home)
                 home = st.mkdir(spec.home)
@@ -332,7 +362,11 @@ def _build(
         )
         rootfs.make_ext4(root, out / "rootfs.ext4", owners, stamp=stamp)
         shutil.rmtree(root)
-        initramfs.build(kernel, out / "initramfs.cpio", epoch=inputs.epoch)
+        if kernel.boot == "direct":  # the kernel mounts the rootfs itself: an empty artefact
+            with atomic_file(out / "initramfs.cpio"):
+                pass
+        else:
+            initramfs.build(kernel, out / "initramfs.cpio", epoch=inputs.epoch)
         _install_kernel(kernel.image, out / "kernel")
         contents.write(out, manifest)
         revision = _revision(spec, kernel, inputs.digest, out, time.monotonic() - started)
@@ -346,11 +380,7 @@ def _build(
             meta.write(json.dumps(revision["checksums"], indent=2, sort_keys=True).encode())
         with atomic_file(out / "revision.json") as meta:  # last: it marks the image complete
             meta.write(json.dumps(revision, indent=2, sort_keys=True).encode())
-        if dest.exists():
-            old = images / f".old-{inputs.digest}-{os.getpid()}"
-            os.replace(dest, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, dest)
+        publish_dir(out, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("built %s in %.1fs", spec.name, time.monotonic() - started)
@@ -409,6 +439,7 @@ def _revision(
         "accessible": spec.accessible,
         "sealed": spec.sealed,
         "entrypointKind": spec.entrypoint.kind,
+        "init": spec.init,
         "hypervisor": spec.hypervisor,
         "uids": {"agent": spec.uids.agent, "entrypoint": spec.uids.entrypoint},
         "rootlessEntrypoint": spec.uids.rootless,
@@ -417,8 +448,13 @@ def _revision(
         "expectedBootMs": EXPECTED_BOOT_MS["kvm"],
         "expectedBootMsByAccel": EXPECTED_BOOT_MS,
         "inputHash": digest,
-        "kernel": {"version": kernel.version, "identity": kernel.identity},
-        "packages": list(spec.packages),
+        "kernel": KernelInfo(
+            kernel.version,
+            kernel.identity,
+            kaslr=None if kernel.kaslr else False,
+            boot=None if kernel.boot == "initramfs" else kernel.boot,
+        ).to_json(),
+        "packages": list(packages(spec)),
         "defaults": {"vcpus": spec.vcpus, "memory_mib": spec.memory_mib},
         "checksums": checksums,
         "sizes": {name: (out / name).stat().st_size for name in ARTEFACTS},

@@ -1,4 +1,4 @@
-"""Compile the guest's static programs (the agent) on the host, reproducibly.
+"""Compile the guest's static programs (the agent, mvm-reseed) on the host, reproducibly.
 
 The agent is C (``mvm/guest/agent/*.c``) built with the host's ``gcc -static
 -Os``: no guest toolchain, no packages in the image.  The output is cached in
@@ -32,7 +32,14 @@ CFLAGS = (
     "-static", "-Os", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
     "-fno-ident", "-ffile-prefix-map=/mvm-src=.", "-Wl,--build-id=none", "-s",
 )  # fmt: skip
-PROGRAMS = {"mvm-guest-agent": ("agent.c", "json.c")}
+PROGRAMS = {"mvm-guest-agent": ("agent.c", "json.c"), "mvm-reseed": ("reseed.c",)}
+# per-program flags: mvm-reseed is freestanding (no libc: one syscall wrapper, ~1 KiB)
+EXTRA_FLAGS = {
+    "mvm-reseed": (
+        "-nostdlib", "-fno-pie", "-no-pie", "-fno-asynchronous-unwind-tables",
+        "-fno-stack-protector", "-Wl,-z,noseparate-code", "-Wl,-n",
+    ),
+}  # fmt: skip
 HEADERS = ("json.h",)
 
 
@@ -60,6 +67,7 @@ def cache_key() -> str:
     """A hash of everything that decides the binaries' bytes."""
     h = hashlib.sha256()
     h.update(compiler_version().encode() + b"\0" + "\0".join(CFLAGS).encode() + b"\0")
+    h.update(repr(sorted(PROGRAMS.items())).encode() + repr(sorted(EXTRA_FLAGS.items())).encode())
     for name, data in _sources().items():
         h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     return h.hexdigest()[:32]
@@ -88,7 +96,7 @@ def build(name: str = "mvm-guest-agent") -> bytes:
                 # relative sources in a fixed cwd, the cwd mapped away: nothing
                 # host-specific reaches the binary
                 flags = [f.replace("/mvm-src=", f"{src}=") for f in CFLAGS]
-                cmd = [CC, *flags, "-o", str(outdir / prog), *srcs]
+                cmd = [CC, *flags, *EXTRA_FLAGS.get(prog, ()), "-o", str(outdir / prog), *srcs]
                 r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env,
                                    cwd=src)  # fmt: skip
                 if r.returncode != 0:

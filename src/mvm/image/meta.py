@@ -62,6 +62,7 @@ ISO_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 FEATURE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 ACCEL_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,15}")
 DEB_RE = re.compile(r"[a-z0-9][a-z0-9+.-]{0,127}")
+KERNEL_BOOTS = ("initramfs", "direct")
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}")
 
 _KEYS = {
@@ -91,6 +92,22 @@ class Defaults:
 class KernelInfo:
     version: str
     identity: str
+    # how the runtime must start this kernel (absent in older revisions: the
+    # Debian kernel's way, an initramfs and `nokaslr`)
+    kaslr: bool | None = None  # False: no RANDOMIZE_BASE, so no `nokaslr` argument
+    boot: str | None = None  # "direct": root=/dev/vda, no initramfs; else "initramfs"
+
+    @property
+    def direct_boot(self) -> bool:
+        return self.boot == "direct"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": self.version, "identity": self.identity}
+        if self.kaslr is not None:
+            out["kaslr"] = self.kaslr
+        if self.boot is not None:
+            out["boot"] = self.boot
+        return out
 
 
 @dataclass(frozen=True)
@@ -149,9 +166,15 @@ class ImageMeta:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
-    def init(self) -> str:
-        """The rootfs path the kernel (or the initramfs) starts as PID 1."""
+    def init_exec(self) -> str:
+        """The rootfs path the kernel (or the initramfs) starts as PID 1 (mvm's /init;
+        ``/.mvm/init`` in an OCI image)."""
         return self.init_path or "/init"
+
+    @property
+    def guest_init(self) -> str:
+        """The guest's PID 1 kind: "busybox" (mvm's /init; older images) or "systemd"."""
+        return "systemd" if self.extra.get("init") == "systemd" else "busybox"
 
     @property
     def backend(self) -> str:
@@ -187,10 +210,16 @@ class ImageMeta:
         if rootless != (uids.entrypoint != 0):
             raise v.bad("rootlessEntrypoint", "does not match uids.entrypoint")
         defaults_obj = v.obj_exact(obj, "defaults", {"vcpus", "memory_mib"})
-        kernel_obj = v.obj_exact(obj, "kernel", {"version", "identity"})
+        kernel_obj = v.obj_exact(obj, "kernel", {"version", "identity"}, {"kaslr", "boot"})
         identity = v.text(kernel_obj, "identity", None, "kernel.", max_len=4096)
         if not identity.isprintable():
             raise v.bad("kernel.identity", "must be printable text")
+        kernel = KernelInfo(
+            v.text(kernel_obj, "version", VERSION_RE, "kernel."), identity,
+            kaslr=v.boolean(kernel_obj, "kaslr", "kernel.") if "kaslr" in kernel_obj else None,
+            boot=v.choice(kernel_obj, "boot", KERNEL_BOOTS, "kernel.")
+            if "boot" in kernel_obj else None,
+        )  # fmt: skip
         sums, sizes = v.artefact_map(obj, "checksums"), v.artefact_map(obj, "sizes")
         oci = v.oci(obj) if "image" in obj else None
         init_path = v.text(obj, "initPath", INIT_RE) if "initPath" in obj else None
@@ -210,7 +239,7 @@ class ImageMeta:
                 obj, "expectedBootMsByAccel", ACCEL_RE, 1, 3_600_000
             ),
             input_hash=v.text(obj, "inputHash", HEX64),
-            kernel=KernelInfo(v.text(kernel_obj, "version", VERSION_RE, "kernel."), identity),
+            kernel=kernel,
             packages=v.str_list(obj, "packages", DEB_RE, 100_000),
             defaults=Defaults(
                 v.integer(defaults_obj, "vcpus", *VCPUS_RANGE, "defaults."),
@@ -256,7 +285,7 @@ class ImageMeta:
             "expectedBootMs": self.expected_boot_ms,
             "expectedBootMsByAccel": dict(self.expected_boot_ms_by_accel),
             "inputHash": self.input_hash,
-            "kernel": {"version": self.kernel.version, "identity": self.kernel.identity},
+            "kernel": self.kernel.to_json(),
             "packages": list(self.packages),
             "defaults": {"vcpus": self.defaults.vcpus, "memory_mib": self.defaults.memory_mib},
             "checksums": dict(self.checksums), "sizes": dict(self.sizes),
@@ -343,16 +372,20 @@ class _Check:
             raise self.bad(prefix + key, "missing")
         return obj[key]
 
-    def obj_exact(self, obj: Mapping[str, Any], key: str, keys: set[str]) -> dict[str, Any]:
+    def obj_exact(
+        self, obj: Mapping[str, Any], key: str, keys: set[str], optional: frozenset[str] | set[str]
+        = frozenset(),
+    ) -> dict[str, Any]:  # fmt: skip
         value = self._get(obj, key, "")
-        if not isinstance(value, dict) or set(value) != keys:
-            raise self.bad(key, f"must be an object with exactly {', '.join(sorted(keys))}")
+        if not isinstance(value, dict) or not keys <= set(value) <= keys | set(optional):
+            extra = f" (optionally {', '.join(sorted(optional))})" if optional else ""
+            raise self.bad(key, f"must be an object with exactly {', '.join(sorted(keys))}{extra}")
         return value
 
-    def boolean(self, obj: Mapping[str, Any], key: str) -> bool:
-        value = self._get(obj, key, "")
+    def boolean(self, obj: Mapping[str, Any], key: str, prefix: str = "") -> bool:
+        value = self._get(obj, key, prefix)
         if not isinstance(value, bool):
-            raise self.bad(key, f"must be true or false, not {value!r}")
+            raise self.bad(prefix + key, f"must be true or false, not {value!r}")
         return value
 
     def integer(self, obj: Mapping[str, Any], key: str, lo: int, hi: int, prefix: str = "") -> int:
@@ -378,10 +411,13 @@ class _Check:
             raise self.bad(prefix + key, f"invalid value {_short(value)}")
         return value
 
-    def choice(self, obj: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
-        value = self._get(obj, key, "")
+    def choice(
+        self, obj: Mapping[str, Any], key: str, allowed: tuple[str, ...], prefix: str = ""
+    ) -> str:
+        value = self._get(obj, key, prefix)
         if not isinstance(value, str) or value not in allowed:
-            raise self.bad(key, f"must be one of {', '.join(allowed)}, not {_short(value)}")
+            raise self.bad(prefix + key,
+                           f"must be one of {', '.join(allowed)}, not {_short(value)}")  # fmt: skip
         return value
 
     def str_list(self, obj: Mapping[str, Any], key: str, pattern: re.Pattern[str],

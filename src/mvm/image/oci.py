@@ -8,7 +8,7 @@ What we chose, and why (docs/oci.md has the user's side):
   (``HOME`` is the work directory, so no credentials file of the user's is
   read) and, for local transports, a policy file that accepts the content:
   the manifest digest, not a signature, is what the build pins.
-* **umoci** ``unpack --rootless`` applies the layers: whiteouts and opaque
+* **umoci** ``raw unpack --rootless`` applies the layers: whiteouts and opaque
   directories, hard links, modes, and hostile entries (``..``, absolute
   paths, a symlink followed by an entry written through it) stay inside the
   bundle; device nodes become empty files.  A well-kept unpacker made for
@@ -71,6 +71,7 @@ UID_MAX = 65534
 LAYERS_MAX = 256
 _BLOB_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 SKOPEO_TIMEOUT = 1800.0
+REGISTRY_TIMEOUT = 120  # seconds for one manifest lookup
 UMOCI_TIMEOUT = 1800.0
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -121,7 +122,8 @@ def identity(src: ImageSource, hashes: ContentHashes) -> str:
         except OSError as exc:
             raise BuildError(f"image {src.ref}: cannot read index.json ({exc})") from exc
         return "sha256:" + hashlib.sha256(raw + f"\0{src.tag or ''}".encode()).hexdigest()
-    out = _skopeo(["inspect", "--raw", src.skopeo_ref()], Path("/nonexistent"), src, network=True)
+    out = _skopeo(["--command-timeout", f"{REGISTRY_TIMEOUT}s", "inspect", "--raw",
+                   src.skopeo_ref()], Path("/nonexistent"), src, network=True)  # fmt: skip
     if len(out) > MANIFEST_MAX:
         raise BuildError(f"image {src.ref}: manifest larger than {MANIFEST_MAX} bytes")
     return "sha256:" + hashlib.sha256(out).hexdigest()
@@ -142,9 +144,13 @@ def _open_regular(path: Path, what: str) -> int:
 
 
 def _skopeo(args: list[str], home: Path, src: ImageSource, *, network: bool = False) -> bytes:
-    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "XDG_CONFIG_HOME": str(home)}
-    return proc.run(["skopeo", *args], env=env, network=network, timeout=SKOPEO_TIMEOUT,
-                    what=f"reading image {src.ref} (skopeo)").stdout  # fmt: skip
+    # HOME and TMPDIR are the build's private work directory: no credentials file of the
+    # user's is read, and an oci-archive is extracted there, not in /var/tmp
+    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "XDG_CONFIG_HOME": str(home),
+           "TMPDIR": str(home)}  # fmt: skip
+    argv = ["skopeo", "--tmpdir", str(home), *args]
+    what = f"reading image {src.ref} (skopeo)"
+    return proc.run(argv, env=env, network=network, timeout=SKOPEO_TIMEOUT, what=what).stdout
 
 
 def unpack(src: ImageSource, work: Path) -> Unpacked:
@@ -155,17 +161,21 @@ def unpack(src: ImageSource, work: Path) -> Unpacked:
     fd = os.open(policy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"default": [{"type": "insecureAcceptAnything"}]}, f)
-    pol = [] if src.transport == "docker" else ["--policy", str(policy)]
+    pol = (["--command-timeout", f"{int(SKOPEO_TIMEOUT)}s"] if src.transport == "docker"
+           else ["--policy", str(policy)])  # fmt: skip
     _skopeo([*pol, "copy", "-q", "--", src.skopeo_ref(), f"oci:{layout}:{TAG}"], work, src,
             network=src.transport == "docker")  # fmt: skip
     digest, config, layers = read_layout(layout, src.ref)
     for layer in layers:
         scan_layer(layout, layer, src.ref)
     bundle = work / "bundle"
-    proc.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:{TAG}", str(bundle)],
-             env={"HOME": str(work)}, timeout=UMOCI_TIMEOUT,
-             what=f"unpacking image {src.ref} (umoci)")  # fmt: skip
+    bundle.mkdir(mode=0o700)
     root = bundle / "rootfs"
+    # `raw unpack`: the rootfs only (plain `unpack` also hashes every file into an mtree
+    # manifest for repacking, which doubled the time and is never used here)
+    proc.run(["umoci", "raw", "unpack", "--rootless", "--image", f"{layout}:{TAG}", str(root)],
+             env={"HOME": str(work), "TMPDIR": str(work)}, timeout=UMOCI_TIMEOUT,
+             what=f"unpacking image {src.ref} (umoci)")  # fmt: skip
     owners = take_owners(root)
     return Unpacked(root, digest, config, owners)
 

@@ -6,33 +6,74 @@ the host for a sealed VM (the record's ``accessible``, from the image's
 ``revision.json``); the guest's agent refuses them too (a sealed image's agent
 has no exec or file service).
 
-This module is on ``mvmctl exec``'s import path: it imports only the state
-records and the agent client, nothing that builds or launches VMs.
+This module is on ``mvmctl exec``'s path, so it imports the agent client and
+nothing else up front: when ``vm.json`` plainly says the VM runs (and is
+accessible, for exec/console/cp) and its sidecar answers, that is all a
+request needs; anything else takes the full path (the record loaded and
+checked by :mod:`mvm.runtime.lifecycle`), which gives the precise error.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
-from typing import Any
 
-from mvm import paths
+from mvm.agent import MUX_SOCKET
 from mvm.agent.client import AgentClient
-from mvm.agent.protocol import Entry, ExecResult, GuestStatus
 from mvm.errors import AgentError, ConflictError, MvmError, NotFoundError
-from mvm.runtime import lifecycle
-from mvm.runtime.sidecar import SOCKET
-from mvm.state.records import VmRecord, load_entry
 
+TYPE_CHECKING = False  # typing costs start-up time on `mvmctl exec`'s path
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+    from mvm.agent.models import Entry, GuestStatus
+    from mvm.agent.protocol import ExecResult
+    from mvm.state.records import VmRecord
+
+SOCKET = MUX_SOCKET
 SIDECAR_START_TIMEOUT = 20.0
 ACCESS_VERBS = ("exec", "console", "cp")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read(1 << 20))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _quick(name: str, verb: str) -> socket.socket | None:
+    """The sidecar's socket if ``vm.json`` plainly allows ``verb`` (the rules of the
+    full path: running, accessible for exec/console/cp, an image with the agent)
+    and the sidecar answers; None sends the caller down the full path."""
+    if not 0 < len(name) <= 63 or name[0] == "-" or not set(name) <= _NAME_CHARS:
+        return None
+    home = os.environ.get("MVM_HOME")
+    if home is not None and (not home.strip() or "\0" in home):
+        return None
+    run_dir = os.path.join(os.path.abspath(os.path.expanduser(home or "~/.mvm")), "vms", name)
+    rec = _read_json(os.path.join(run_dir, "vm.json"))
+    if not isinstance(rec, dict) or rec.get("phase") != "running":
+        return None
+    if verb in ACCESS_VERBS and rec.get("accessible") is not True:
+        return None
+    image = rec.get("image")
+    meta = _read_json(os.path.join(image, "revision.json")) if isinstance(image, str) else None
+    if not isinstance(meta, dict) or meta.get("agentBinary") == "stub":
+        return None
+    return _try_connect(os.path.join(run_dir, SOCKET))
 
 
 def _record(name: str, verb: str) -> VmRecord:
+    from mvm import paths
+    from mvm.runtime import lifecycle
+    from mvm.state.records import VmRecord, load_entry
+
     paths.validate_name(name, "VM name")
     if not paths.vm_dir(name).is_dir():
         raise NotFoundError(f"no VM named {name!r}", hint="`mvmctl ls` lists VMs")
@@ -44,13 +85,20 @@ def _record(name: str, verb: str) -> VmRecord:
             f"cannot {verb} VM {name}: its image is sealed (no exec, console or files)",
             hint="build with dev = true in mvm.toml for an accessible image",
         )
+    meta = _read_json(os.path.join(entry.image, "revision.json"))
+    if isinstance(meta, dict) and meta.get("agentBinary") == "stub":
+        # the old stub speaks no protocol: waiting for its hello would only time out
+        raise AgentError(
+            f"VM {name}'s image was built before mvm had a guest agent",
+            hint="rebuild the image (`mvmctl build`) and start the VM again",
+        )
     return entry
 
 
-def _try_connect(path: Path) -> socket.socket | None:
+def _try_connect(path: str | os.PathLike[str]) -> socket.socket | None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        s.connect(str(path))
+        s.connect(os.fspath(path))
         return s
     except OSError:
         s.close()
@@ -58,6 +106,9 @@ def _try_connect(path: Path) -> socket.socket | None:
 
 
 def _start_sidecar(run_dir: Path) -> None:
+    import subprocess
+    import sys
+
     from mvm.proc import child_env
 
     log = os.open(run_dir / "sidecar.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
@@ -72,22 +123,27 @@ def _start_sidecar(run_dir: Path) -> None:
         os.close(log)
 
 
-def connect(name: str, *, verb: str = "agent", timeout: float = 60.0) -> AgentClient:
-    """A client of VM ``name``'s agent (waits up to ``timeout`` for the guest)."""
+def _full(name: str, verb: str, timeout: float) -> socket.socket:
+    """The sidecar's socket after every check of the record; starts the sidecar."""
     record = _record(name, verb)
-    run_dir = record.dir
-    path = run_dir / SOCKET
-    deadline = time.monotonic() + timeout
+    path = record.dir / SOCKET
     sock = _try_connect(path)
     if sock is None:
-        _start_sidecar(run_dir)
+        _start_sidecar(record.dir)
         end = time.monotonic() + min(SIDECAR_START_TIMEOUT, timeout)
         while sock is None:
             if time.monotonic() > end:
                 raise AgentError(f"the agent sidecar of VM {name} did not start",
-                                 hint=f"see {run_dir / 'sidecar.log'}")  # fmt: skip
+                                 hint=f"see {record.dir / 'sidecar.log'}")  # fmt: skip
             time.sleep(0.01)
             sock = _try_connect(path)
+    return sock
+
+
+def connect(name: str, *, verb: str = "agent", timeout: float = 60.0) -> AgentClient:
+    """A client of VM ``name``'s agent (waits up to ``timeout`` for the guest)."""
+    deadline = time.monotonic() + timeout
+    sock = _quick(name, verb) or _full(name, verb, timeout)
     try:
         client = AgentClient(sock, timeout=max(1.0, deadline - time.monotonic()))
     except AgentError as exc:

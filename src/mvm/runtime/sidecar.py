@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mvm.agent import codec
+from mvm.agent import MUX_SOCKET, codec
 from mvm.agent.codec import JSON, Decoder
 from mvm.errors import ProtocolError
+from mvm.state.procs import pid_alive, proc_start_time
 
-SOCKET = "agent-mux.sock"
+SOCKET = MUX_SOCKET
 LOCK = "agent-mux.lock"
 HELLO_RETRY = 2.0  # seconds between hellos while the guest agent has not answered
 TERMINAL = frozenset(("exit", "error", "done", "pong", "status", "entries"))
@@ -50,8 +51,12 @@ class Conn:
 
 
 class Sidecar:
-    def __init__(self, run_dir: Path) -> None:
+    """``agent`` is the host end of the agent channel (the backend's
+    ``HostChannels.agent``); ``pid`` the hypervisor this sidecar lives as long as."""
+
+    def __init__(self, run_dir: Path, agent: Path, pid: int | None) -> None:
         self.run_dir = run_dir
+        self.agent = agent
         self.sel = selectors.DefaultSelector()
         self.guest: Conn | None = None
         self.hello: dict[str, Any] | None = None
@@ -60,13 +65,9 @@ class Sidecar:
         self.clients: dict[int, Conn] = {}
         self.routes: dict[int, tuple[Conn, int]] = {}  # global stream -> (client, stream)
         self.next_global = 1
-        self.pid = self._hypervisor_pid()
+        self.pid = pid
+        self.pid_start = proc_start_time(pid) if pid else None
         self.dir_ino = os.stat(run_dir).st_ino  # a `down` + `up` makes a new run dir
-
-    def _hypervisor_pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError):
-            return int((self.run_dir / "qemu.pid").read_text().strip())
-        return None
 
     def hypervisor_alive(self) -> bool:
         try:
@@ -74,23 +75,14 @@ class Sidecar:
                 return False
         except OSError:
             return False
-        if self.pid is None:
-            self.pid = self._hypervisor_pid()
-            return self.pid is not None or (self.run_dir / "agent.sock").exists()
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(self.pid, self.pid_start)
 
     # -- guest side --
 
     def connect_guest(self) -> None:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            s.connect(str(self.run_dir / "agent.sock"))
+            s.connect(str(self.agent))
         except OSError:
             s.close()
             return
@@ -302,6 +294,20 @@ class Sidecar:
                     self.update_interest(c)
 
 
+def _hypervisor(run_dir: Path) -> tuple[Path, int | None]:
+    """The agent channel's host end and the hypervisor's pid, from the VM's backend."""
+    from mvm.backends.base import get_backend
+    from mvm.state.atomic import read_json
+
+    hypervisor = "qemu"
+    with contextlib.suppress(Exception):
+        rec = read_json(run_dir / "vm.json")
+        if isinstance(rec, dict) and isinstance(rec.get("hypervisor"), str):
+            hypervisor = rec["hypervisor"]
+    backend = get_backend(hypervisor)
+    return backend.channels(run_dir).agent, backend.owned_pid(run_dir)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m mvm.runtime.sidecar RUN_DIR", file=sys.stderr)
@@ -312,6 +318,8 @@ def main(argv: list[str]) -> int:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return 0  # another sidecar serves this VM (or the VM is gone)
+    os.ftruncate(lock_fd, 0)
+    os.write(lock_fd, f"{os.getpid()}\n".encode())  # who holds it (for `ps` and tests)
     path = run_dir / SOCKET
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -322,7 +330,7 @@ def main(argv: list[str]) -> int:
     listener.listen(64)
     os.rename(tmp, path)  # clients never see a socket that is not listening yet
     ours = os.stat(path).st_ino
-    sidecar = Sidecar(run_dir)
+    sidecar = Sidecar(run_dir, *_hypervisor(run_dir))
     try:
         sidecar.serve(listener)
     finally:

@@ -103,9 +103,9 @@ def image_project(name: str, ref: str, base: Path | None = None) -> Path:
             image = "oci:layout" + (f":{src.tag}" if src.tag else "")
         else:
             shutil.copyfile(src.path, stage / "image.tar")
-            os.chmod(stage / "image.tar", 0o600)
             image = f"{src.transport}:image.tar"
         (stage / "mvm.toml").write_text(IMAGE_TOML.format(name=name, ref=ref, image=image))
+        _private(stage)
         dest = top / name
         if dest.exists():  # a deleted template's project: nothing refers to it any more
             shutil.rmtree(dest)
@@ -117,3 +117,15 @@ def image_project(name: str, ref: str, base: Path | None = None) -> Path:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return dest
+
+
+def _private(top: Path) -> None:
+    """Everything under MVM_HOME is private: 0700 directories, 0600 files."""
+    import os
+
+    for dirpath, _dirs, files in os.walk(top):  # our own fresh copy: no symlinked dirs
+        os.chmod(dirpath, 0o700)
+        for f in files:
+            p = Path(dirpath) / f
+            if not p.is_symlink():
+                os.chmod(p, 0o600)

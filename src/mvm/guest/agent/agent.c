@@ -7,10 +7,10 @@
  * operations over the one port; stream 0 carries only hello.
  *
  * Privileges: /init starts this binary as root with no-new-privs; it drops to
- * the agent uid at once, keeping only CAP_SETUID/CAP_SETGID (and, when the
+ * the agent uid at once, keeping only CAP_SETUID/CAP_SETGID/CAP_KILL (and, when the
  * entrypoint itself is root, the rest of the bounding set as permitted-only
  * capabilities so commands exec'd as root are root).  With a rootless
- * entrypoint the bounding set is cut down to SETUID/SETGID before the drop.
+ * entrypoint the bounding set is cut down to those three before the drop.
  * Exec'd commands run as the entrypoint uid; an execve from a non-root uid
  * clears every capability.  File verbs use setfsuid/setfsgid so they see the
  * filesystem exactly as the entrypoint does.
@@ -58,6 +58,7 @@
 #define MAX_FRAME (1u << 20)       /* host -> guest payload cap */
 #define CHUNK 65536                /* guest -> host data frame size */
 #define OUT_HIGH (4u << 20)        /* stop reading sessions above this much queued output */
+#define IN_HIGH (8u << 20)         /* stop reading the port above this much queued stdin */
 #define MAX_SESS 64
 #define MAX_ARGS 256
 #define MAX_ENV 128
@@ -77,6 +78,8 @@ typedef struct {
     int pty, reaped, code, sig;
     int fd;                    /* S_READ / S_WRITE */
     long long size;
+    buf_t inq;                 /* stdin not yet taken by the command */
+    int eof_pending;           /* close stdin once inq is drained */
     char tmp[PATH_MAX], dst[PATH_MAX];
     unsigned mode;
 } sess_t;
@@ -169,7 +172,17 @@ static void closefd(int *fd) {
     *fd = -1;
 }
 
+static size_t queued_stdin(void) {
+    size_t n = 0;
+    for (int i = 0; i < MAX_SESS; i++)
+        if (sess[i].kind == S_EXEC) n += sess[i].inq.len;
+    return n;
+}
+
 static void free_sess(sess_t *s) {
+    free(s->inq.data);
+    s->inq.data = NULL;
+    s->inq.len = s->inq.cap = 0;
     closefd(&s->in_fd);
     closefd(&s->out_fd);
     closefd(&s->err_fd);
@@ -198,6 +211,30 @@ static void drop_all(void) {
     out.len = 0;
 }
 
+/* write queued stdin without blocking; after an eof, close it (a pty gets ^D) */
+static void flush_stdin(sess_t *s) {
+    while (s->in_fd >= 0 && s->inq.len) {
+        ssize_t w = write(s->in_fd, s->inq.data, s->inq.len);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) return;
+        if (w <= 0) {
+            s->inq.len = 0;
+            closefd(&s->in_fd);
+            return;
+        }
+        buf_drop(&s->inq, (size_t)w);
+    }
+    if (s->eof_pending && s->in_fd >= 0 && !s->inq.len) {
+        if (s->pty) {
+            char eot = 4;
+            if (write(s->in_fd, &eot, 1) < 0) {}
+            s->eof_pending = 0;
+        } else {
+            closefd(&s->in_fd);
+        }
+    }
+}
+
 static void maybe_finish(sess_t *s) {
     if (s->kind != S_EXEC || !s->reaped || s->out_fd >= 0 || s->err_fd >= 0) return;
     buf_t b = {0};
@@ -222,7 +259,9 @@ static int set_caps(uint64_t effective, uint64_t permitted) {
 static void drop_privileges(void) {
     if (getuid() != 0) return; /* started unprivileged (tests, or an older /init) */
     setpriority(PRIO_PROCESS, 0, 0); /* /init's channel setup runs at nice 19: not us */
-    uint64_t need = (1ull << CAP_SETUID) | (1ull << CAP_SETGID);
+    /* SETUID/SETGID to run commands as the entrypoint uid; KILL to signal them once
+     * they run as that uid (no more power than SETUID already gives) */
+    uint64_t need = (1ull << CAP_SETUID) | (1ull << CAP_SETGID) | (1ull << CAP_KILL);
     uint64_t permitted = need;
     if (entry_uid == 0 && !sealed) {
         permitted = 0;
@@ -387,6 +426,7 @@ static void do_exec(uint32_t id, const char *doc, size_t len) {
         s->err_fd = err_p[0];
         fcntl(s->out_fd, F_SETFL, O_NONBLOCK);
         fcntl(s->err_fd, F_SETFL, O_NONBLOCK);
+        fcntl(s->in_fd, F_SETFL, O_NONBLOCK);
         if (!stdin_open) closefd(&s->in_fd);
     }
     if (r == sizeof e) {
@@ -754,10 +794,9 @@ static void handle_json(uint32_t id, const char *doc, size_t len) {
     if (s) {
         if (!strcmp(op, "eof")) {
             if (s->kind == S_WRITE) return finish_write(s);
-            if (s->kind == S_EXEC && !s->pty) closefd(&s->in_fd);
-            if (s->kind == S_EXEC && s->pty && s->in_fd >= 0) {
-                char eot = 4;
-                if (write(s->in_fd, &eot, 1) < 0) {}
+            if (s->kind == S_EXEC) {
+                s->eof_pending = 1;
+                flush_stdin(s);
             }
         } else if (!strcmp(op, "signal") && s->kind == S_EXEC && json_get(doc, len, "signal", &v)) {
             long long sig;
@@ -796,22 +835,15 @@ static void handle_data(uint32_t id, const char *p, size_t n) {
     sess_t *s = find(id);
     if (!s) return;
     if (s->kind == S_WRITE) return write_data(s, p, n);
-    if (s->kind != S_EXEC || s->in_fd < 0) return;
-    /* stdin is written blocking: the host never sends more than one frame at a time
-     * beyond what the command consumes (MAX_FRAME bounds one write) */
-    int fl = fcntl(s->in_fd, F_GETFL);
-    fcntl(s->in_fd, F_SETFL, fl & ~O_NONBLOCK);
-    while (n) {
-        ssize_t w = write(s->in_fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            closefd(&s->in_fd);
-            return;
-        }
-        p += w;
-        n -= (size_t)w;
+    if (s->kind != S_EXEC || s->in_fd < 0 || s->eof_pending) return;
+    /* queued, written as the command takes it (never a blocking write: a command
+     * that does not read its stdin must not stall every other session); the main
+     * loop stops reading the port while too much is queued */
+    if (buf_add(&s->inq, p, n)) {
+        closefd(&s->in_fd);
+        return;
     }
-    if (s->pty) fcntl(s->in_fd, F_SETFL, fl);
+    flush_stdin(s);
 }
 
 static void parse_input(void) {
@@ -918,19 +950,24 @@ int main(int argc, char **argv) {
         logmsg("mvm-agent: started as uid %s", msg);
     }
     set_connected(host_present());
-    struct pollfd pf[2 + 2 * MAX_SESS];
-    sess_t *owner[2 + 2 * MAX_SESS];
+    struct pollfd pf[2 + 3 * MAX_SESS];
+    sess_t *owner[2 + 3 * MAX_SESS];
     for (;;) {
         int n = 0;
         pf[n++] = (struct pollfd){sfd, POLLIN, 0};
         if (connected) {
-            pf[n++] = (struct pollfd){port, (short)(POLLIN | (out.len ? POLLOUT : 0)), 0};
+            short want = (short)((queued_stdin() < IN_HIGH ? POLLIN : 0) | (out.len ? POLLOUT : 0));
+            pf[n++] = (struct pollfd){port, want, 0};
             int room = out.len < OUT_HIGH;
-            for (int i = 0; i < MAX_SESS && room; i++) {
+            for (int i = 0; i < MAX_SESS; i++) {
                 sess_t *s = &sess[i];
                 if (s->kind != S_EXEC) continue;
-                if (s->out_fd >= 0) { owner[n] = s; pf[n++] = (struct pollfd){s->out_fd, POLLIN, 0}; }
-                if (s->err_fd >= 0) { owner[n] = s; pf[n++] = (struct pollfd){s->err_fd, POLLIN, 0}; }
+                if (room && s->out_fd >= 0) { owner[n] = s; pf[n++] = (struct pollfd){s->out_fd, POLLIN, 0}; }
+                if (room && s->err_fd >= 0) { owner[n] = s; pf[n++] = (struct pollfd){s->err_fd, POLLIN, 0}; }
+                if (s->inq.len && s->in_fd >= 0 && s->in_fd != s->out_fd) {
+                    owner[n] = s;
+                    pf[n++] = (struct pollfd){s->in_fd, POLLOUT, 0};
+                }
             }
         }
         int reading = 0;
@@ -969,9 +1006,13 @@ int main(int argc, char **argv) {
             if (w > 0) buf_drop(&out, (size_t)w);
         }
         for (int i = 2; i < n; i++) {
-            if (!(pf[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
             sess_t *s = owner[i];
             if (s->kind != S_EXEC) continue;
+            if (pf[i].events == POLLOUT) {
+                if (pf[i].revents && pf[i].fd == s->in_fd) flush_stdin(s);
+                continue;
+            }
+            if (!(pf[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
             int is_err = pf[i].fd == s->err_fd;
             int *fdp = is_err ? &s->err_fd : &s->out_fd;
             if (*fdp != pf[i].fd) continue;

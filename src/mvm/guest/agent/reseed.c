@@ -4,10 +4,8 @@
  * Writing to /dev/urandom alone only mixes into the input pool: the output
  * key stays the snapshot's until the next periodic reseed.  Exit 0 on
  * success, 1 on bad input, 2 if the kernel refused.
- * Freestanding (no libc), built once and shipped as bytes (guest/mvm-reseed):
- *   gcc -Os -static -nostdlib -fno-pie -no-pie -fno-asynchronous-unwind-tables
- *       -fno-stack-protector -Wl,--build-id=none -Wl,-z,noseparate-code -Wl,-n -s
- *       -o mvm-reseed mvm-reseed.c
+ * Freestanding (no libc); compiled on the host by mvm.image.guestbin with
+ * -nostdlib and the flags listed there (EXTRA_FLAGS), like the agent.
  */
 #define RNDADDENTROPY 0x40085203
 #define RNDRESEEDCRNG 0x5207
