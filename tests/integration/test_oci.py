@@ -331,7 +331,7 @@ def test_run_and_up_with_image_need_no_project(tmp_path: Path, images: dict[str,
         assert "exposed_ports:8080/tcp" in ok("status", "img2").replace(" ", "")
     finally:
         ok("down", "img2")
-    _one_line(mvmctl("run", str(tmp_path), "--image", f"oci-archive:{archive}"), "not both")
+    _one_line(mvmctl("run", str(tmp_path), "--image", f"oci-archive:{archive}"), "use one of")
     _one_line(mvmctl("up", "--image", "oci-archive:/nonexistent.tar"), "does not exist")
 
 
