@@ -17,25 +17,34 @@ from pathlib import Path
 from typing import Any, cast
 
 from mvm.config.guestpaths import reserved, unsafe_name
+from mvm.config.imageref import ImageSource, parse_image_ref
 from mvm.config.schema import (
     DEFAULT_AGENT_UID,
     DEFAULT_APP_UID,
     HYPERVISORS,
+    INITS,
+    MACHINES,
+    READY_TIMEOUT_DEFAULT,
+    READY_TIMEOUT_MAX,
     RESTART_POLICIES,
     CopySpec,
     CredentialSpec,
     Entrypoint,
     FileSpec,
+    GuestInit,
     GuestSpec,
     KernelSpec,
     NetworkTable,
     Project,
+    Readiness,
     RestartPolicy,
     SecretSpec,
     Service,
     Uids,
+    VarCredentialSpec,
     home_for,
 )
+from mvm.config.vars_schema import parse_generators
 from mvm.errors import ConfigError
 from mvm.paths import NAME_RE
 
@@ -43,7 +52,7 @@ MANIFEST = "mvm.toml"
 TOP_KEYS = {
     "name", "vcpus", "memory_mib", "hypervisor", "dev", "entrypoint", "services", "uids",
     "files", "packages", "copy", "kernel", "credentials", "ports", "network", "secrets", "flake",
-    "profile", "profiles",
+    "profile", "profiles", "image", "vars", "init", "machine",
 }  # fmt: skip
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "profile", "flake"}
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, and these patterns
@@ -156,6 +165,33 @@ def load_project(path: str | Path | None = None, profile: str | None = None) -> 
     return Project(root=manifest.parent, manifest=manifest, spec=spec, profile=profile)
 
 
+def image_name(src: ImageSource) -> str:
+    """A VM/image name for ``--image REF`` without a project: the archive's, layout's
+    or repository's base name in the characters names allow ("image" if none)."""
+    if src.path is not None:
+        base = src.path.name
+        for suffix in (".tar", ".oci", ".docker"):
+            base = base.removesuffix(suffix)
+    else:
+        base = (src.remote or "").split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    name = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")[:63].strip("-")
+    return name if name and NAME_RE.fullmatch(name) else "image"
+
+
+def image_project(ref: str, base: Path | None = None) -> Project:
+    """The project ``mvmctl run --image REF`` / ``up --image REF`` builds: nothing but
+    the image (its config gives the entrypoint, user, environment).  A local path is
+    the user's own choice on the command line: resolved from ``base`` (the current
+    directory), not confined to it."""
+    root = (base or Path.cwd()).resolve()
+    src = parse_image_ref(ref, root, confine=False, what="--image")
+    spec = GuestSpec(
+        name=image_name(src), entrypoint=Entrypoint("command", command=("/.mvm/bin/false",)),
+        image=src, kernel=KernelSpec(),
+    )  # fmt: skip
+    return Project(root=root, manifest=root / MANIFEST, spec=spec)
+
+
 def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = None) -> GuestSpec:
     """Validate a parsed TOML document into a ``GuestSpec``.
 
@@ -190,6 +226,15 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
             "name", f"{name!r} is not allowed: use a-z, 0-9 and '-' (max 63), e.g. \"my-app\""
         )
 
+    image = None
+    if "image" in data:
+        image = parse_image_ref(data["image"], root, confine=True, what=f"{manifest}: image")
+    explicit: set[str] = {k for k in ("entrypoint", "dev") if k in data}
+    if isinstance(data.get("uids"), dict) and "entrypoint" in data["uids"]:
+        explicit.add("uid")
+    if "entrypoint" not in data and image is not None:
+        # the image's Entrypoint + Cmd, filled in at build time (mvm.image.oci)
+        data["entrypoint"] = {"command": ["/.mvm/bin/false"]}
     if "entrypoint" not in data:
         raise ctx.err("entrypoint", "is required: one of shell = \"/bin/sh\", command = [...], "
                       "or [entrypoint.services.NAME]")  # fmt: skip
@@ -224,7 +269,31 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         if clash:
             raise ctx.err("services", f"{sorted(clash)[0]!r} is also an entrypoint service")
 
-    sealed_home = None if dev else home_for(uids.entrypoint)
+    init = ctx.string(data.get("init", "busybox"), "init")
+    if init not in INITS:
+        raise ctx.err("init", f"{init!r} is not supported; allowed: {', '.join(INITS)}")
+    machine = None
+    if "machine" in data:
+        machine = ctx.string(data["machine"], "machine")
+        if machine not in MACHINES:
+            raise ctx.err("machine", f"{machine!r} is not supported; allowed: "
+                          f"{', '.join(MACHINES)}")  # fmt: skip
+    if init != "systemd":
+        for s in (*services, *entrypoint.services):
+            if s.load_credentials:
+                raise ctx.err(f"services.{s.name}.load_credentials",
+                              'needs init = "systemd" (busybox guests give every service '
+                              "$CREDENTIALS_DIRECTORY with all credentials)")  # fmt: skip
+
+    # an image's home is known once its passwd is read: the builder checks it then
+    sealed_home = None if dev or image is not None else home_for(uids.entrypoint)
+    generators = parse_generators(ctx, data.get("vars", {}))
+    creds, var_creds = _credentials(ctx, data.get("credentials", {}), root)
+    declared = {(g.name, f.name) for g in generators for f in g.files}
+    for vc in var_creds:
+        if (vc.generator, vc.file) not in declared:
+            raise ctx.err(f"credentials.{vc.name}.var", f"{vc.var!r} is not a file of any "
+                          "[vars.generators.GEN] (files.NAME)")  # fmt: skip
     return GuestSpec(
         name=name,
         entrypoint=entrypoint,
@@ -237,12 +306,18 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         files=_files(ctx, data.get("files", {}), sealed_home),
         packages=_packages(ctx, data.get("packages", [])),
         copy=_copies(ctx, data.get("copy", []), root, sealed_home),
-        kernel=_kernel(ctx, data.get("kernel", "debian"), root),
-        credentials=_credentials(ctx, data.get("credentials", {}), root),
+        kernel=_kernel(ctx, data.get("kernel", "mvm"), root),
+        credentials=creds,
+        var_credentials=var_creds,
+        generators=generators,
         ports=_ports(ctx, data.get("ports", [])),
         network=_network_flag(ctx, data.get("network", False)),
         network_table=_network(ctx, data.get("network")),
         secrets=_secrets(ctx, data.get("secrets", {}), root),
+        image=image,
+        explicit=frozenset(explicit),
+        init=cast(GuestInit, init),
+        machine=machine,
     )
 
 
@@ -340,7 +415,7 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
     if not SERVICE_RE.fullmatch(name):
         raise ctx.err(key, "service names use A-Z, a-z, 0-9, '_' and '-' (max 64)")
     table = ctx.table(value, key)
-    ctx.keys(table, key, {"command", "restart"})
+    ctx.keys(table, key, {"command", "restart", "ready", "load_credentials"})
     if "command" not in table:
         raise ctx.err(f"{key}.command", "is required")
     restart = table.get("restart", "on-failure")
@@ -348,7 +423,46 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
         raise ctx.err(
             f"{key}.restart", f"must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}"
         )
-    return Service(name, ctx.argv(table["command"], f"{key}.command"), cast(RestartPolicy, restart))
+    ready = _ready(ctx, table["ready"], f"{key}.ready") if "ready" in table else None
+    return Service(name, ctx.argv(table["command"], f"{key}.command"),
+                   cast(RestartPolicy, restart), ready,
+                   _load_credentials(ctx, table.get("load_credentials", []),
+                                     f"{key}.load_credentials"))  # fmt: skip
+
+
+def _ready(ctx: _Ctx, value: Any, key: str) -> Readiness:
+    table = ctx.table(value, key)
+    ctx.keys(table, key, {"tcp", "command", "timeout"})
+    if ("tcp" in table) == ("command" in table):
+        raise ctx.err(key, "needs exactly one of tcp = PORT or command = [...]")
+    timeout = table.get("timeout", READY_TIMEOUT_DEFAULT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ctx.err(f"{key}.timeout", f"must be a number of seconds, got {_tname(timeout)}")
+    if not 0 < timeout <= READY_TIMEOUT_MAX:
+        raise ctx.err(f"{key}.timeout", f"must be more than 0 and at most {READY_TIMEOUT_MAX:g}")
+    if "tcp" in table:
+        return Readiness(tcp=ctx.int_in(table["tcp"], f"{key}.tcp", 1, 65535),
+                         timeout=float(timeout))  # fmt: skip
+    return Readiness(command=ctx.argv(table["command"], f"{key}.command"), timeout=float(timeout))
+
+
+def _load_credentials(ctx: _Ctx, value: Any, key: str) -> tuple[tuple[str, str], ...]:
+    """``["api-key:API_KEY", "DB_PASS"]`` → ``LoadCredential=`` pairs (ID, system name);
+    a bare NAME is ``NAME:NAME``."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ctx.err(key, 'must be a list like ["api-key:API_KEY"]')
+    out: dict[str, str] = {}
+    for item in value:
+        ident, _, src = item.partition(":")
+        src = src or ident
+        for part in (ident, src):
+            if not CRED_RE.fullmatch(part) or part in (".", ".."):
+                raise ctx.err(key, f"{item!r}: use ID:NAME with credential names of "
+                              "A-Z, a-z, 0-9, '_', '.', '-', '@' (max 255)")  # fmt: skip
+        if ident in out:
+            raise ctx.err(key, f"{ident!r} is given twice")
+        out[ident] = src
+    return tuple(out.items())
 
 
 def _files(ctx: _Ctx, value: Any, sealed_home: str | None) -> tuple[FileSpec, ...]:
@@ -418,14 +532,16 @@ def _copies(ctx: _Ctx, value: Any, root: Path, sealed_home: str | None) -> tuple
 
 
 def _kernel(ctx: _Ctx, value: Any, root: Path) -> KernelSpec:
-    if value in ("debian", "host"):
+    if value in ("mvm", "debian", "host"):
         return KernelSpec(provider=value)
     if isinstance(value, str):
         value = {"path": value}
     table = ctx.table(value, "kernel")
     ctx.keys(table, "kernel", {"path", "modules"})
     if "path" not in table:
-        raise ctx.err("kernel", 'needs path = "/path/to/vmlinuz" (or kernel = "debian" | "host")')
+        raise ctx.err(
+            "kernel", 'needs path = "/path/to/vmlinuz" (or kernel = "mvm" | "debian" | "host")'
+        )
     path = _resolved(ctx, root / ctx.string(table["path"], "kernel.path"), "kernel.path")
     if not path.is_file():
         raise ctx.err("kernel.path", f"{str(path)!r} is not a file")
@@ -460,20 +576,30 @@ def _is_kernel_image(path: Path) -> bool:
     return head.startswith(b"\x7fELF") or head[0x202:0x206] == b"HdrS"
 
 
-def _credentials(ctx: _Ctx, value: Any, root: Path) -> tuple[CredentialSpec, ...]:
+def _credentials(
+    ctx: _Ctx, value: Any, root: Path
+) -> tuple[tuple[CredentialSpec, ...], tuple[VarCredentialSpec, ...]]:
     table = ctx.table(value, "credentials")
     out = []
+    from_vars = []
     for name, spec in table.items():
         key = f"credentials.{name}"
         if not CRED_RE.fullmatch(name):
             raise ctx.err(key, "credential names use A-Z, a-z, 0-9, '_', '.', '-', '@' (max 255)")
         body = ctx.table(spec, key)
-        ctx.keys(body, key, {"file"})
-        if "file" not in body:
-            raise ctx.err(key, 'needs file = "path/to/file"')
+        ctx.keys(body, key, {"file", "var"})
+        if ("file" in body) == ("var" in body):
+            raise ctx.err(key, 'needs exactly one of file = "path/to/file" or var = "GEN/FILE"')
+        if "var" in body:
+            var = ctx.string(body["var"], f"{key}.var")
+            gen, sep, fname = var.partition("/")
+            if not sep or not gen or not fname or "/" in fname:
+                raise ctx.err(f"{key}.var", f'must be "GENERATOR/FILE", got {var!r}')
+            from_vars.append(VarCredentialSpec(name, gen, fname))
+            continue
         file = _resolved(ctx, root / ctx.string(body["file"], f"{key}.file"), f"{key}.file")
         out.append(CredentialSpec(name, file))
-    return tuple(out)
+    return tuple(out), tuple(from_vars)
 
 
 def _ports(ctx: _Ctx, value: Any) -> tuple[str, ...]:

@@ -60,6 +60,7 @@ class RunConfig:
     secrets: list[str] = field(default_factory=list, repr=False)
     secret_mode: str | None = None
     add_ca: str | None = None
+    machine: str | None = None  # "microvm" (default) | "q35"
 
 
 def parse_port(spec: str) -> PortForward:

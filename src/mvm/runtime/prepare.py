@@ -63,7 +63,9 @@ def check(run: ResolvedRun) -> Prepared:
                               "support; rebuild the image or template")  # fmt: skip
     uid = meta.uids.entrypoint
     if plan.data and not image.accessible:
-        drives.check_mountpoints(plan, image.rootfs, "/root" if uid == 0 else f"/home/{APP_USER}")
+        # an OCI image's home is the image's (not recorded; only /tmp is sure to be a tmpfs)
+        home = "/tmp" if meta.image is not None else "/root" if uid == 0 else f"/home/{APP_USER}"
+        drives.check_mountpoints(plan, image.rootfs, home)
     return Prepared(run, plan, uid)
 
 
@@ -77,13 +79,19 @@ def machine_spec(
         att = drives.materialise(prep.plan, run_dir, vm=name, uid=prep.uid)
     else:
         att = drives.layout(prep.plan, run_dir, vm=name)
+    kinfo = image.meta.kernel
     rootfs = Disk(image.rootfs, role="rootfs", readonly=not image.accessible,
                   ephemeral=image.accessible)  # fmt: skip
+    # systemd guests always boot through the initramfs: it imports every credential
+    # into /run/credentials/@system for PID 1 (docs/systemd.md)
+    direct = (kinfo.direct_boot and image.meta.guest_init != "systemd") or not image.initramfs.exists()
+    # PID 1: mvm's /init (/.mvm/init in an OCI image), or systemd for init = "systemd"
+    init = SYSTEMD if image.meta.guest_init == "systemd" else image.meta.init_exec
     spec = MachineSpec(
         name=name,
         run_dir=run_dir,
         kernel=image.kernel,
-        initramfs=image.initramfs if image.initramfs.exists() else None,
+        initramfs=None if direct else image.initramfs,
         disks=(rootfs, *att.drives),
         vcpus=int(run.vcpus.value),
         memory_mib=int(run.memory_mib.value),
@@ -91,5 +99,11 @@ def machine_spec(
         credentials=tuple(c.for_guest() for c in run.credentials),
         cmdline=(*(("mvm.trace=1",) if run.trace else ()), *att.cmdline),
         scrub=att.scrub,
+        kaslr=kinfo.kaslr is not False,
+        machine=str(run.machine.value),
+        init=init,  # direct boot: the kernel runs it; else the initramfs switches to it
     )
     return spec, att
+
+
+SYSTEMD = "/lib/systemd/systemd"

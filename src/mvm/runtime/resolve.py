@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mvm.backends.spec import PortForward
+from mvm.config.schema import MACHINES, VarCredentialSpec
+from mvm.config.vars_schema import FILE_RE, GEN_RE
 from mvm.drives import DriveFile, VolumeSpec, parse_volume
 from mvm.errors import ConfigError, CredentialError, NetworkError
 from mvm.network import bindings as bindings_mod
@@ -96,6 +98,7 @@ class RuntimeDefaults:
     memory_mib: int | None = None
     ports: tuple[str, ...] = ()
     network: bool | None = None
+    machine: str | None = None
     credentials: tuple[CredentialDecl, ...] = ()
     data_disk_mib: int | None = None
     template: str | None = None  # set for templates: its explicit settings win over mvm.toml
@@ -103,14 +106,17 @@ class RuntimeDefaults:
     template_memory_mib: int | None = None
     # declared by a template this host did not build: the caller must give the values
     required_credentials: tuple[str, ...] = ()
+    # [credentials] KEY = { var = "GEN/FILE" }: read from the VM's var store at start
+    var_credentials: tuple[VarCredentialSpec, ...] = ()
     net: NetworkDecl = field(default_factory=NetworkDecl)
 
     @classmethod
     def from_spec(cls, spec: GuestSpec) -> RuntimeDefaults:
         return cls(
             origin="mvm.toml", vcpus=spec.vcpus, memory_mib=spec.memory_mib,
-            ports=tuple(spec.ports), network=spec.network,
+            ports=tuple(spec.ports), network=spec.network, machine=spec.machine,
             credentials=tuple(CredentialDecl(c.name, c.file) for c in spec.credentials),
+            var_credentials=tuple(spec.var_credentials),
             net=NetworkDecl.from_spec(spec),
         )  # fmt: skip
 
@@ -125,12 +131,21 @@ class RuntimeDefaults:
             for c in runtime.get("credentials", [])
             if isinstance(c, dict) and isinstance(c.get("name"), str) and "file" in c
         )
+        var_creds = []
+        for c in runtime.get("var_credentials", []):
+            if not isinstance(c, dict) or not isinstance(c.get("var"), str):
+                continue
+            name, (gen, _, fname) = str(c.get("name")), str(c["var"]).partition("/")
+            if creds_mod.valid_name(name) and GEN_RE.fullmatch(gen) and FILE_RE.fullmatch(fname):
+                var_creds.append(VarCredentialSpec(name, gen, fname))
         return cls(
             origin="mvm.toml",
+            var_credentials=tuple(var_creds),
             vcpus=meta.defaults.vcpus,
             memory_mib=meta.defaults.memory_mib,
             ports=tuple(p for p in runtime.get("ports", []) if isinstance(p, str)),
             network=runtime.get("network") if isinstance(runtime.get("network"), bool) else None,
+            machine=runtime.get("machine") if runtime.get("machine") in MACHINES else None,
             credentials=creds,
             net=NetworkDecl.from_json(runtime.get("network_table")),
         )
@@ -163,6 +178,7 @@ class ResolvedRun:
     attached: bool
     hypervisor: Setting
     trace: bool
+    machine: Setting = Setting("microvm", "default")
     sources: dict[str, str] = field(default_factory=dict)
 
     def provenance(self) -> dict[str, str]:
@@ -209,8 +225,18 @@ def resolve(
     egress = Setting(net.policy.egress or bool(net.bindings), sources["network"])
     hypervisor = pick("hypervisor", (run.hypervisor, who),
                       (meta.backend, "image"))  # fmt: skip
+    machine = pick("machine", (run.machine, who), (defaults.machine, defaults.origin),
+                   ("microvm", "default"))  # fmt: skip
+    if machine.value not in MACHINES:
+        raise ConfigError(f"invalid machine {machine.value!r} ({machine.source}): "
+                          f"allowed: {', '.join(MACHINES)}")  # fmt: skip
 
-    ports = _dedupe([parse_port(p) for p in run.ports] + [parse_port(p) for p in defaults.ports])
+    # a guest port the caller maps itself replaces mvm.toml's forward of it (so several
+    # VMs of one template can each publish it on their own host port)
+    given = [parse_port(p) for p in run.ports]
+    mapped = {(p.guest, p.proto) for p in given}
+    ports = _dedupe(given + [p for p in map(parse_port, defaults.ports)
+                             if (p.guest, p.proto) not in mapped])  # fmt: skip
     if run.ports or defaults.ports:
         sources["ports"] = "+".join(
             o for o, present in ((who, run.ports), (defaults.origin, defaults.ports)) if present
@@ -227,8 +253,17 @@ def resolve(
     if declared is None:
         declared = [creds_mod.read_file(c.name, c.file, defaults.origin)
                     for c in defaults.credentials]  # fmt: skip
+    var_creds: list[Credential] = []
+    if defaults.var_credentials:
+        from mvm.secrets.vars import credentials_for
+
+        # missing vars fail here, before anything is created or booted; a credential the
+        # caller gives under the same name wins, so its var is not needed
+        given_names = {c.name for c in run.credentials}
+        wanted = [v for v in defaults.var_credentials if v.name not in given_names]
+        var_creds = credentials_for(str(name.value), wanted)
     host = creds_mod.host_credentials() if run.forward_host_credentials else []
-    creds = creds_mod.resolve(run.credentials, declared, host)
+    creds = creds_mod.resolve(run.credentials, declared, var_creds, host)
     missing = sorted(set(defaults.required_credentials) - {c.name for c in creds})
     if missing:
         raise CredentialError(
@@ -239,7 +274,7 @@ def resolve(
         )
     if creds:
         origins = [o for o, group in ((who, run.credentials), (defaults.origin, declared),
-                                      ("host", host)) if group]  # fmt: skip
+                                      ("var", var_creds), ("host", host)) if group]  # fmt: skip
         sources["credentials"] = "+".join(origins)
 
     return ResolvedRun(
@@ -247,7 +282,8 @@ def resolve(
         name_explicit=name_given, vcpus=vcpus, memory_mib=memory, ports=tuple(ports),
         egress=egress, network=net, volumes=tuple(volumes), config_files=tuple(run.config_files),
         secret_files=tuple(run.secret_files), credentials=tuple(creds), attached=run.attached,
-        hypervisor=hypervisor, trace=bool(os.environ.get("MVM_TRACE_BOOT")), sources=sources,
+        hypervisor=hypervisor, machine=machine, trace=bool(os.environ.get("MVM_TRACE_BOOT")),
+        sources=sources,
     )  # fmt: skip
 
 

@@ -88,6 +88,8 @@ class VmRecord:
     pid_start: int | None = None
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
+    boot: str = "cold"  # "cold" or "restored" (from a snapshot: docs/snapshots.md)
+    snapshot: str = ""  # the snapshot directory a restored VM maps (kept while it runs)
     schema: int = SCHEMA
 
     @property
@@ -255,6 +257,7 @@ _FIELD_TYPES: dict[str, Any] = {
     "proxy_pid": (int, None), "settings": dict, "owner_pid": (int, None),
     "owner_start": (int, None), "pid": (int, None), "pid_start": (int, None),
     "created_at": (int, float), "started_at": (int, float, None), "schema": int,
+    "boot": str, "snapshot": str,
 }  # fmt: skip
 
 

@@ -17,18 +17,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mvm.backends.qemu.guestdata import GuestData
+from mvm.backends.qemu.snapshot import ram_backend
 from mvm.backends.spec import MachineSpec
 
 FAST_CMDLINE = (
     "console=ttyS0 quiet loglevel=3 panic=-1 reboot=t tsc=reliable no_timer_check "
     "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd pci=off random.trust_cpu=on "
-    "8250.nr_uarts=1 mitigations=off nokaslr init_on_alloc=0"
+    "8250.nr_uarts=1 mitigations=off init_on_alloc=0"
 )
+# the rootfs is always the first virtio-blk device (disks[0])
+ROOT_DEVICE = "/dev/vda"
 QEMU = "qemu-system-x86_64"
+MACHINE = "microvm,isa-serial=on,rtc=on"
 NETDEV = "n0"  # the user-network backend's id (hostfwd_add at run time names it)
 # the virtio-serial port names the guest's /init looks for (see guest/init.sh)
 NO_DATA = GuestData()
 PORT_NAMES = {"status": "org.mvm.status", "control": "org.mvm.control", "agent": "org.mvm.agent"}
+
+
+# TCG translation buffer (MiB).  QEMU's default reserves up to 1 GiB and an idle
+# guest had touched ≈45 MB of it; a bounded buffer caps that per VM (docs/kernel.md
+# has the boot-time and RSS measurements behind the value)
+TB_SIZE_MIB = 32
+
+
+def accel_arg(accel: str, tb_size_mib: int | None = TB_SIZE_MIB) -> str:
+    """``-accel``'s value: TCG gets a bounded translation buffer; KVM has none."""
+    if accel == "kvm":
+        return "kvm"
+    return f"tcg,tb-size={tb_size_mib}" if tb_size_mib else "tcg"
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,15 @@ class QemuOptions:
     tsc_khz: int | None = None
     qemu: str = QEMU
     incoming_fd: int | None = None  # restore a snapshot from this inherited fd
+    tb_size_mib: int | None = TB_SIZE_MIB  # TCG only; None: QEMU's default
+    # virtio-balloon with free page reporting: pages the guest frees go back to the
+    # host (the guest kernel needs VIRTIO_BALLOON + PAGE_REPORTING)
+    balloon: bool = True
+    # guest RAM in a file (snapshots, backends/qemu/snapshot.py): shared for a VM being
+    # snapshotted (RAM written to the file), private for a clone (copy-on-write mapping)
+    mem_path: Path | None = None
+    mem_share: bool = False
+    mem_object: bool = False  # anonymous RAM, but as a memory object (a fork of a clone)
 
 
 def _opt(path: Path) -> str:
@@ -48,6 +74,14 @@ def _opt(path: Path) -> str:
 
 def kernel_cmdline(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) -> str:
     parts = [FAST_CMDLINE]
+    if spec.kaslr:
+        parts.append("nokaslr")
+    if spec.initramfs is None:
+        # direct boot (built-in drivers): the kernel mounts the rootfs and runs init
+        mode = "ro" if spec.rootfs.readonly else "rw"
+        parts.append(f"root={ROOT_DEVICE} rootfstype=ext4 {mode} init={spec.init}")
+    elif spec.init != "/init":  # the initramfs switches to it (an OCI image's /.mvm/init)
+        parts.append(f"init={spec.init}")
     if opts.tsc_khz:
         parts.append(f"lpj={opts.tsc_khz * 4} tsc_early_khz={opts.tsc_khz}")
     if not spec.rootfs.readonly:
@@ -56,6 +90,9 @@ def kernel_cmdline(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DA
         parts.append("mvm.net=1")
     if data.fw_cfg:
         parts.append("mvm.fwcfg=1")
+    if spec.machine == "q35":  # PCI devices: virtio-pci instead of virtio-mmio
+        parts[0] = parts[0].replace(" pci=off", "")
+        parts.append("mvm.pci=1")
     parts.append(f"mvm.hostname={spec.name}")
     parts.extend(spec.cmdline)
     return " ".join(parts)
@@ -65,14 +102,23 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
     """Return QEMU's argv (no side effects, unit-tested as data)."""
     rd = spec.run_dir
     accel = "kvm" if opts.accel == "kvm" else "tcg"
+    q35 = spec.machine == "q35"
+    bus = "pci" if q35 else "device"  # virtio-blk-pci / virtio-blk-device (virtio-mmio)
     argv = [
         opts.qemu,
         "-name", f"mvm-{spec.name},process=mvm-{spec.name}",
-        "-M", "microvm,isa-serial=on,rtc=on",
-        "-accel", accel,
+        "-M", "q35" if q35 else MACHINE,
+        # qboot: no SeaBIOS banner on the console, and faster; it still hands QEMU's
+        # SMBIOS tables to the guest
+        *(["-bios", "qboot.rom"] if q35 else []),
+        "-accel", accel_arg(accel, opts.tb_size_mib),
         *(["-cpu", "host"] if accel == "kvm" else []),
         "-smp", str(spec.vcpus),
         "-m", f"{spec.memory_mib}M",
+        *(ram_backend(opts.mem_path, spec.memory_mib, share=opts.mem_share)
+          if opts.mem_path is not None else []),
+        *(["-object", f"memory-backend-ram,id=mem,size={spec.memory_mib}M",
+           "-machine", "memory-backend=mem"] if opts.mem_object and opts.mem_path is None else []),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         "-kernel", str(spec.kernel),
         *(["-initrd", str(spec.initramfs)] if spec.initramfs else []),
@@ -92,9 +138,9 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
             opts_s += ",readonly=on"
         if d.ephemeral:
             opts_s += ",snapshot=on"
-        argv += ["-drive", opts_s, "-device", f"virtio-blk-device,drive=vd{i}"]
+        argv += ["-drive", opts_s, "-device", f"virtio-blk-{bus},drive=vd{i}"]
     argv += [
-        "-device", "virtio-serial-device,max_ports=4",
+        "-device", f"virtio-serial-{bus},max_ports=4",
         "-chardev", f"file,id=status,path={rd / 'status'}",
         "-device", f"virtserialport,chardev=status,name={PORT_NAMES['status']}",
         # a pipe (FIFOs control.in/.out), not a socket: the guest sees the port as
@@ -105,6 +151,8 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
         "-chardev", f"socket,id=agent,path={rd / 'agent.sock'},server=on,wait=off",
         "-device", f"virtserialport,chardev=agent,name={PORT_NAMES['agent']}",
     ]  # fmt: skip
+    if opts.balloon:
+        argv += ["-device", "virtio-balloon-device,free-page-reporting=on"]
     net = spec.network
     if net.enabled:
         fwd = "".join(f",hostfwd={p.proto}:{p.address}:{p.host}-:{p.guest}" for p in net.forwards)
@@ -116,11 +164,13 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
         )
         restrict = "" if net.egress else ",restrict=on"
         argv += ["-netdev", f"user,id={NETDEV}{restrict}{fwd}",
-                 "-device", f"virtio-net-device,netdev={NETDEV}"]  # fmt: skip
+                 "-device", f"virtio-net-{bus},netdev={NETDEV}"]  # fmt: skip
     for fw in data.fw_cfg:
         argv += ["-fw_cfg", f"name={fw.name},file={_opt(fw.file)}"]
-    if data.smbios:
+    if data.smbios:  # type 11 OEM strings, one path= per string (never value=: argv is public)
         argv += ["-smbios", "type=11" + "".join(f",path={_opt(p)}" for p in data.smbios)]
     if opts.incoming_fd is not None:
-        argv += ["-incoming", f"fd:{opts.incoming_fd}"]
+        # deferred: capabilities (x-ignore-shared) are set over QMP first, then
+        # migrate-incoming fd:N reads the inherited state file (backends/qemu/snapshot.py)
+        argv += ["-incoming", "defer"]
     return argv
