@@ -9,6 +9,7 @@ add and remove a forward to its ``httpd``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -48,6 +49,8 @@ timeout 20 wget -q -O - http://plain.test:{hp}/stream | while read -r l; do
     [ -n "$l" ] && {{ read -r up _ < /proc/uptime; echo "stream $up $l"; }}
 done
 for f in /proc/[0-9]*/environ; do tr '\0' '\n' < "$f" 2>/dev/null | grep '^TOKEN='; done | sort -u | sed 's/^/environ /'
+echo "drive-secret $(sha256sum < /mnt/secrets/mvm-secrets/TOKEN 2>/dev/null | cut -c1-64)"
+echo "manifest $(cat /mnt/config/secrets-manifest.json 2>/dev/null | tr -d ' \n')"
 mkdir -p /tmp/www && echo "hello from the guest" > /tmp/www/index.html
 httpd -p 8080 -h /tmp/www
 echo END-CHECK
@@ -193,6 +196,7 @@ def test_the_value_never_enters_the_guest(world: World) -> None:
     placeholder = g["env-token"][0]
     assert placeholder.startswith("mvm-managed:TOKEN:") and SECRET not in world.console
     assert g["environ"] == [f"TOKEN={placeholder}"]
+    assert g["drive-secret"] == [""]  # proxy mode: nothing on any drive
     assert SECRET.encode() not in world.dump
     assert placeholder.encode() in world.dump  # the dump does cover the guest's memory
     leaks = [name for name, data in world.files.items() if SECRET.encode() in data]
@@ -277,6 +281,28 @@ def test_preset_none_has_no_egress_at_all(world: World, tmp_path: Path) -> None:
     assert "direct" not in g or all("path" not in x for x in g["direct"])
     assert not (world.home / "vms" / "net-none" / "egress.log").exists()
     mvmctl("down", "net-none", env=env)
+
+
+def test_drive_mode_puts_the_value_on_the_secrets_drive(world: World) -> None:
+    """--secret-mode drive (the seed's approach): the value is on the secrets drive,
+    the guest's env holds mvm-managed:KEY, and the proxy injects nothing."""
+    env = env_for(world.home)
+    project = world.home.parent / "proj"
+    token = world.home.parent / "token"
+    r = mvmctl("up", "--flake", str(project), "--name", "net-drive", "--network-preset", "dev",
+               "--add-host", "api.test:127.0.0.1", "--network-allow", f"api.test:{world.http}",
+               "--secret", f"TOKEN@{token}:api.test", "--secret-mode", "drive",
+               env=env, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    try:
+        g = parse(_console(world.home, "net-drive", "END-CHECK"))
+    finally:
+        mvmctl("down", "net-drive", env=env, timeout=120)
+    assert g["env-token"] == ["mvm-managed:TOKEN"]
+    assert g["drive-secret"] == [hashlib.sha256(SECRET.encode()).hexdigest()]
+    manifest = json.loads(g["manifest"][0])
+    assert manifest["secrets"][0]["key"] == "TOKEN" and "value" not in g["manifest"][0]
+    assert "authorization" not in json.loads(g["bound"][0])["headers"]  # no injection
 
 
 @pytest.mark.parametrize(
