@@ -161,8 +161,13 @@ def test_docker_archive_and_oci_layout_give_the_same_guest(
 
 
 def test_mvm_toml_overrides_the_image_config(tmp_path: Path, images: dict[str, Path]) -> None:
-    extra = '[uids]\nentrypoint = 0\n[entrypoint]\ncommand = ["/bin/busybox", "sh", "-c", ' \
-        '"echo over uid=$(busybox id -u) pwd=$(busybox pwd) foo=$FOO"]\n'  # fmt: skip
+    """Also the other boot path: the Debian kernel's initramfs reads init= and switches to
+    /.mvm/init (the default mvm kernel boots it directly)."""
+    extra = (
+        'kernel = "debian"\n[uids]\nentrypoint = 0\n[entrypoint]\n'
+        'command = ["/bin/busybox", "sh", "-c", '
+        '"echo over uid=$(busybox id -u) pwd=$(busybox pwd) foo=$FOO"]\n'
+    )
     proj = _project(tmp_path, images, "oci-archive", extra)
     res = _run(proj, "oci-over")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -331,7 +336,7 @@ def test_run_and_up_with_image_need_no_project(tmp_path: Path, images: dict[str,
         assert "exposed_ports:8080/tcp" in ok("status", "img2").replace(" ", "")
     finally:
         ok("down", "img2")
-    _one_line(mvmctl("run", str(tmp_path), "--image", f"oci-archive:{archive}"), "not both")
+    _one_line(mvmctl("run", str(tmp_path), "--image", f"oci-archive:{archive}"), "use one of")
     _one_line(mvmctl("up", "--image", "oci-archive:/nonexistent.tar"), "does not exist")
 
 
