@@ -106,6 +106,13 @@ class VarsError(MvmError):
     decrypted, or an export bundle is malformed (messages name vars, never values)."""
 
 
+class NetworkError(MvmError):
+    """A network setting (preset, allow rule, secret binding, forward) is invalid,
+    or the VM's egress proxy could not start."""
+
+    exit_code = 2
+
+
 class MetadataError(MvmError):
     """An image's ``revision.json`` is malformed, or written for a schema this mvm
     does not know (it names the file and the key)."""

@@ -93,8 +93,15 @@ def test_exec_errors_are_one_line(home: Path) -> None:
         and r.stderr.startswith("mvmctl: error: ")
         and "Traceback" not in r.stderr
     )
-    r = mvmctl("exec", "agdev", "--timeout", "1", "--", "sleep", "30")
+    r = mvmctl("exec", "agdev", "--timeout", "1", "--", "sh", "-c",
+               "echo $$ > /tmp/timeout.pid; exec sleep 300")  # fmt: skip
     assert r.returncode == 124 and "timed out" in r.stderr
+    # and the command is gone in the guest (the agent, uid 990, may signal uid 1000)
+    gone = "kill -0 $(cat /tmp/timeout.pid) 2>/dev/null && echo alive || echo gone"
+    end = time.monotonic() + 30
+    while (out := ok("exec", "agdev", "--", "sh", "-c", gone)) != "gone\n":
+        assert time.monotonic() < end, out
+        time.sleep(0.3)
     r = mvmctl("exec", "nosuchvm", "--", "true")
     assert r.returncode != 0 and "no VM named" in r.stderr
     r = mvmctl("exec", "agdev", "-e", "1BAD", "--", "true")
@@ -150,12 +157,13 @@ def _drive_pty(argv: list[str], script: list[tuple[Send, bytes]],
     seen = b""
     try:
         for send, expect in script:
+            start = len(seen)  # each step waits for output that is new since it began
             if isinstance(send, tuple):
                 _winsz(fd, *send)
             elif send is not None:
                 os.write(fd, send)
             end = time.monotonic() + timeout
-            while expect not in seen:
+            while expect not in seen[start:]:
                 left = end - time.monotonic()
                 assert left > 0, f"did not see {expect!r} in {seen[-500:]!r}"
                 r, _, _ = select.select([fd], [], [], left)
@@ -187,11 +195,14 @@ def test_exec_tty_resize_and_ctrl_c(home: Path) -> None:
         [MVMCTL, "exec", "-i", "-t", "agdev", "--", "sh"],
         [(None, b"$ "), (b"tty; stty size\r", b"50 132"),
          ((40, 100), b""), (b"stty size\r", b"40 100"),
-         (b"sleep 60; echo slept\r", b"sleep 60"), (b"\x03", b"$ "),
-         (b"exit 3\r", b"exit 3")],
+         # Ctrl-C reaches the guest: a 600 s sleep ends (the step times out after 90 s).
+         # ^C is sent once the command runs ("started" is its output, not the echo of
+         # the typed line): typed ahead, the shell's line editor would read it as a byte
+         (b"echo st''arted; sleep 600\r", b"started"), (b"\x03", b"^C"),
+         (b"echo after-$((1+1))\r", b"after-2"), (b"exit 3\r", b"exit 3")],
     )  # fmt: skip
     assert code == 3, out
-    assert b"/dev/pts/" in out and b"slept" not in out.split(b"sleep 60; echo slept")[-1]
+    assert b"/dev/pts/" in out
 
 
 def test_console_shell_through_a_pty(home: Path) -> None:
@@ -268,3 +279,77 @@ def test_status_shows_service_state_and_health(home: Path) -> None:
     assert _services("agdev")["stuck"]["health"] == "ready"
     text = ok("status", "agdev")
     assert "HEALTH" in text and "web" in text and "ready" in text
+
+
+def test_sidecar_restart_resyncs_and_ends_orphaned_commands(home: Path) -> None:
+    """A new host connection (here: the sidecar killed and started again by the next
+    client) resyncs with the agent, which ends what it ran for the old one."""
+    lock = home / "vms" / "agdev" / "agent-mux.lock"
+    ok("exec", "agdev", "--", "true")  # a sidecar runs
+    orphan = subprocess.Popen([MVMCTL, "exec", "agdev", "--", "sh", "-c",
+                               "echo $$ > /tmp/orphan.pid; exec sleep 600"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    end = time.monotonic() + 60
+    while mvmctl("exec", "agdev", "--", "test", "-s", "/tmp/orphan.pid").returncode != 0:
+        assert time.monotonic() < end
+        time.sleep(0.2)
+    pid = int(lock.read_text())
+    os.kill(pid, 15)  # the sidecar this test's mvmctl started
+    _, err = orphan.communicate(timeout=60)
+    assert orphan.returncode != 0 and err.startswith("mvmctl: error: ") and "Traceback" not in err
+    assert ok("exec", "agdev", "--", "echo", "again", timeout=120) == "again\n"
+    assert int(lock.read_text()) != pid
+    gone = "kill -0 $(cat /tmp/orphan.pid) 2>/dev/null && echo alive || echo gone"
+    end = time.monotonic() + 30
+    while (out := ok("exec", "agdev", "--", "sh", "-c", gone)) != "gone\n":
+        assert time.monotonic() < end, out
+        time.sleep(0.3)
+
+
+def test_sigint_without_a_pty_is_forwarded(home: Path) -> None:
+    p = subprocess.Popen([MVMCTL, "exec", "agdev", "--", "sh", "-c", "echo go; exec sleep 300"],
+                         stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert p.stdout is not None and p.stdout.readline() == "go\n"
+    p.send_signal(2)  # Ctrl-C in mvmctl's terminal: the guest command gets SIGINT
+    assert p.wait(timeout=60) == 130  # 128 + SIGINT, as a local shell reports it
+
+
+def test_malformed_requests_get_errors_and_the_agent_lives(home: Path) -> None:
+    from mvm.agent import codec
+    from mvm.errors import AgentError
+    from mvm.runtime import guest
+
+    deep = "[" * 200 + "]" * 200
+    with guest.connect("agdev", verb="exec") as client:
+        for req in ({"op": "exec", "argv": "sh"}, {"op": "exec", "argv": [1, 2]},
+                    {"op": "exec", "argv": []}, {"op": "exec"},
+                    {"op": "exec", "argv": ["/bin/true"], "env": {"A=B": "1"}},
+                    {"op": "exec", "argv": ["/bin/true"], "env": {"A": 5}},
+                    {"op": "exec", "argv": ["/bin/true"], "cwd": "/no/such/dir"},
+                    {"op": "read", "path": "relative"}, {"op": "read", "path": "/proc"},
+                    {"op": "write", "path": "/no/such/dir/f"}, {"op": "list", "path": "/etc/passwd"},
+                    {"op": "nope"}, {"op": 7}, {"op": "remount"}, {"op": "reseed"}):  # fmt: skip
+            with pytest.raises(AgentError):
+                client.call(req, timeout=60)
+        # raw JSON the client would never send: nesting, a NUL in a path, non-objects
+        for raw in (b'{"op":"exec","argv":' + deep.encode() + b"}", b'{"op":"read","path":"/e\\u0000"}',
+                    b"[]", b"\xff\xfe", b'{"op":"exec","argv":["a"'):  # fmt: skip
+            stream = client.next_stream
+            client.next_stream += 1
+            client._send(codec.encode(codec.JSON, stream, raw))
+            with pytest.raises(AgentError):
+                client.reply(stream, time.monotonic() + 60)
+        assert client.ping() < 30
+        assert client.exec(["echo", "fine"]).stdout == b"fine\n"
+
+
+def test_sidecar_files_are_private(home: Path) -> None:
+    import stat
+
+    ok("exec", "agdev", "--", "true")
+    run_dir = home / "vms" / "agdev"
+    for name in ("agent-mux.sock", "agent-mux.lock", "sidecar.log"):
+        assert (run_dir / name).exists(), name
+    leaky = [f"{oct(stat.S_IMODE(p.lstat().st_mode))} {p}" for p in run_dir.rglob("*")
+             if not p.is_symlink() and p.lstat().st_mode & 0o077]  # fmt: skip
+    assert not leaky

@@ -124,3 +124,22 @@ def test_bad_management_input_is_one_line() -> None:
     assert "exactly one of --flake" in fails("create", "x")
     assert "no VM named" in fails("rm", "ghost")
     assert "no VM named" in fails("update", "ghost")
+
+
+def test_update_reports_packages_and_files_like_a_closure_diff(tmp_path: Path) -> None:
+    base = 'name = "pk"\n[entrypoint]\ncommand = ["/bin/true"]\n'
+    project = write_project(tmp_path / "p", base)
+    ok("create", "pk", "--flake", str(project), timeout=300)
+    assert json.loads(ok("update", "pk", "--json"))["diff"]["files"]["changed"] == []
+    (project / "mvm.toml").write_text('name = "pk"\npackages = ["hello"]\n'
+                                      '[entrypoint]\ncommand = ["/bin/true"]\n')  # fmt: skip
+    assert image_of("pk").startswith("outdated")
+    out = json.loads(ok("update", "pk", "--json", timeout=600))
+    assert out["old"] != out["new"] and out["restarted"] is False
+    assert "hello" in out["diff"]["packages"]["added"]
+    assert "/usr/bin/hello" in out["diff"]["files"]["added"]
+    assert image_of("pk") == "current"
+    (project / "mvm.toml").write_text(base)
+    text = ok("update", "pk", timeout=300)
+    assert "hello: " in text and "→ ∅" in text and "- /usr/bin/hello" in text
+    ok("rm", "pk")

@@ -1,7 +1,8 @@
 """Snapshots, restore and fork against real QEMU (TCG here).
 
-One template with an HTTP service is built with ``--snapshot`` once per
-module; every test restores from it.  The service shows what the workload
+One template with an HTTP service and a readiness check (``ready = { tcp =
+8080 }``) is built with ``--snapshot`` once per module; every test restores
+from it.  The service shows what the workload
 sees: ``/`` is the config file as read when the service started (so it
 changes only if the guest remounted the fresh drive *and* restarted the
 service), ``/secret`` the same for the secrets drive, ``/cgi-bin/rand``
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.integration
 
 SERVICE = r"""name = "snapsvc"
 ports = ["{port}:8080"]
-[entrypoint]
+[entrypoint.services.web]
+ready = {{ tcp = 8080 }}
 command = ["/bin/sh", "-c", "mkdir -p /tmp/w/cgi-bin; cat /mnt/config/value > /tmp/w/index.html 2>/dev/null || echo none > /tmp/w/index.html; cat /mnt/secrets/token > /tmp/w/secret 2>/dev/null || echo none > /tmp/w/secret; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nhead -c16 /dev/urandom | od -An -tx1 | tr -d \" \\\\n\"\\n' > /tmp/w/cgi-bin/rand; chmod 755 /tmp/w/cgi-bin/rand; (n=0; while :; do n=$((n+1)); echo $n > /tmp/w/counter; sleep 1; done) & exec httpd -f -p 8080 -h /tmp/w"]
 """
 
@@ -126,6 +128,11 @@ def test_three_restores_at_once_each_with_its_own_config_secrets_and_rng(
     for vm in ("ra", "rb", "rc"):
         info = json.loads(ok("status", vm, "--json"))
         assert info["boot"] == "restored" and info["state"] == "running"
+    # the guest agent answers in a clone, and the restarted service passes its check again
+    end = time.monotonic() + 60
+    while "ready" not in (out := ok("status", "rc")) and time.monotonic() < end:
+        time.sleep(0.5)
+    assert "web" in out and "ready" in out, out
     assert "boot:" in ok("status", "ra")
     names = {i["name"] for i in json.loads(ok("ls", "--json"))}
     assert {"ra", "rb", "rc"} <= names

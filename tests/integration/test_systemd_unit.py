@@ -144,4 +144,4 @@ def test_unit_refuses_what_it_cannot_write_safely(defined: tuple[Path, Path]) ->
     assert "cannot be written into a unit file" in fails(
         "systemd", "unit", "svc", "--load-credential", 'X:/tmp/a"b'
     )
-    assert "no VM named 'ghost'" in fails("systemd", "unit", "ghost")
+    assert "VM 'ghost' is not defined" in fails("systemd", "unit", "ghost")

@@ -8,6 +8,7 @@ with ``vars get --reveal`` on the host.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -94,6 +95,9 @@ def test_generated_secret_reaches_the_guest_and_is_encrypted_at_rest(
     assert got["API_KEY"] == (44, hashlib.sha256(key).hexdigest(), "400")
     assert got["PUBLIC_ID"][:2] == (5, hashlib.sha256(b"id-1\n").hexdigest())
     assert leaks(home, key) == []  # the store, the run directory, logs: nowhere in plaintext
+    status = json.loads(mvmctl("status", "vt", "--json", env=env(home)).stdout)
+    assert status["settings"]["credentials"] == "var"
+    assert sorted(status["credentials"]) == ["API_KEY", "PUBLIC_ID"]
     assert (home / "vars/vt/app-secrets/public-id").read_bytes() == b"id-1\n"
 
 

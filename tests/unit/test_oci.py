@@ -172,9 +172,9 @@ def test_revision_json_oci_keys_round_trip_and_are_checked() -> None:
                 image={"ref": "oci-archive:app.tar", "digest": "sha256:" + "ab" * 32,
                        "exposedPorts": ["80/tcp"]})  # fmt: skip
     m = ImageMeta.from_json(copy.deepcopy(data), "x")
-    assert m.to_json() == data and m.init == "/.mvm/init" and m.image is not None
+    assert m.to_json() == data and m.init_exec == "/.mvm/init" and m.image is not None
     assert m.image.exposed_ports == ("80/tcp",)
-    assert ImageMeta.from_json(builder_revision(), "x").init == "/init"
+    assert ImageMeta.from_json(builder_revision(), "x").init_exec == "/init"
     for key, value, needle in (
         ("initPath", "/bin/sh", "initPath: invalid value"),
         ("image", {"ref": "x", "digest": "md5:1", "exposedPorts": []}, "image.digest"),

@@ -57,6 +57,8 @@ BAD_SCHEMA = [
     ({"vars": {"generators": {"a/b": GOOD_GEN}}}, "generator names"),
     ({"vars": {"generators": {"g": {**GOOD_GEN, "files": {"../x": {}}}}}}, "file names"),
     ({"vars": {"generators": {"g": {**GOOD_GEN, "files": {".hidden": {}}}}}}, "file names"),
+    ({"vars": {"generators": {"g": {**GOOD_GEN, "files": {"meta.json": {}}}}}}, "file names"),
+    ({"vars": {"generators": {"g": {**GOOD_GEN, "files": {"k.age": {}}}}}}, "file names"),
     ({"vars": {"generators": {"g": {**GOOD_GEN, "files": {}}}}}, "at least one file"),
     ({"vars": {"generators": {"g": {"files": {"k": {}}}}}}, "script: is required"),
     ({"vars": {"generators": {"g": {**GOOD_GEN, "extra": 1}}}}, "unknown key"),
@@ -121,6 +123,8 @@ HOSTILE = [
     ('head -c 1048577 /dev/zero > "$out/k"', "over the 1 MiB limit"),
     ('echo a > "$out/k"; touch "$out/$(printf "\\377\\376")"', "not UTF-8"),
     ('echo a > "$out/k"; exit 3', "exit status 3"),
+    ('mkdir "$TMPDIR/o"; echo a > "$TMPDIR/o/k"; rmdir "$out"; ln -s "$TMPDIR/o" "$out"',
+     "replaced \\$out itself"),
     ('echo "boom: cannot do it" >&2; false', "boom: cannot do it"),
 ]  # fmt: skip
 
@@ -316,3 +320,46 @@ def test_cli_generate_list_get_and_secret_needs_reveal(tmp_path: Path) -> None:
     r3 = subprocess.run([MVMCTL, "vars", "get", "vt", "s/k", "--reveal"], env=env,
                         capture_output=True, timeout=60)  # fmt: skip
     assert r3.stdout == b"topsecret"
+
+
+def test_cli_hostile_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import MVMCTL
+
+    for stdin in (b"", b"not age at all", b"age-encryption.org/v1\n-> X25519 garbage\n---\n"):
+        r = subprocess.run([MVMCTL, "vars", "import", "vm1"], input=stdin, capture_output=True,
+                           timeout=60)  # fmt: skip
+        err = r.stderr.decode()
+        assert r.returncode != 0 and err.startswith("mvmctl: error: "), err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    for args in (["vars", "get", "../x", "g/k"], ["vars", "list", "Bad"],
+                 ["vars", "generate", "x", "--flake", str(tmp_path / "nothing")],
+                 ["vars", "get", "vm1", "nofile"]):  # fmt: skip
+        r = mvmctl(*args)
+        assert r.returncode != 0 and r.stderr.startswith("mvmctl: error: "), (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert not (Path(os.environ["MVM_HOME"]) / "vars" / "vm1").exists()
+
+
+def test_resolve_reads_vars_of_the_vm_name_and_a_cli_credential_wins(tmp_path: Path) -> None:
+    from mvm.runtime.config import RunConfig
+    from mvm.runtime.resolve import RuntimeDefaults, resolve
+    from mvm.secrets.credentials import Credential
+
+    class FakeImage:
+        class meta:  # the attributes resolve() reads
+            name = "img"
+            backend = "qemu"
+
+    decl = (VarCredentialSpec("API_KEY", "g", "k"),)
+    defaults = RuntimeDefaults(origin="mvm.toml", var_credentials=decl)
+    with pytest.raises(VarsError, match="Run 'mvmctl vars generate web' first"):
+        resolve(FakeImage(), RunConfig(name="web"), defaults, source="x")  # type: ignore[arg-type]
+    given = RunConfig(name="web", credentials=[Credential("API_KEY", b"from-cli")])
+    r = resolve(FakeImage(), given, defaults, source="x")  # type: ignore[arg-type]
+    assert [c.value for c in r.credentials] == [b"from-cli"]
+    vars_mod.generate("web", [gen(SECRET_SCRIPT, "k", public=("p",))])
+    r = resolve(FakeImage(), RunConfig(name="web"), defaults, source="x")  # type: ignore[arg-type]
+    assert r.credentials[0].source == "var" and r.sources["credentials"] == "var"
+    assert r.credentials[0].value == varstore.read("web", "g", "k").value

@@ -17,6 +17,7 @@ from collections import defaultdict, deque
 
 from mvm.agent import codec
 from mvm.agent.codec import JSON, STDERR, STDIN, STDOUT, Decoder, Frame
+from mvm.agent.protocol import VERSION as PROTOCOL_VERSION
 from mvm.agent.protocol import ExecResult, Hello, error_text
 from mvm.errors import AgentError, ProtocolError
 
@@ -101,7 +102,11 @@ class AgentClient:
             if msg.get("op") == "error":
                 raise AgentError(error_text(msg))
             if msg.get("op") == "hello" and msg.get("nonce") == nonce:
-                return Hello.parse(msg)
+                hello = Hello.parse(msg)
+                if hello.version != PROTOCOL_VERSION:
+                    raise AgentError(f"the guest agent speaks protocol version {hello.version}; "
+                                     f"this mvm speaks {PROTOCOL_VERSION}")  # fmt: skip
+                return hello
 
     def open(self, msg: dict[str, Any]) -> int:
         stream = self.next_stream

@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Literal
 
 from mvm import channels
-from mvm.backends.spec import HostChannels, MachineSpec, RestoreSource
+from mvm.backends.spec import HostChannels, MachineSpec, PortForward, RestoreSource
 from mvm.errors import BackendError
 from mvm.state.procs import pid_alive, proc_start_time
 
@@ -102,6 +102,13 @@ class Machine(abc.ABC):
     def wait_restored(self, memory_mib: int) -> None:
         """After a launch with ``restore``: wait until the state is loaded (guest paused)."""
         raise BackendError(f"{self.backend.name} cannot restore snapshots")
+
+    def add_forward(self, forward: PortForward) -> None:
+        """Forward a host port to the running guest (``mvmctl forward``)."""
+        raise BackendError(f"the {self.backend.name} backend cannot add port forwards")
+
+    def remove_forward(self, forward: PortForward) -> None:
+        raise BackendError(f"the {self.backend.name} backend cannot remove port forwards")
 
     # -- shared lifecycle ----------------------------------------------------------------------
 

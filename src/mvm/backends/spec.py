@@ -73,18 +73,33 @@ class GuestCredential:
 
 
 @dataclass(frozen=True)
+class GuestForward:
+    """A TCP port on ``NetworkSpec.guest_ip`` that the guest can connect to; each
+    connection is handed to a new ``command`` on the host (stdin/stdout = the
+    connection).  This is how the egress proxy is reached: nothing else leaves."""
+
+    port: int
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
-    """The guest's network: egress on or off, and forwards from the host."""
+    """The guest's network: unrestricted egress on or off, forwards from the host,
+    and the proxy's guest-visible endpoints with the files the guest's network
+    setup reads (resolv.conf, hosts, proxy environment, CA; not secret)."""
 
     egress: bool = False
     forwards: tuple[PortForward, ...] = ()
     device: bool = (
         False  # a NIC even without egress or forwards (a snapshot's restores may forward)
     )
+    guest_ip: str = ""
+    guest_forwards: tuple[GuestForward, ...] = ()
+    guest_config: bytes = field(default=b"", repr=False)
 
     @property
     def enabled(self) -> bool:
-        return self.device or self.egress or bool(self.forwards)
+        return self.device or self.egress or bool(self.forwards) or bool(self.guest_forwards)
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,7 @@ class MachineSpec:
     # guest RAM in this (existing, sparse) file, shared: the VM can be snapshotted with its
     # memory left in the file for clones to map (docs/snapshots.md)
     ram_file: Path | None = None
+    machine: str = "microvm"  # "microvm" | "q35" (a backend may refuse what it lacks)
 
     @property
     def rootfs(self) -> Disk:

@@ -20,7 +20,28 @@ def _run_options(f: Any) -> Any:
                      help="Forward HOST (on 127.0.0.1 unless ADDR is given) to the guest's "
                           "GUEST port; /udp for UDP (repeatable)."),
         click.option("--net/--no-net", "network", default=None,
-                     help="Give the guest outbound network (default: off)."),
+                     help="Alias of --network-preset open (unrestricted egress) / none."),
+        click.option("--network-preset", type=click.Choice(["none", "dev", "agent", "open"]),
+                     help="Egress policy (default: mvm.toml's, else none). dev: package "
+                          "registries and code hosting; agent: dev plus model APIs; "
+                          "see docs/network.md."),
+        click.option("--network-allow", multiple=True, metavar="HOST[:PORT]",
+                     help="Also allow HOST (ports 80 and 443 unless PORT); *.example.com "
+                          "for subdomains (repeatable)."),
+        click.option("--network-allow-cidr", multiple=True, metavar="ADDR/PREFIX",
+                     help="Allow an IP range (repeatable)."),
+        click.option("--add-host", "add_hosts", multiple=True, metavar="NAME:IP",
+                     help="Resolve NAME to IP (for the guest and the proxy; repeatable)."),
+        click.option("--secret", "secrets", multiple=True,
+                     metavar="KEY[=VALUE|@FILE]:HOST[,HOST][:HEADER]",
+                     help="Bind a secret to hosts: the guest sees a placeholder, the egress "
+                          "proxy sends the value (Authorization: Bearer, or HEADER) only to "
+                          "HOST (repeatable)."),
+        click.option("--secret-mode", type=click.Choice(["proxy", "drive"]), default=None,
+                     help="proxy (default): the value never enters the guest; drive: the "
+                          "value is on the secrets drive (mvm-secrets/KEY)."),
+        click.option("--add-ca", type=click.Path(dir_okay=False), metavar="PEM",
+                     help="Also trust PEM for upstream servers the proxy talks TLS to."),
         click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST_DIR:/PATH[:SIZE]",
                      help="Attach HOST_DIR at /mnt/config (read-only, 0444), /mnt/secrets "
                           "(read-only, 0400) or, with a SIZE, as a persistent data volume "
@@ -28,6 +49,9 @@ def _run_options(f: Any) -> Any:
         click.option("--credential", "credentials", multiple=True, metavar="NAME@FILE|NAME=VALUE",
                      help="Deliver a credential to /run/credentials/@system/NAME (repeatable). "
                           "Prefer NAME@FILE: a VALUE on mvmctl's command line shows in ps."),
+        click.option("--machine", type=click.Choice(["microvm", "q35"]), default=None,
+                     help="Machine type (default: mvm.toml's, else microvm). q35 gives the "
+                          "guest SMBIOS: credentials travel as type 11 OEM strings."),
         click.option("--show-command", is_flag=True,
                      help="Print the hypervisor command line that would run, and exit."),
     ]):  # fmt: skip
@@ -37,7 +61,8 @@ def _run_options(f: Any) -> Any:
 
 def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tuple[str, ...],
                 network: bool | None, volumes: tuple[str, ...], credentials: tuple[str, ...],
-                attached: bool) -> Any:  # fmt: skip
+                attached: bool, net: dict[str, Any] | None = None,
+                machine: str | None = None) -> Any:  # fmt: skip
     """Parse -v and --credential before anything is built or started."""
     from mvm.drives import parse_volume
     from mvm.runtime.config import RunConfig, parse_port
@@ -49,7 +74,21 @@ def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tupl
         name=name, cpus=cpus, memory_mib=mem, attached=attached, ports=list(ports),
         network=network, volumes=[parse_volume(v) for v in volumes],
         credentials=[parse_credential(c, i) for i, c in enumerate(credentials, 1)],
+        **_net_config(net or {}),
+        machine=machine,
     )  # fmt: skip
+
+
+def _net_config(net: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "network_preset": net.get("network_preset"),
+        "network_allow": list(net.get("network_allow", ())),
+        "network_allow_cidr": list(net.get("network_allow_cidr", ())),
+        "add_hosts": list(net.get("add_hosts", ())),
+        "secrets": list(net.get("secrets", ())),
+        "secret_mode": net.get("secret_mode"),
+        "add_ca": net.get("add_ca"),
+    }
 
 
 def _project_run(path: str | None, run_cfg: Any, image_ref: str | None = None) -> Any:
@@ -110,14 +149,17 @@ IMAGE_HELP = (
 def run(path: str | None, attached: bool, image_ref: str | None, template: str | None,
         cold: bool, name: str | None, cpus: int | None, mem: int | None,
         ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
-        credentials: tuple[str, ...], show_command: bool) -> None:  # fmt: skip
+        credentials: tuple[str, ...], machine: str | None, show_command: bool,
+        **net: Any) -> None:  # fmt: skip
     """Build PATH (if needed) and boot it, start a template (restored from its
     snapshot if it has one) or an OCI image; detached unless --attached."""
     from mvm.errors import ConfigError
 
     if sum(1 for x in (path, template, image_ref) if x) > 1:
         raise ConfigError("use one of PATH, --template and --image")
-    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, attached)
+    run_cfg = _run_config(
+        name, cpus, mem, ports, network, volumes, credentials, attached, net, machine
+    )
     resolved = (_template_run(template, run_cfg) if template
                 else _project_run(path, run_cfg, image_ref))  # fmt: skip
     started = _launch(resolved, show_command, cold or not template)
@@ -140,14 +182,16 @@ def run(path: str | None, attached: bool, image_ref: str | None, template: str |
 def up(flake: str | None, template: str | None, image_ref: str | None, cold: bool,
        name: str | None, cpus: int | None, mem: int | None, ports: tuple[str, ...],
        network: bool | None, volumes: tuple[str, ...], credentials: tuple[str, ...],
-       show_command: bool) -> None:  # fmt: skip
+       machine: str | None, show_command: bool, **net: Any) -> None:  # fmt: skip
     """Start a detached VM from a project (--flake), a template (restored from the
     template's snapshot when it has one, unless --cold) or an OCI image (--image)."""
     from mvm.errors import ConfigError
 
     if sum(1 for x in (flake, template, image_ref) if x) > 1:
         raise ConfigError("use one of --flake, --template and --image")
-    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, False)
+    run_cfg = _run_config(
+        name, cpus, mem, ports, network, volumes, credentials, False, net, machine
+    )
     resolved = (_template_run(template, run_cfg) if template
                 else _project_run(flake, run_cfg, image_ref))  # fmt: skip
     started = _launch(resolved, show_command, cold or not template)
@@ -231,7 +275,8 @@ def status(name: str, as_json: bool) -> None:
         return
     for key in ("name", "state", "mode", "hypervisor", "accel", "accel_reason", "pid", "revision",
                 "source", "boot", "image_ref", "entrypoint", "accessible", "vcpus", "memory_mib",
-                "ports", "exposed_ports", "volumes", "credentials", "exit_code"):  # fmt: skip
+                "ports", "forwards", "exposed_ports", "volumes", "credentials", "network", "proxy",
+                "exit_code"):  # fmt: skip
         value = info[key]
         if isinstance(value, list):
             value = ", ".join(value) or None
@@ -256,11 +301,20 @@ def status(name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the VM stops.")
 @click.option("-n", "--lines", type=click.IntRange(0), default=0, help="Only the last N lines.")
-def logs(name: str, follow: bool, lines: int) -> None:
-    """Print NAME's console output."""
+@click.option("--audit", is_flag=True,
+              help="The egress audit log instead (JSON lines: time, host, port, verdict, "
+                   "injected secret names).")  # fmt: skip
+def logs(name: str, follow: bool, lines: int, audit: bool) -> None:
+    """Print NAME's console output (or, with --audit, its egress decisions)."""
     from mvm.runtime import vm
 
     out = sys.stdout.buffer
+    if audit:
+        from mvm.network.plan import AUDIT_LOG
+
+        out.write(vm.tail_lines(vm.get(name).record.dir / AUDIT_LOG, lines))
+        out.flush()
+        return
     if follow:
         vm.follow(name, lines, out)
     else:
@@ -344,3 +398,29 @@ def volume_rm(vm_name: str, guest_path: str | None) -> None:
                                 hint=f"`mvmctl down {vm_name}` first")  # fmt: skip
         gone = drives.remove_volumes(vm_name, guest_path)
     click.echo(f"{vm_name}: removed {len(gone)} data volume{'s' if len(gone) != 1 else ''}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("port", metavar="[ADDR:]HOST:GUEST")
+@click.option("--detach", is_flag=True, help="Keep the forward after this command exits.")
+@click.option("--rm", "remove", is_flag=True, help="Remove a detached forward.")
+def forward(name: str, port: str, detach: bool, remove: bool) -> None:
+    """Forward a host port (127.0.0.1 unless ADDR) to NAME's GUEST port while NAME
+    runs: until Ctrl-C, or with --detach until `forward --rm`."""
+    from mvm.errors import ConfigError
+    from mvm.runtime import forward as fwd_mod
+
+    if remove and detach:
+        raise ConfigError("use either --detach or --rm")
+    if remove:
+        f = fwd_mod.remove(name, port)
+        click.echo(f"{name}: forward {f} removed")
+        return
+    f = fwd_mod.add(name, port, detach=detach)
+    if detach:
+        click.echo(f"{name}: forwarding {f.address}:{f.host} -> guest {f.guest}")
+        return
+    click.echo(f"{name}: forwarding {f.address}:{f.host} -> guest {f.guest} (Ctrl-C to stop)")
+    sys.stdout.flush()
+    fwd_mod.hold(name, f)

@@ -56,9 +56,29 @@ def name_problem(where: str, name: str) -> str | None:
 
 MVM_FILES = (
     "/init", "/bin/busybox", "/usr/local/bin/mvm-guest-agent", "/etc/fstab", "/etc/hostname",
-    "/etc/passwd", "/etc/group", "/etc/shadow", "/etc/resolv.conf", "/etc/profile",
+    "/etc/passwd", "/etc/group", "/etc/shadow", "/etc/resolv.conf", "/etc/hosts", "/etc/profile",
 )  # fmt: skip
 MVM_TREES = ("/etc/mvm", "/lib/modules/mvm", "/.mvm")  # /.mvm: an OCI image's mvm tools
+# systemd guests: the units, generator and settings mvm writes (a project may add its own
+# units, but not under mvm's names)
+SYSTEMD_FILES = (
+    "/etc/machine-id", "/etc/mtab", "/etc/systemd/system/default.target",
+    "/etc/systemd/system-generators/mvm-credentials", "/etc/systemd/system.conf.d/mvm.conf",
+)  # fmt: skip
+# units a microVM has no use for (no dbus, no logins, no udev, read-only /etc); each
+# one costs boot time under TCG or fails noisily
+SYSTEMD_MASKED = (
+    "getty.target", "systemd-logind.service", "systemd-user-sessions.service",
+    "systemd-firstboot.service", "systemd-sysusers.service", "modprobe@.service",
+    "systemd-pstore.service", "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount",
+    "sys-kernel-debug.mount", "sys-kernel-tracing.mount", "sys-kernel-config.mount",
+    "sys-fs-fuse-connections.mount", "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service", "systemd-ask-password-wall.path",
+    "systemd-ask-password-console.path", "systemd-boot-system-token.service",
+    "systemd-hwdb-update.service", "systemd-journal-catalog-update.service",
+    "systemd-machine-id-commit.service", "e2scrub_reap.service",
+)  # fmt: skip
+_SYSTEMD_MVM = re.compile(r"/etc/systemd/system/(?:[^/]+\.wants/)?mvm-[^/]*")
 MOUNTED = ("/dev", "/proc", "/sys", "/run", "/tmp")
 
 
@@ -73,6 +93,9 @@ def reserved(path: str, sealed_home: str | None = None) -> str | None:
     tmpfs at boot)."""
     if path in MVM_FILES or any(_under(path, t) for t in MVM_TREES):
         return "is written by mvm itself"
+    masked = path.startswith("/etc/systemd/system/") and path[20:] in SYSTEMD_MASKED
+    if path in SYSTEMD_FILES or masked or _SYSTEMD_MVM.fullmatch(path):
+        return "is written by mvm itself (systemd guests)"
     for top in MOUNTED:
         if _under(path, top):
             return f"is hidden at boot: the guest mounts a filesystem on {top}"

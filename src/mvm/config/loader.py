@@ -22,6 +22,8 @@ from mvm.config.schema import (
     DEFAULT_AGENT_UID,
     DEFAULT_APP_UID,
     HYPERVISORS,
+    INITS,
+    MACHINES,
     READY_TIMEOUT_DEFAULT,
     READY_TIMEOUT_MAX,
     RESTART_POLICIES,
@@ -29,11 +31,14 @@ from mvm.config.schema import (
     CredentialSpec,
     Entrypoint,
     FileSpec,
+    GuestInit,
     GuestSpec,
     KernelSpec,
+    NetworkTable,
     Project,
     Readiness,
     RestartPolicy,
+    SecretSpec,
     Service,
     Uids,
     VarCredentialSpec,
@@ -46,8 +51,8 @@ from mvm.paths import NAME_RE
 MANIFEST = "mvm.toml"
 TOP_KEYS = {
     "name", "vcpus", "memory_mib", "hypervisor", "dev", "entrypoint", "services", "uids",
-    "files", "packages", "copy", "kernel", "credentials", "ports", "network", "flake",
-    "profile", "profiles", "image", "vars",
+    "files", "packages", "copy", "kernel", "credentials", "ports", "network", "secrets", "flake",
+    "profile", "profiles", "image", "vars", "init", "machine",
 }  # fmt: skip
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "profile", "flake"}
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, and these patterns
@@ -264,6 +269,22 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         if clash:
             raise ctx.err("services", f"{sorted(clash)[0]!r} is also an entrypoint service")
 
+    init = ctx.string(data.get("init", "busybox"), "init")
+    if init not in INITS:
+        raise ctx.err("init", f"{init!r} is not supported; allowed: {', '.join(INITS)}")
+    machine = None
+    if "machine" in data:
+        machine = ctx.string(data["machine"], "machine")
+        if machine not in MACHINES:
+            raise ctx.err("machine", f"{machine!r} is not supported; allowed: "
+                          f"{', '.join(MACHINES)}")  # fmt: skip
+    if init != "systemd":
+        for s in (*services, *entrypoint.services):
+            if s.load_credentials:
+                raise ctx.err(f"services.{s.name}.load_credentials",
+                              'needs init = "systemd" (busybox guests give every service '
+                              "$CREDENTIALS_DIRECTORY with all credentials)")  # fmt: skip
+
     # an image's home is known once its passwd is read: the builder checks it then
     sealed_home = None if dev or image is not None else home_for(uids.entrypoint)
     generators = parse_generators(ctx, data.get("vars", {}))
@@ -290,10 +311,76 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         var_credentials=var_creds,
         generators=generators,
         ports=_ports(ctx, data.get("ports", [])),
-        network=_bool(ctx, data.get("network", False), "network"),
+        network=_network_flag(ctx, data.get("network", False)),
+        network_table=_network(ctx, data.get("network")),
+        secrets=_secrets(ctx, data.get("secrets", {}), root),
         image=image,
         explicit=frozenset(explicit),
+        init=cast(GuestInit, init),
+        machine=machine,
     )
+
+
+def _network_flag(ctx: _Ctx, value: Any) -> bool:
+    if isinstance(value, dict):
+        return value.get("preset") == "open"
+    return _bool(ctx, value, "network")
+
+
+def _str_list(ctx: _Ctx, value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ctx.err(key, "must be a list of strings")
+    return tuple(value)
+
+
+def _network(ctx: _Ctx, value: Any) -> NetworkTable | None:
+    """``network = true`` (the old form: preset open) or a ``[network]`` table."""
+    if not isinstance(value, dict):
+        return None
+    ctx.keys(value, "network", {"preset", "allow", "allow_cidr", "add_host"})
+    from mvm.errors import NetworkError
+    from mvm.network import policy
+
+    t = NetworkTable(
+        preset=ctx.string(value["preset"], "network.preset") if "preset" in value else None,
+        allow=_str_list(ctx, value.get("allow", []), "network.allow"),
+        allow_cidr=_str_list(ctx, value.get("allow_cidr", []), "network.allow_cidr"),
+        add_host=_str_list(ctx, value.get("add_host", []), "network.add_host"),
+    )
+    try:
+        policy.build(t.preset or "none", t.allow, t.allow_cidr, t.add_host, origin="mvm.toml")
+    except NetworkError as exc:
+        raise ctx.err("network", exc.message) from None
+    return t
+
+
+def _secrets(ctx: _Ctx, value: Any, root: Path) -> tuple[SecretSpec, ...]:
+    from mvm.errors import NetworkError
+    from mvm.network import bindings
+
+    out = []
+    for key, body in ctx.table(value, "secrets").items():
+        where = f"secrets.{key}"
+        t = ctx.table(body, where)
+        ctx.keys(t, where, {"host", "hosts", "header", "from_env", "file"})
+        host = t.get("host", t.get("hosts"))
+        hosts = (host,) if isinstance(host, str) else _str_list(ctx, host, f"{where}.host")
+        if "file" in t and "from_env" in t:
+            raise ctx.err(where, "use either from_env or file")
+        file = None
+        if "file" in t:
+            file = _resolved(ctx, root / ctx.string(t["file"], f"{where}.file"), f"{where}.file")
+        spec = SecretSpec(
+            key, tuple(hosts),
+            ctx.string(t["header"], f"{where}.header") if "header" in t else None,
+            ctx.string(t["from_env"], f"{where}.from_env") if "from_env" in t else None, file,
+        )  # fmt: skip
+        try:  # syntax only; the value is read at start
+            bindings.check_decl(key, spec.hosts, spec.header)
+        except NetworkError as exc:
+            raise ctx.err(where, exc.message) from None
+        out.append(spec)
+    return tuple(out)
 
 
 def _bool(ctx: _Ctx, value: Any, key: str) -> bool:
@@ -328,7 +415,7 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
     if not SERVICE_RE.fullmatch(name):
         raise ctx.err(key, "service names use A-Z, a-z, 0-9, '_' and '-' (max 64)")
     table = ctx.table(value, key)
-    ctx.keys(table, key, {"command", "restart", "ready"})
+    ctx.keys(table, key, {"command", "restart", "ready", "load_credentials"})
     if "command" not in table:
         raise ctx.err(f"{key}.command", "is required")
     restart = table.get("restart", "on-failure")
@@ -338,7 +425,9 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
         )
     ready = _ready(ctx, table["ready"], f"{key}.ready") if "ready" in table else None
     return Service(name, ctx.argv(table["command"], f"{key}.command"),
-                   cast(RestartPolicy, restart), ready)  # fmt: skip
+                   cast(RestartPolicy, restart), ready,
+                   _load_credentials(ctx, table.get("load_credentials", []),
+                                     f"{key}.load_credentials"))  # fmt: skip
 
 
 def _ready(ctx: _Ctx, value: Any, key: str) -> Readiness:
@@ -355,6 +444,25 @@ def _ready(ctx: _Ctx, value: Any, key: str) -> Readiness:
         return Readiness(tcp=ctx.int_in(table["tcp"], f"{key}.tcp", 1, 65535),
                          timeout=float(timeout))  # fmt: skip
     return Readiness(command=ctx.argv(table["command"], f"{key}.command"), timeout=float(timeout))
+
+
+def _load_credentials(ctx: _Ctx, value: Any, key: str) -> tuple[tuple[str, str], ...]:
+    """``["api-key:API_KEY", "DB_PASS"]`` → ``LoadCredential=`` pairs (ID, system name);
+    a bare NAME is ``NAME:NAME``."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ctx.err(key, 'must be a list like ["api-key:API_KEY"]')
+    out: dict[str, str] = {}
+    for item in value:
+        ident, _, src = item.partition(":")
+        src = src or ident
+        for part in (ident, src):
+            if not CRED_RE.fullmatch(part) or part in (".", ".."):
+                raise ctx.err(key, f"{item!r}: use ID:NAME with credential names of "
+                              "A-Z, a-z, 0-9, '_', '.', '-', '@' (max 255)")  # fmt: skip
+        if ident in out:
+            raise ctx.err(key, f"{ident!r} is given twice")
+        out[ident] = src
+    return tuple(out.items())
 
 
 def _files(ctx: _Ctx, value: Any, sealed_home: str | None) -> tuple[FileSpec, ...]:

@@ -15,6 +15,11 @@ EntrypointKind = Literal["shell", "command", "services"]
 RestartPolicy = Literal["always", "on-failure", "never"]
 RESTART_POLICIES: tuple[str, ...] = ("always", "on-failure", "never")
 HYPERVISORS: tuple[str, ...] = ("qemu", "firecracker", "cloud-hypervisor")
+GuestInit = Literal["busybox", "systemd"]
+INITS: tuple[str, ...] = ("busybox", "systemd")
+# machine types: microvm (default, fastest; credentials over fw_cfg) or q35 (PCI, SMBIOS:
+# credentials as type 11 OEM strings, as in the seeds)
+MACHINES: tuple[str, ...] = ("microvm", "q35")
 KernelProvider = Literal["mvm", "debian", "host", "path"]
 
 DEFAULT_AGENT_UID = 990
@@ -48,6 +53,8 @@ class Service:
     command: tuple[str, ...]
     restart: RestartPolicy = "on-failure"
     ready: Readiness | None = None
+    # systemd guests: LoadCredential= pairs (ID in $CREDENTIALS_DIRECTORY, system credential)
+    load_credentials: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,38 @@ class VarCredentialSpec:
 
 
 @dataclass(frozen=True)
+class NetworkTable:
+    """mvm.toml ``[network]``: egress policy for running the image (docs/network.md)."""
+
+    preset: str | None = None
+    allow: tuple[str, ...] = ()
+    allow_cidr: tuple[str, ...] = ()
+    add_host: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    """mvm.toml ``[secrets.KEY]``: a secret bound to hosts; the value is read at start
+    from ``from_env`` (default: KEY) or ``file``."""
+
+    key: str
+    hosts: tuple[str, ...]
+    header: str | None = None
+    from_env: str | None = None
+    file: Path | None = None
+
+    def table(self) -> dict[str, object]:
+        t: dict[str, object] = {"hosts": list(self.hosts)}
+        if self.header:
+            t["header"] = self.header
+        if self.file is not None:
+            t["file"] = str(self.file)
+        elif self.from_env:
+            t["from_env"] = self.from_env
+        return t
+
+
+@dataclass(frozen=True)
 class GuestSpec:
     name: str
     entrypoint: Entrypoint
@@ -161,6 +200,10 @@ class GuestSpec:
     home_dir: str | None = None  # the entrypoint's home when the image's passwd says so
     home_tmpfs: bool = True  # a sealed image's home is a private tmpfs
     exposed_ports: tuple[str, ...] = ()  # the image's ExposedPorts ("80/tcp"), never published
+    init: GuestInit = "busybox"
+    machine: str | None = None  # a runtime default (None: the backend's, microvm)
+    network_table: NetworkTable | None = None
+    secrets: tuple[SecretSpec, ...] = ()
 
     @property
     def accessible(self) -> bool:

@@ -18,11 +18,15 @@ if TYPE_CHECKING:
     from mvm.config.loader import _Ctx
 
 GEN_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
-FILE_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+# not "meta.json" nor "*.age": the store keeps those names for itself (varstore)
+FILE_RE = re.compile(r"\A(?!meta\.json\Z)(?!.*\.age\Z)[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 INPUT_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}\Z")
 SCRIPT_MAX = 64 << 10
 NAMES_HELP = "use A-Z, a-z, 0-9, '_' and '-' (max 64)"
-FILE_HELP = "use A-Z, a-z, 0-9, '_', '.' and '-' (max 128, not starting with '.' or '-')"
+FILE_HELP = (
+    "use A-Z, a-z, 0-9, '_', '.' and '-' (max 128, not starting with '.' or '-'; "
+    "not meta.json or *.age)"
+)
 
 
 def parse_generators(ctx: _Ctx, value: Any) -> tuple[GeneratorSpec, ...]:

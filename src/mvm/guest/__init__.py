@@ -26,11 +26,11 @@ def read(name: str) -> bytes:
 
 # what this package's /init understands; images record it so a newer mvm can
 # refuse features an older image's /init would silently ignore
-GUEST_FEATURES = ("drives", "credentials", "agent", "rootops")
+GUEST_FEATURES = ("drives", "credentials", "agent", "rootops", "network")
 
 GUEST_FILES = (
     "initramfs-init.sh", "init.sh", "drives.sh", "credentials.sh", "env-drives.sh",
-    "rootops.sh",
+    "rootops.sh", "network.sh", "env-network.sh", "credentials-unpack.sh",
 )  # fmt: skip
 # where the builder installs the extension scripts (init.d: sourced by /init as
 # root before the entrypoint; env.d: sourced by each launcher as the entrypoint uid)
@@ -38,4 +38,7 @@ EXTENSIONS = {
     "drives.sh": "/etc/mvm/init.d/10-drives.sh",
     "credentials.sh": "/etc/mvm/init.d/20-credentials.sh",
     "env-drives.sh": "/etc/mvm/env.d/50-drives.sh",
+    "network.sh": "/etc/mvm/init.d/30-network.sh",
+    "env-network.sh": "/etc/mvm/env.d/60-network.sh",
+    "credentials-unpack.sh": "/etc/mvm/lib/credentials-unpack.sh",  # also in the initramfs
 }

@@ -12,6 +12,8 @@ case " $CMDLINE " in *" mvm.trace=1 "*) t() { read -r U < /proc/uptime; echo "mv
 t start
 read -r MODS < /etc/modules.base
 for m in $MODS; do $B insmod /lib/modules/$m.ko; done
+# q35 (mvm.pci=1): the devices are virtio-pci, not virtio-mmio
+case " $CMDLINE " in *" mvm.pci=1 "*) read -r MODS < /etc/modules.pci; for m in $MODS; do $B insmod /lib/modules/$m.ko; done ;; esac
 case " $CMDLINE " in *" mvm.net=1 "*) read -r MODS < /etc/modules.net; for m in $MODS; do $B insmod /lib/modules/$m.ko; done ;; esac
 case " $CMDLINE " in *" mvm.fwcfg=1 "*) read -r MODS < /etc/modules.fwcfg; for m in $MODS; do $B insmod /lib/modules/$m.ko; done ;; esac
 t modules-loaded
@@ -32,6 +34,25 @@ t rootfs-mounted
 # ours, already in memory, instead of reading 2 MB through virtio-blk again.
 TOOLS="${INIT%/*}"  # "" for /init, /.mvm for /.mvm/init
 [ -f "/newroot$TOOLS/bin/busybox" ] && $B mount --bind /bin/busybox "/newroot$TOOLS/bin/busybox"
+# init = "systemd" images carry this marker: systemd is PID 1 (it finds /dev, /proc
+# and /sys mounted, and mounts the rest itself).  Before the moves: this reads /sys.
+if [ -e /newroot/etc/mvm/systemd/finish.sh ]; then
+    INIT=/lib/systemd/systemd
+    # Every credential for systemd, including those systemd 252 cannot read itself
+    # (mvm's fw_cfg bundle: long names, many or large values): imported here into
+    # /run/credentials/@system (ramfs, as systemd's own: never swapped, "secure"), and
+    # PID 1, finding $CREDENTIALS_DIRECTORY set, takes them as the imported ones.
+    # systemd keeps a /run that is already mounted.
+    . /etc/credentials-unpack.sh
+    if mvm_have_credentials; then
+        D=/newroot/run/credentials/@system
+        $B mount -t tmpfs -o mode=0755,nosuid,nodev run /newroot/run &&
+            $B mkdir -p $D && $B mount -t ramfs -o mode=0700 credentials $D &&
+            mvm_unpack_credentials $D && $B mount -o remount,ro $D &&
+            export CREDENTIALS_DIRECTORY=/run/credentials/@system
+    fi
+    t credentials-imported
+fi
 $B mount --move /dev /newroot/dev
 $B mount --move /proc /newroot/proc
 $B mount --move /sys /newroot/sys

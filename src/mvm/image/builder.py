@@ -52,7 +52,7 @@ from mvm.image import kernel as kernels
 from mvm.image.hashcache import ContentHashes
 from mvm.image.meta import ARTEFACTS, ImageMeta, KernelInfo
 from mvm.image.meta import load as load_meta
-from mvm.image.render import GuestFile, render
+from mvm.image.render import GuestFile, render, systemd_units
 from mvm.image.source import Source
 from mvm.image.staging import Staging
 from mvm.log import get_logger
@@ -152,8 +152,9 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
         "mvm": __version__,
         "kernel": kernel.identity,
         "busybox": busybox_sha,
-        "packages": spec.packages,
+        "packages": packages(spec),
         "dev": spec.dev,
+        "init": spec.init,
         "hypervisor": spec.hypervisor,
         "epoch": epoch,
     }
@@ -170,6 +171,11 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
     h.update(b"guestbin\0" + guestbin.cache_key().encode())
     for f in render(spec):
         h.update(f"{f.path}\0{f.mode}\0{f.uid}\0".encode() + f.content)
+    if spec.init == "systemd":
+        units, links = systemd_units(spec)
+        for f in units:
+            h.update(f"{f.path}\0{f.mode}\0{f.uid}\0".encode() + f.content)
+        h.update(json.dumps(links).encode())
     for fs in spec.files:
         h.update(f"{fs.path}\0{fs.mode}\0".encode() + fs.content.encode())
     sources = []
@@ -219,6 +225,18 @@ def build(project: Project, *, force: bool = False) -> Image:
             raise BuildError(f"building {spec.name}: {exc.strerror or exc}") from exc
 
 
+# what init = "systemd" adds to the project's packages (no dbus: systemctl talks to
+# PID 1 over its private socket; no udev: devtmpfs is enough for virtio disks)
+SYSTEMD_PACKAGES = ("systemd",)
+
+
+def packages(spec: GuestSpec) -> tuple[str, ...]:
+    """The Debian packages the image gets: the project's, plus systemd for systemd guests."""
+    if spec.init == "systemd":
+        return tuple(sorted({*spec.packages, *SYSTEMD_PACKAGES}))
+    return spec.packages
+
+
 def own_files(
     spec: GuestSpec, late: list[tuple[str, bytes]], base: dict[str, bytes] | None = None
 ) -> list[GuestFile]:
@@ -244,6 +262,8 @@ def own_files(
     ]
     files += [GuestFile(f"/lib/modules/mvm/{n}.ko", data) for n, data in late]
     files.append(GuestFile("/etc/mvm/modules.late", (" ".join(n for n, _ in late) + "\n").encode()))
+    if spec.init == "systemd":
+        files += systemd_units(spec)[0]
     return files
 
 
@@ -309,7 +329,7 @@ def _build(
             uid = spec.uids.entrypoint
             # order: mvm's skeleton, packages, busybox, the project's files, then
             # mvm's own files (which the project may not touch: guestpaths)
-            pkgs = debian.resolve(spec.packages) if spec.packages else []
+            pkgs = debian.resolve(packages(spec)) if packages(spec) else []
             if pkgs:
                 debian.extract(debian.fetch(pkgs), st)
             if unpacked is not None:
@@ -326,6 +346,8 @@ def _build(
             for g in own:  # an image file mvm replaces does not keep the image's owner
                 owners.pop(st.resolve(g.path), None)
             owners.update(rootfs.write_files(st, own))
+            if spec.init == "systemd":
+                rootfs.systemd_tree(st, systemd_units(spec)[1])
             if unpacked is None or spec.sealed_home:
                 existed = st.is_dir(spec.home)
                 home = st.mkdir(spec.home)
@@ -417,6 +439,7 @@ def _revision(
         "accessible": spec.accessible,
         "sealed": spec.sealed,
         "entrypointKind": spec.entrypoint.kind,
+        "init": spec.init,
         "hypervisor": spec.hypervisor,
         "uids": {"agent": spec.uids.agent, "entrypoint": spec.uids.entrypoint},
         "rootlessEntrypoint": spec.uids.rootless,
@@ -431,7 +454,7 @@ def _revision(
             kaslr=None if kernel.kaslr else False,
             boot=None if kernel.boot == "initramfs" else kernel.boot,
         ).to_json(),
-        "packages": list(spec.packages),
+        "packages": list(packages(spec)),
         "defaults": {"vcpus": spec.vcpus, "memory_mib": spec.memory_mib},
         "checksums": checksums,
         "sizes": {name: (out / name).stat().st_size for name in ARTEFACTS},

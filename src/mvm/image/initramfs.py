@@ -21,6 +21,8 @@ BASE_MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk")
 LATE_MODULES = ("virtio_console",)
 NET_MODULES = ("failover", "net_failover", "virtio_net")
 FWCFG_MODULES = ("qemu_fw_cfg",)
+# -M q35: virtio over PCI (mvm.pci=1), loaded after the base set (drivers bind late)
+PCI_MODULES = ("virtio_pci",)
 BUSYBOX = Path("/bin/busybox")
 
 
@@ -75,9 +77,13 @@ def build(kernel: Kernel, dest: Path, *, epoch: int = 0) -> None:
     entries.append(cpio.file("bin/busybox", busybox_path().read_bytes(), 0o755))
     entries.append(cpio.symlink("bin/sh", "busybox"))
     entries.append(cpio.file("init", guest_file("initramfs-init.sh"), 0o755))
+    entries.append(
+        cpio.file("etc/credentials-unpack.sh", guest_file("credentials-unpack.sh"), 0o644)
+    )
     loaded: dict[str, bytes] = {}
     groups: dict[str, list[str]] = {}
-    for group, wanted in (("base", BASE_MODULES), ("net", NET_MODULES), ("fwcfg", FWCFG_MODULES)):
+    for group, wanted in (("base", BASE_MODULES), ("pci", PCI_MODULES), ("net", NET_MODULES),
+                          ("fwcfg", FWCFG_MODULES)):  # fmt: skip
         order: list[str] = []
         for name in wanted:
             _collect(kernel, name, loaded, order, required=group == "base")

@@ -166,9 +166,15 @@ class ImageMeta:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
-    def init(self) -> str:
-        """The rootfs path the kernel (or the initramfs) starts as PID 1."""
+    def init_exec(self) -> str:
+        """The rootfs path the kernel (or the initramfs) starts as PID 1 (mvm's /init;
+        ``/.mvm/init`` in an OCI image)."""
         return self.init_path or "/init"
+
+    @property
+    def guest_init(self) -> str:
+        """The guest's PID 1 kind: "busybox" (mvm's /init; older images) or "systemd"."""
+        return "systemd" if self.extra.get("init") == "systemd" else "busybox"
 
     @property
     def backend(self) -> str:

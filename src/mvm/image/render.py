@@ -12,6 +12,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mvm.config.guestpaths import SYSTEMD_MASKED
 from mvm.config.schema import APP_USER as APP_USER  # re-exported: runtime.inject uses it
 from mvm.config.schema import GuestSpec
 
@@ -85,12 +86,18 @@ def render(spec: GuestSpec, base: Mapping[str, bytes] | None = None) -> list[Gue
             "",
         ]
     )
-    fstab = [
-        "run /run tmpfs mode=0755,nosuid,nodev 0 0",
-        "tmp /tmp tmpfs mode=1777,nosuid,nodev 0 0",
-        "devpts /dev/pts devpts gid=5,mode=0620,ptmxmode=0666 0 0",
-        "shm /dev/shm tmpfs mode=1777,nosuid,nodev 0 0",
-    ]
+    if spec.init == "systemd":  # systemd mounts /run, /dev/pts, /dev/shm itself
+        fstab = ["tmp /tmp tmpfs mode=1777,nosuid,nodev 0 0"]
+        if spec.sealed:  # a read-only rootfs: systemd's own state on tmpfs
+            fstab += [f"{n} /var/{n.replace('-', '/')} tmpfs mode=0755,nosuid,nodev 0 0"
+                      for n in ("lib-systemd", "log")]  # fmt: skip
+    else:
+        fstab = [
+            "run /run tmpfs mode=0755,nosuid,nodev 0 0",
+            "tmp /tmp tmpfs mode=1777,nosuid,nodev 0 0",
+            "devpts /dev/pts devpts gid=5,mode=0620,ptmxmode=0666 0 0",
+            "shm /dev/shm tmpfs mode=1777,nosuid,nodev 0 0",
+        ]
     if spec.sealed_home:  # the rootfs is read-only: a private writable home
         fstab.append(
             f"home {spec.sealed_home} tmpfs mode=0700,uid={uid},gid={uid},nosuid,nodev 0 0"
@@ -124,6 +131,7 @@ def render(spec: GuestSpec, base: Mapping[str, bytes] | None = None) -> list[Gue
         users[uid] = (APP_USER, spec.home, "/bin/sh")
     files += _users(users, base)
     files.append(GuestFile("/etc/resolv.conf", b"nameserver 10.0.2.3\n"))
+    files.append(GuestFile("/etc/hosts", b"127.0.0.1 localhost\n::1 localhost\n"))
     if spec.image is None:
         files.append(GuestFile("/etc/profile", b"export PS1='\\u@\\h:\\w\\$ '\n"))
     return files
@@ -161,3 +169,81 @@ def _users(
         GuestFile("/etc/group", ("\n".join(gr) + "\n").encode()),
         GuestFile("/etc/shadow", ("\n".join(sh) + "\n").encode(), 0o600),
     ]
+
+
+# --- systemd guests (init = "systemd"): units from the templates in mvm/guest/systemd
+SYSTEMD_DIR = "/etc/systemd/system"
+RESTART = {"always": "always", "on-failure": "on-failure", "never": "no"}
+
+
+def _unit(fields: dict[str, str]) -> bytes:
+    from mvm.guest import read as guest_file
+
+    text = guest_file("systemd/unit.service.in").decode()
+    for key, value in fields.items():
+        text = text.replace(f"@{key}@", value)
+    return text.encode()
+
+
+def _load_credentials(pairs: tuple[tuple[str, str], ...]) -> str:
+    return "\n".join(f"LoadCredential={ident}:{name}" for ident, name in pairs)
+
+
+def systemd_units(spec: GuestSpec) -> tuple[list[GuestFile], list[tuple[str, str]]]:
+    """The files and symlinks that make ``spec`` a set of systemd units: the
+    entrypoint (``mvm-entrypoint.service``) or entrypoint services, auxiliary
+    services (``mvm-svc-NAME.service``), mvm's setup/control/agent units, the
+    masks and ``default.target``.  Unit names and commands are mvm's own (service
+    names are ``[A-Za-z0-9_-]``), so no value from mvm.toml needs unit-file quoting."""
+    from mvm.guest import read as guest_file
+
+    uid = str(spec.uids.entrypoint)
+    ep = spec.entrypoint
+    stdin = "tty" if spec.accessible else "null"
+    units: dict[str, bytes] = {}
+    all_creds: list[str] = []
+    if ep.kind in ("shell", "command"):
+        units["mvm-entrypoint.service"] = _unit({
+            "DESCRIPTION": "mvm entrypoint", "UNIT_EXTRA": "", "UID": uid,
+            "EXEC": "/etc/mvm/run/entrypoint",
+            "STOP_POST": "+/etc/mvm/systemd/finish.sh entrypoint", "RESTART": "no",
+            "STDIN": stdin, "STDOUT": "tty", "STDERR": "inherit", "LOAD_CREDENTIALS": "",
+        })  # fmt: skip
+        all_creds.append("mvm-entrypoint.service")
+    entry = {s.name for s in ep.services}
+    for s in (*ep.services, *spec.services):
+        unit = f"mvm-svc-{s.name}.service"
+        post = f"+/etc/mvm/systemd/finish.sh service {s.name} {s.restart}"
+        units[unit] = _unit({
+            "DESCRIPTION": f"mvm service {s.name}",
+            "UNIT_EXTRA": "StartLimitIntervalSec=0", "UID": uid,
+            "EXEC": f"/etc/mvm/run/svc-{s.name}",
+            "STOP_POST": post if s.name in entry else "-/bin/true",
+            "RESTART": RESTART[s.restart], "STDIN": "null", "STDOUT": "journal+console",
+            "STDERR": "inherit", "LOAD_CREDENTIALS": _load_credentials(s.load_credentials),
+        })  # fmt: skip
+        if not s.load_credentials:
+            all_creds.append(unit)
+    agent = guest_file("systemd/mvm-agent.service.in").replace(
+        b"@AGENT_UID@", str(spec.uids.agent).encode()
+    )
+    units["mvm-agent.service"] = agent
+    for name in ("mvm-setup.service", "mvm-control.service"):
+        units[name] = guest_file(f"systemd/{name}")
+    files = [GuestFile(f"{SYSTEMD_DIR}/{n}", body) for n, body in sorted(units.items())]
+    scripts = ("setup.sh", "finish.sh", "control.sh")
+    files += [GuestFile(f"/etc/mvm/systemd/{n}", guest_file(f"systemd/{n}"), 0o755)
+              for n in scripts]  # fmt: skip
+    files += [
+        GuestFile("/etc/mvm/systemd/all-credentials", (" ".join(all_creds) + "\n").encode()),
+        GuestFile("/etc/systemd/system-generators/mvm-credentials",
+                  guest_file("systemd/credentials-generator.sh"), 0o755),
+        GuestFile("/etc/systemd/system.conf.d/mvm.conf", guest_file("systemd/system.conf")),
+        GuestFile("/etc/machine-id", b"", 0o444),  # generated per boot (a tmpfs over it)
+    ]  # fmt: skip
+    wants = f"{SYSTEMD_DIR}/multi-user.target.wants"
+    links = [(f"{SYSTEMD_DIR}/default.target", "/lib/systemd/system/multi-user.target"),
+             ("/etc/mtab", "../proc/self/mounts")]  # fmt: skip
+    links += [(f"{SYSTEMD_DIR}/{m}", "/dev/null") for m in SYSTEMD_MASKED]
+    links += [(f"{wants}/{n}", f"../{n}") for n in sorted(units) if n != "mvm-setup.service"]
+    return files, links

@@ -60,6 +60,16 @@ def install_busybox_private(staging: Staging, busybox: Path, bindir: str) -> Non
             staging.symlink(f"{bindir}/{name}", "busybox")
 
 
+def systemd_tree(staging: Staging, links: list[tuple[str, str]]) -> None:
+    """What a systemd guest needs beyond its unit files: the mount points of its
+    tmpfs state directories and the unit symlinks (masks, wants, default.target);
+    a file or link already there (a package's) is replaced."""
+    for d in ("var/lib/systemd", "var/log"):
+        staging.mkdir(d, 0o755)
+    for path, target in links:
+        staging.symlink(path, target)
+
+
 def install_busybox(staging: Staging, busybox: Path) -> None:
     """Copy busybox to /bin and link every applet that nothing else provides."""
     with open(busybox, "rb") as f:

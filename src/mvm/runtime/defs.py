@@ -14,15 +14,17 @@ load, and a bad one is a one-line ``StateError``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mvm import paths
 from mvm.errors import ConfigError, NotFoundError, StateError
-from mvm.state.atomic import read_json, write_json
+from mvm.state.atomic import locked, read_json, write_json
 
 SCHEMA = 1
 
@@ -98,6 +100,14 @@ def load(name: str) -> VmDef:
     if d.name != name:
         raise StateError(f"{path}: names VM {d.name!r}, not {name!r}")
     return d
+
+
+@contextlib.contextmanager
+def def_lock(name: str) -> Iterator[None]:
+    """One writer per definition (create, clone, rm, update)."""
+    paths.ensure_private_dir(defs_dir())
+    with locked(defs_dir() / f".{paths.validate_name(name, 'VM name')}.lock", timeout=120):
+        yield
 
 
 def find(name: str) -> VmDef | None:

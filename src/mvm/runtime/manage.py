@@ -93,6 +93,13 @@ def create(name: str, *, flake: str | Path | None = None, template: str | None =
     paths.validate_name(name, "VM name")
     if (flake is None) == (template is None):
         raise ConfigError("give exactly one of --flake PATH or --template NAME")
+    with defs.def_lock(name):
+        return _create(name, flake, template, profile, cpus, memory_mib, ports, network)
+
+
+def _create(name: str, flake: str | Path | None, template: str | None, profile: str | None,
+            cpus: int | None, memory_mib: int | None, ports: list[str] | None,
+            network: bool | None) -> VmDef:  # fmt: skip
     if defs.exists(name):
         raise ConflictError(f"VM {name!r} is already defined",
                             hint=f"`mvmctl rm {name}` first, or `mvmctl clone` it")  # fmt: skip
@@ -215,6 +222,11 @@ def clone(name: str, new: str) -> tuple[VmDef, list[Outcome]]:
     run directory, volumes) and its own vars, generated fresh."""
     paths.validate_name(new, "VM name")
     d = definition(name)
+    with defs.def_lock(new):
+        return _clone(d, new)
+
+
+def _clone(d: VmDef, new: str) -> tuple[VmDef, list[Outcome]]:
     if defs.exists(new) or _record(new) is not None:
         raise ConflictError(f"VM name {new!r} is already in use")
     nd = replace(d, name=new, created_at=time.time(), ports=[])  # a port binds once per host
@@ -226,7 +238,7 @@ def clone(name: str, new: str) -> tuple[VmDef, list[Outcome]]:
         if gens:
             from mvm.secrets.vars import generate
 
-            outcomes = generate(new, gens)
+            outcomes = generate(new, gens, regenerate=True)  # never a previous owner's
     defs.save(nd)
     return nd, outcomes
 

@@ -78,10 +78,14 @@ def parse_load_credential(spec: str) -> tuple[str, Path]:
 def render(name: str, *, user: bool = False,
            load_credentials: list[tuple[str, Path]] | None = None) -> Unit:  # fmt: skip
     """The unit for VM ``name`` (defined or started from a project directory)."""
-    from mvm.runtime.manage import definition
+    from mvm.errors import NotFoundError
+    from mvm.runtime import defs
 
     paths.validate_name(name, "VM name")
-    d = definition(name)
+    d = defs.find(name)
+    if d is None:  # the unit starts it by name after every reboot: it must be declared
+        raise NotFoundError(f"VM {name!r} is not defined",
+                            hint=f"`mvmctl create {name} --flake PATH` first")  # fmt: skip
     creds: dict[str, Path] = {}
     if d.flake is not None:
         from mvm.config import load_project

@@ -318,6 +318,8 @@ def main(argv: list[str]) -> int:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         return 0  # another sidecar serves this VM (or the VM is gone)
+    os.ftruncate(lock_fd, 0)
+    os.write(lock_fd, f"{os.getpid()}\n".encode())  # who holds it (for `ps` and tests)
     path = run_dir / SOCKET
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from mvm import channels
 from mvm.backends.spec import PortForward
-from mvm.errors import BackendError, SnapshotError
+from mvm.errors import BackendError, MvmError, SnapshotError
 from mvm.log import get_logger
 from mvm.runtime import snapshots, topology
 from mvm.runtime.snapshots import Snapshot
@@ -75,6 +75,40 @@ def wait_ports(ports: tuple[PortForward, ...], machine: Machine, timeout: float)
             time.sleep(0.1)
 
 
+def wait_services(name: str, machine: Machine, timeout: float) -> None:
+    """Wait until the guest agent reports every service's readiness check passing
+    (``[services.X] ready = …``); an unhealthy or failed service is an error naming it."""
+    from mvm.runtime import guest
+
+    deadline = time.monotonic() + timeout
+    waiting: list[str] = []
+    while time.monotonic() < deadline:
+        if not machine.alive():
+            raise SnapshotError("the VM exited before its services were ready")
+        try:
+            st = guest.status(name, timeout=min(30.0, max(1.0, deadline - time.monotonic())))
+        except MvmError:
+            time.sleep(0.2)  # the agent is still starting
+            continue
+        bad = [s.name for s in st.services if s.health in ("unhealthy", "down")]
+        if bad:
+            raise SnapshotError(f"service {bad[0]} is {_health(st, bad[0])}: nothing was saved",
+                                hint="its readiness check (ready = …) must pass")  # fmt: skip
+        waiting = [s.name for s in st.services if s.health == "starting"]
+        if not waiting:
+            return
+        time.sleep(0.2)
+    what = f"service {waiting[0]} is not ready" if waiting else "the guest agent did not answer"
+    raise SnapshotError(f"{what} after {timeout:.0f}s: nothing was saved")
+
+
+def _health(st: object, name: str) -> str:
+    for s in getattr(st, "services", ()):
+        if s.name == name:
+            return str(s.health)
+    return "unhealthy"
+
+
 def template_snapshot(run: ResolvedRun, into: Path, *, timeout: float = READY_TIMEOUT) -> Snapshot:
     """Boot ``run`` (secret-free), wait until it is ready, save it; the checked snapshot
     files are then moved into the directory ``into`` (a revision being staged)."""
@@ -95,6 +129,8 @@ def template_snapshot(run: ResolvedRun, into: Path, *, timeout: float = READY_TI
             machine, spec = started.machine, started.spec
             assert spec is not None
             wait_ports(ports, machine, timeout)
+            if run.image.meta.agent_binary == "real":
+                wait_services(run.name, machine, timeout)
             ch = machine.backend.channels(spec.run_dir)
             try:
                 channels.control_request(ch, "ping", timeout=timeout)

@@ -24,6 +24,7 @@ from mvm.backends.base import Backend, Machine, get_backend
 from mvm.backends.spec import MachineSpec, PortForward
 from mvm.errors import ConflictError
 from mvm.log import get_logger
+from mvm.network import plan as netplan
 from mvm.runtime import lifecycle, prepare, topology
 from mvm.runtime import restore as restore_mod
 from mvm.runtime.resolve import ResolvedRun
@@ -70,6 +71,16 @@ def check_ports(ports: tuple[PortForward, ...]) -> None:
             except OSError as exc:
                 where = "" if p.address == "127.0.0.1" else f" on {p.address}"
                 raise ConflictError(f"host port {p.host} is already in use{where}") from exc
+
+
+def describe_network(run: ResolvedRun) -> list[str]:
+    """The record's network lines: preset, rules, mappings, secret names and hosts."""
+    net = run.network
+    lines = [f"preset {net.policy.preset}" + (" (egress proxy)" if net.uses_proxy else "")]
+    lines += [f"allow {r}" for r in net.policy.describe()]
+    lines += [f"host {n}={ip}" for n, ip in sorted(net.policy.hosts.items())]
+    lines += [f"secret {b.key} -> {','.join(b.hosts)} ({net.secret_mode})" for b in net.bindings]
+    return lines
 
 
 def remove_run_dir(vdir: Path) -> None:
@@ -153,13 +164,14 @@ def start(
         record.ports = [str(p) for p in run.ports]
         record.volumes = prep.record_volumes()
         record.credentials = prep.record_credentials()  # names only
+        record.network = describe_network(run)
         record.settings = run.provenance()
         record.save()
         spec, att = prepare.machine_spec(prep, record.name, record.dir)
         try:
             if restore is not None:
                 spec = restore_mod.shape(spec, restore.snapshot)
-                restore_mod.check(restore.snapshot, backend, spec)
+                restore_mod.check(restore, backend, spec)
                 record.boot, record.snapshot = "restored", str(restore.snapshot.dir)
             elif snapshot_source is not None:
                 spec = topology.shape(spec)
@@ -181,6 +193,10 @@ def start(
                 record.accel, record.accel_reason = accel.accel, accel.reason
             record.started_at = time.time()
             record.save()
+            if run.network.uses_proxy:  # before the guest's first connection; dies with QEMU
+                record.proxy_pid = netplan.start_proxy(run.network, record.dir, record.name,
+                                                       machine.pid, machine.pid_start)  # fmt: skip
+                record.save()
             console = None
             timings = None
             if run.attached:  # connect first: the console streams from its first byte

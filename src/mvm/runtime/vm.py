@@ -89,6 +89,18 @@ class Vm:
         finally:
             machine.close()
 
+    def proxy(self) -> str | None:
+        """The egress proxy's state: None without one; "down" means egress fails closed."""
+        r = self.record
+        if not isinstance(r, VmRecord) or r.proxy_pid is None:
+            return None
+        from mvm.network.plan import proxy_state
+
+        st = proxy_state(r.dir)
+        if st is None or not st["running"]:
+            return "down (egress fails closed)" if r.is_active() else "stopped"
+        return f"running (restarts: {st['restarts']})"
+
     def info(self) -> dict[str, Any]:
         r = self.record
         if isinstance(r, BrokenRecord):
@@ -114,6 +126,9 @@ class Vm:
             "ports": r.ports,
             "volumes": r.volumes,
             "credentials": r.credentials,
+            "network": r.network,
+            "forwards": r.forwards,
+            "proxy": self.proxy(),
             "settings": r.settings,
             "uptime_s": round(u, 1) if (u := r.uptime()) is not None else None,
             "exit_code": r.exit_code(),
@@ -202,7 +217,7 @@ def down(name: str, *, volumes: bool = False) -> VmState:
                 with contextlib.suppress(OSError, MvmError):
                     rec.save()
             try:
-                machine.stop()
+                machine.stop(grace=lifecycle.stop_grace(rec))
             finally:
                 machine.close()
         remove_run_dir(vm.record.dir)

@@ -247,6 +247,8 @@ def _package_programs(package: str) -> list[Path]:
 def collect(gen: GeneratorSpec, out: Path) -> dict[str, VarFile]:
     """Exactly the declared files from ``out``: regular, not symlinks, ≤ 1 MiB each."""
     declared = {f.name: f for f in gen.files}
+    if not stat.S_ISDIR(os.lstat(out).st_mode):
+        raise VarsError(f"generator {gen.name}: the script replaced $out itself")
     names = os.listdir(os.fsencode(out))
     bad_names = []
     seen: set[str] = set()

@@ -78,6 +78,16 @@ def runtime_info(spec: GuestSpec) -> dict[str, Any]:
         info["ports"] = list(spec.ports)
     if spec.network:
         info["network"] = True
+    if spec.machine:
+        info["machine"] = spec.machine
+    if spec.network_table is not None:
+        t = spec.network_table
+        info["network_table"] = {
+            "preset": t.preset,
+            "allow": list(t.allow),
+            "allow_cidr": list(t.allow_cidr),
+            "add_hosts": list(t.add_host),
+        }
     if spec.credentials:
         info["credentials"] = [{"name": c.name, "file": str(c.file)} for c in spec.credentials]
     if spec.var_credentials:  # read from the starting VM's own var store (docs/vars.md)

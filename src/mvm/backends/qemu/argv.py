@@ -12,6 +12,7 @@ the virtio-serial ports of the host channels, slirp networking, fw_cfg.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ FAST_CMDLINE = (
 ROOT_DEVICE = "/dev/vda"
 QEMU = "qemu-system-x86_64"
 MACHINE = "microvm,isa-serial=on,rtc=on"
+NETDEV = "n0"  # the user-network backend's id (hostfwd_add at run time names it)
 # the virtio-serial port names the guest's /init looks for (see guest/init.sh)
 NO_DATA = GuestData()
 PORT_NAMES = {"status": "org.mvm.status", "control": "org.mvm.control", "agent": "org.mvm.agent"}
@@ -88,6 +90,9 @@ def kernel_cmdline(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DA
         parts.append("mvm.net=1")
     if data.fw_cfg:
         parts.append("mvm.fwcfg=1")
+    if spec.machine == "q35":  # PCI devices: virtio-pci instead of virtio-mmio
+        parts[0] = parts[0].replace(" pci=off", "")
+        parts.append("mvm.pci=1")
     parts.append(f"mvm.hostname={spec.name}")
     parts.extend(spec.cmdline)
     return " ".join(parts)
@@ -97,10 +102,15 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
     """Return QEMU's argv (no side effects, unit-tested as data)."""
     rd = spec.run_dir
     accel = "kvm" if opts.accel == "kvm" else "tcg"
+    q35 = spec.machine == "q35"
+    bus = "pci" if q35 else "device"  # virtio-blk-pci / virtio-blk-device (virtio-mmio)
     argv = [
         opts.qemu,
         "-name", f"mvm-{spec.name},process=mvm-{spec.name}",
-        "-M", MACHINE,
+        "-M", "q35" if q35 else MACHINE,
+        # qboot: no SeaBIOS banner on the console, and faster; it still hands QEMU's
+        # SMBIOS tables to the guest
+        *(["-bios", "qboot.rom"] if q35 else []),
         "-accel", accel_arg(accel, opts.tb_size_mib),
         *(["-cpu", "host"] if accel == "kvm" else []),
         "-smp", str(spec.vcpus),
@@ -128,9 +138,9 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
             opts_s += ",readonly=on"
         if d.ephemeral:
             opts_s += ",snapshot=on"
-        argv += ["-drive", opts_s, "-device", f"virtio-blk-device,drive=vd{i}"]
+        argv += ["-drive", opts_s, "-device", f"virtio-blk-{bus},drive=vd{i}"]
     argv += [
-        "-device", "virtio-serial-device,max_ports=4",
+        "-device", f"virtio-serial-{bus},max_ports=4",
         "-chardev", f"file,id=status,path={rd / 'status'}",
         "-device", f"virtserialport,chardev=status,name={PORT_NAMES['status']}",
         # a pipe (FIFOs control.in/.out), not a socket: the guest sees the port as
@@ -146,11 +156,18 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
     net = spec.network
     if net.enabled:
         fwd = "".join(f",hostfwd={p.proto}:{p.address}:{p.host}-:{p.guest}" for p in net.forwards)
+        # guest forwards: QEMU runs the command per connection (argv parsed shell-like,
+        # no shell); commas are doubled for QEMU's option parser
+        fwd += "".join(
+            f",guestfwd=tcp:{net.guest_ip}:{g.port}-cmd:{shlex.join(g.command).replace(',', ',,')}"
+            for g in net.guest_forwards
+        )
         restrict = "" if net.egress else ",restrict=on"
-        argv += ["-netdev", f"user,id=n0{restrict}{fwd}", "-device", "virtio-net-device,netdev=n0"]
+        argv += ["-netdev", f"user,id={NETDEV}{restrict}{fwd}",
+                 "-device", f"virtio-net-{bus},netdev={NETDEV}"]  # fmt: skip
     for fw in data.fw_cfg:
         argv += ["-fw_cfg", f"name={fw.name},file={_opt(fw.file)}"]
-    if data.smbios:
+    if data.smbios:  # type 11 OEM strings, one path= per string (never value=: argv is public)
         argv += ["-smbios", "type=11" + "".join(f",path={_opt(p)}" for p in data.smbios)]
     if opts.incoming_fd is not None:
         # deferred: capabilities (x-ignore-shared) are set over QMP first, then

@@ -45,6 +45,14 @@ BUNDLE_FWCFG = "opt/mvm/credentials/"  # + 00, 01…: pieces of one cpio archive
 FWCFG_SLOTS = 22  # of the 23 QEMU leaves free on microvm: one spare for other features
 CHUNK = 64 << 10  # fw_cfg file size that reads fast in the guest (cost ∝ size²)
 CREDS_DIR = "creds"
+# q35's own fw_cfg files (ACPI, SMBIOS, e820, boot order, option ROMs…) leave fewer slots:
+# measured with qboot, a kernel, an initramfs, SMBIOS and virtio-pci devices, 16 extra
+# files work and the 17th aborts QEMU; two spare (KVM adds option ROMs)
+FWCFG_SLOTS_Q35 = 14
+# QEMU 7.2 builds SMBIOS 2.1 tables on q35, at most 65535 bytes in all ("SMBIOS 2.1 table
+# length … exceeds 65535"); its own structures take about 1 KiB.  Measured: single strings
+# of 6.7 KB arrive intact.  OEM strings beyond this budget go over fw_cfg.
+SMBIOS_BUDGET = 60 << 10
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,9 @@ def _fits_single(c: GuestCredential) -> bool:
     return len((FWCFG_PREFIX + c.name).encode()) <= FWCFG_NAME_MAX and 0 < len(c.value) <= CHUNK
 
 
-def fwcfg_split(creds: Sequence[GuestCredential]) -> tuple[list[GuestCredential], bytes]:
+def fwcfg_split(
+    creds: Sequence[GuestCredential], slots: int = FWCFG_SLOTS
+) -> tuple[list[GuestCredential], bytes]:
     """Split into (one fw_cfg entry each, the cpio bundle for the rest) so that
     entries plus bundle pieces fit in :data:`FWCFG_SLOTS`.
 
@@ -89,24 +99,46 @@ def fwcfg_split(creds: Sequence[GuestCredential]) -> tuple[list[GuestCredential]
         chosen = {id(c) for c in single}
         rest = [c for c in creds if id(c) not in chosen]
         bundle = _bundle(rest) if rest else b""
-        if len(single) + -(-len(bundle) // CHUNK) <= FWCFG_SLOTS:
+        if len(single) + -(-len(bundle) // CHUNK) <= slots:
             return single, bundle
-        single.pop()  # ≤ 1 MiB in all: at most 17 pieces, so this ends with singles left
+        if not single:  # q35's fewer slots: ≤ 1 MiB needs up to 17 pieces
+            raise CredentialError(
+                f"credentials of {len(bundle)} bytes need {-(-len(bundle) // CHUNK)} fw_cfg "
+                f'files; q35 leaves {slots} free (use machine = "microvm" or smaller values)'
+            )
+        single.pop()
+
+
+def smbios_string(c: GuestCredential) -> bytes:
+    return f"io.systemd.credential.binary:{c.name}=".encode() + base64.b64encode(c.value)
 
 
 def plan(creds: Sequence[GuestCredential], run_dir: Path, *, smbios: bool) -> GuestData:
-    """Where each credential goes (pure: nothing is written)."""
+    """Where each credential goes (pure: nothing is written).
+
+    With ``smbios`` (q35) credentials are SMBIOS type 11 strings, in order,
+    while they fit :data:`SMBIOS_BUDGET`; the rest go over fw_cfg.  The same for
+    both guest inits: a systemd guest's initramfs imports them all (bundle
+    included) for systemd.
+    """
     if not creds:
         return GuestData()
     dest = run_dir / CREDS_DIR
+    strings: list[tuple[Path, bytes]] = []
     if smbios:
-        files = tuple(
-            (dest / f"smbios-{i}",
-             f"io.systemd.credential.binary:{c.name}=".encode() + base64.b64encode(c.value))
-            for i, c in enumerate(creds)
-        )  # fmt: skip
-        return GuestData(smbios=tuple(p for p, _ in files), files=files)
-    single, bundle = fwcfg_split(creds)
+        rest = []
+        used = 0
+        for c in creds:
+            s = smbios_string(c)
+            if used + len(s) + 1 <= SMBIOS_BUDGET:  # + its NUL
+                strings.append((dest / f"smbios-{len(strings)}", s))
+                used += len(s) + 1
+            else:
+                rest.append(c)
+        creds = rest
+        if not creds:
+            return GuestData(smbios=tuple(p for p, _ in strings), files=tuple(strings))
+    single, bundle = fwcfg_split(creds, FWCFG_SLOTS_Q35 if smbios else FWCFG_SLOTS)
     out: list[tuple[Path, bytes]] = []
     entries: list[FwCfg] = []
     for i, c in enumerate(single):
@@ -116,7 +148,22 @@ def plan(creds: Sequence[GuestCredential], run_dir: Path, *, smbios: bool) -> Gu
         n = i // CHUNK
         out.append((dest / f"bundle-{n:02d}", bundle[i : i + CHUNK]))
         entries.append(FwCfg(f"{BUNDLE_FWCFG}{n:02d}", out[-1][0]))
-    return GuestData(fw_cfg=tuple(entries), files=tuple(out))
+    return GuestData(fw_cfg=tuple(entries), smbios=tuple(p for p, _ in strings),
+                     files=(*strings, *out))  # fmt: skip
+
+
+NETWORK_FWCFG = "opt/mvm/network"  # the guest's network files (guest/network.sh); not secret
+
+
+def with_network(data: GuestData, config: bytes, run_dir: Path) -> GuestData:
+    """Add the guest's network files (one cpio archive) in the spare fw_cfg slot."""
+    if not config:
+        return data
+    if len(config) > CHUNK:
+        raise CredentialError("the guest's network configuration is too large")
+    path = run_dir / CREDS_DIR / "network.cpio"
+    return GuestData(fw_cfg=(*data.fw_cfg, FwCfg(NETWORK_FWCFG, path)), smbios=data.smbios,
+                     files=(*data.files, (path, config)))  # fmt: skip
 
 
 def write(data: GuestData) -> None:

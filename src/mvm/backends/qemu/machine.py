@@ -22,9 +22,9 @@ from mvm import proc
 from mvm.backends.base import Backend, Capabilities, LaunchError, Machine, RunStatus
 from mvm.backends.qemu import accel as accel_mod
 from mvm.backends.qemu import guestdata
-from mvm.backends.qemu.argv import MACHINE, QEMU, QemuOptions, build_argv
+from mvm.backends.qemu.argv import MACHINE, NETDEV, QEMU, QemuOptions, build_argv
 from mvm.backends.qemu.qmp import QmpSession
-from mvm.backends.spec import HostChannels, MachineSpec, RestoreSource
+from mvm.backends.spec import HostChannels, MachineSpec, PortForward, RestoreSource
 from mvm.errors import BackendError, HypervisorMissing
 from mvm.log import get_logger
 from mvm.state.procs import pid_alive, proc_start_time
@@ -114,6 +114,23 @@ class QemuMachine(Machine):
             self.incoming = None
         snapshot.wait_loaded(self, memory_mib)
 
+    def _hostfwd(self, command: str, success: str = "") -> None:
+        """QEMU 7.2 has no QMP command for user-network forwards: HMP through QMP
+        (its reply is text: empty when a rule was added, "… removed" when removed)."""
+        reply = self.session.command("human-monitor-command", 5.0, **{"command-line": command})
+        text = str(reply or "").strip()
+        if text and not (success and text.endswith(success)):
+            raise BackendError(f"QEMU refused the forward: {text.splitlines()[0]}")
+
+    def add_forward(self, forward: PortForward) -> None:
+        self._hostfwd(f"hostfwd_add {NETDEV} {forward.proto}:{forward.address}:{forward.host}"
+                      f"-:{forward.guest}")  # fmt: skip
+
+    def remove_forward(self, forward: PortForward) -> None:
+        self._hostfwd(
+            f"hostfwd_remove {NETDEV} {forward.proto}:{forward.address}:{forward.host}", "removed"
+        )
+
     def _answering(self) -> bool:
         if not self.session.sock.exists():  # not listening yet: no noisy failed connect
             return False
@@ -160,7 +177,7 @@ class QemuBackend(Backend):
     name = "qemu"
     machine_type = MACHINE  # recorded with snapshots (a restore needs the same machine)
     capabilities = Capabilities(
-        smbios=False, fw_cfg=True, snapshots=True, agent_transport="virtio-serial"
+        smbios=True, fw_cfg=True, snapshots=True, agent_transport="virtio-serial"
     )
 
     def version(self) -> str:
@@ -215,7 +232,8 @@ class QemuBackend(Backend):
         incoming_fd: int | None = None,
     ) -> tuple[list[str], guestdata.GuestData, accel_mod.AccelChoice]:
         choice = self.accel(spec)
-        data = guestdata.plan(spec.credentials, spec.run_dir, smbios=self.capabilities.smbios)
+        data = guestdata.plan(spec.credentials, spec.run_dir, smbios=spec.machine == "q35")
+        data = guestdata.with_network(data, spec.network.guest_config, spec.run_dir)
         opts = self.options(spec, choice)
         if spec.ram_file is not None:
             opts = replace(opts, mem_path=spec.ram_file, mem_share=True)

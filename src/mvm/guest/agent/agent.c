@@ -7,10 +7,10 @@
  * operations over the one port; stream 0 carries only hello.
  *
  * Privileges: /init starts this binary as root with no-new-privs; it drops to
- * the agent uid at once, keeping only CAP_SETUID/CAP_SETGID (and, when the
+ * the agent uid at once, keeping only CAP_SETUID/CAP_SETGID/CAP_KILL (and, when the
  * entrypoint itself is root, the rest of the bounding set as permitted-only
  * capabilities so commands exec'd as root are root).  With a rootless
- * entrypoint the bounding set is cut down to SETUID/SETGID before the drop.
+ * entrypoint the bounding set is cut down to those three before the drop.
  * Exec'd commands run as the entrypoint uid; an execve from a non-root uid
  * clears every capability.  File verbs use setfsuid/setfsgid so they see the
  * filesystem exactly as the entrypoint does.
@@ -259,7 +259,9 @@ static int set_caps(uint64_t effective, uint64_t permitted) {
 static void drop_privileges(void) {
     if (getuid() != 0) return; /* started unprivileged (tests, or an older /init) */
     setpriority(PRIO_PROCESS, 0, 0); /* /init's channel setup runs at nice 19: not us */
-    uint64_t need = (1ull << CAP_SETUID) | (1ull << CAP_SETGID);
+    /* SETUID/SETGID to run commands as the entrypoint uid; KILL to signal them once
+     * they run as that uid (no more power than SETUID already gives) */
+    uint64_t need = (1ull << CAP_SETUID) | (1ull << CAP_SETGID) | (1ull << CAP_KILL);
     uint64_t permitted = need;
     if (entry_uid == 0 && !sealed) {
         permitted = 0;
