@@ -84,8 +84,9 @@ def machine_spec(
                   ephemeral=image.accessible)  # fmt: skip
     # systemd guests always boot through the initramfs: it imports every credential
     # into /run/credentials/@system for PID 1 (docs/systemd.md)
-    systemd = image.meta.guest_init == "systemd"
-    direct = (kinfo.direct_boot and not systemd) or not image.initramfs.exists()
+    direct = (
+        kinfo.direct_boot and image.meta.guest_init != "systemd"
+    ) or not image.initramfs.exists()
     # PID 1: mvm's /init (/.mvm/init in an OCI image), or systemd for init = "systemd"
     init = SYSTEMD if image.meta.guest_init == "systemd" else image.meta.init_exec
     spec = MachineSpec(
