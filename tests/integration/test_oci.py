@@ -161,8 +161,13 @@ def test_docker_archive_and_oci_layout_give_the_same_guest(
 
 
 def test_mvm_toml_overrides_the_image_config(tmp_path: Path, images: dict[str, Path]) -> None:
-    extra = '[uids]\nentrypoint = 0\n[entrypoint]\ncommand = ["/bin/busybox", "sh", "-c", ' \
-        '"echo over uid=$(busybox id -u) pwd=$(busybox pwd) foo=$FOO"]\n'  # fmt: skip
+    """Also the other boot path: the Debian kernel's initramfs reads init= and switches to
+    /.mvm/init (the default mvm kernel boots it directly)."""
+    extra = (
+        'kernel = "debian"\n[uids]\nentrypoint = 0\n[entrypoint]\n'
+        'command = ["/bin/busybox", "sh", "-c", '
+        '"echo over uid=$(busybox id -u) pwd=$(busybox pwd) foo=$FOO"]\n'
+    )
     proj = _project(tmp_path, images, "oci-archive", extra)
     res = _run(proj, "oci-over")
     assert res.returncode == 0, res.stdout + res.stderr

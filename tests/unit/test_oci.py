@@ -221,3 +221,28 @@ def test_image_without_a_project_gets_a_name_and_an_unconfined_path(tmp_path: Pa
     assert (
         image_name(parse_image_ref("docker://x/_._", tmp_path, confine=True, what="i")) == "image"
     )
+
+
+def test_layer_entries_that_climb_out_or_are_devices_are_refused() -> None:
+    import tarfile
+
+    def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+        m = tarfile.TarInfo(name)
+        m.type, m.linkname = kind, link
+        return m
+
+    for fine in ("a/b", "./a/../b", "/abs/path", "a/..", "dev/null"):
+        oci._check_member(member(fine), "img", "l")
+    oci._check_member(member("dev/console", tarfile.CHRTYPE), "img", "l")  # under /dev: hidden
+    oci._check_member(member("x", tarfile.SYMTYPE, link="/../../etc"), "img", "l")  # in-root
+    for bad, kind, link, needle in (
+        ("../x", tarfile.REGTYPE, "", "path traversal"),
+        ("a/../../x", tarfile.REGTYPE, "", "path traversal"),
+        ("/../x", tarfile.REGTYPE, "", "path traversal"),
+        ("h", tarfile.LNKTYPE, "../../etc/shadow", "hard link"),
+        ("null", tarfile.CHRTYPE, "", "device node"),
+        ("sda", tarfile.BLKTYPE, "", "device node"),
+        ("dev", tarfile.CHRTYPE, "", "device node"),
+    ):
+        with pytest.raises(BuildError, match=needle):
+            oci._check_member(member(bad, kind, link), "img", "l")
