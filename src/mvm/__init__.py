@@ -8,7 +8,8 @@ not use.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # not `from typing`: importing typing costs `mvmctl exec` start-up
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,9 @@ _EXPORTS = {
     "RegistryError": "mvm.errors",
     "IntegrityError": "mvm.errors",
     "TrustError": "mvm.errors",
+    "VarsError": "mvm.errors",
+    "SnapshotError": "mvm.errors",
+    "NetworkError": "mvm.errors",
     "LaunchError": "mvm.backends.base",
     "DriveFile": "mvm.drives",
     "VolumeSpec": "mvm.drives",
@@ -50,6 +54,14 @@ _EXPORTS = {
     "resume": "mvm.runtime.vm",
     "ImageMeta": "mvm.image.meta",
     "MachineSpec": "mvm.backends.spec",
+    "AgentError": "mvm.errors",
+    "ProtocolError": "mvm.errors",
+    "exec": "mvm.runtime.guest",
+    "guest_status": "mvm.runtime.guest",
+    "read_file": "mvm.runtime.guest",
+    "write_file": "mvm.runtime.guest",
+    "list_dir": "mvm.runtime.guest",
+    "connect_agent": "mvm.runtime.guest",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -60,6 +72,8 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 _RENAMED = {
     "build_image": "build",
     "get_vm": "get",
+    "guest_status": "status",
+    "connect_agent": "connect",
 }  # exported under a name that says what it builds
 
 
@@ -76,11 +90,14 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from mvm.backends.base import LaunchError
     from mvm.backends.spec import MachineSpec
     from mvm.config import GuestSpec, Project, load_project
     from mvm.drives import DriveFile, VolumeSpec
     from mvm.errors import (
+        AgentError,
         BackendError,
         BuildError,
         ConfigError,
@@ -92,16 +109,23 @@ if TYPE_CHECKING:
         IntegrityError,
         MetadataError,
         MvmError,
+        NetworkError,
         NotFoundError,
+        ProtocolError,
         RegistryError,
+        SnapshotError,
         StateError,
         TemplateError,
         TrustError,
+        VarsError,
     )
     from mvm.image.builder import Image
     from mvm.image.builder import build as build_image
     from mvm.image.meta import ImageMeta
     from mvm.runtime.config import RunConfig
+    from mvm.runtime.guest import connect as connect_agent
+    from mvm.runtime.guest import exec, list_dir, read_file, write_file
+    from mvm.runtime.guest import status as guest_status
     from mvm.runtime.vm import Vm, down, list_vms, pause, resume, up, wait
     from mvm.runtime.vm import get as get_vm
     from mvm.secrets.credentials import Credential

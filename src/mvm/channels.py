@@ -9,7 +9,9 @@ is what reads and writes them, so the guest protocol lives here once:
 * **status** — the guest appends ``exit N`` when its entrypoint ends;
 * **control** — the host writes ``poweroff`` and the guest's PID 1 stops its
   services (SIGTERM, up to 5 s), syncs, remounts data volumes read-only and
-  powers off.  Its host end is always connected (a pipe), so the guest can
+  powers off; or a root operation (``remount``, ``identity``, ``reseed``,
+  ``restart``, ``ping``: :func:`control_request`, docs/snapshots.md), which
+  the guest answers on the same port.  Its host end is always connected (a pipe), so the guest can
   block on it from boot;
 * **agent** — a stream socket the host connects to whenever it likes (the
   agent tolerates late connections and reconnects);
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -56,6 +59,82 @@ def request_poweroff(ch: HostChannels) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+ROOT_VERBS = ("ping", "remount", "identity", "reseed", "restart")
+
+
+def control_request(ch: HostChannels, verb: str, *args: str, timeout: float = 30.0) -> None:
+    """Ask the guest's PID 1 for one root operation and wait for its answer."""
+    control_requests(ch, [(verb, args)], timeout=timeout)
+
+
+def control_requests(
+    ch: HostChannels, requests: list[tuple[str, tuple[str, ...]]], *, timeout: float = 30.0
+) -> dict[str, float]:
+    """Send root operations to the guest's PID 1 in one write (it runs them in order)
+    and wait for every answer; return the seconds until each verb's answer.
+
+    A request is one line ``VERB ID ARGS…``; the guest answers ``ID ok`` or
+    ``ID err REASON`` on the same port (docs/snapshots.md).  Arguments are
+    checked here to be single printable words (the guest checks again).
+    Lines with other ids (answers nobody waited for) are skipped.  The first
+    failure raises (the verbs after it may still have run).
+    """
+    if ch.control_reply is None:
+        raise BackendError("this hypervisor has no control reply channel")
+    ids: dict[str, str] = {}
+    lines = []
+    for verb, args in requests:
+        if verb not in ROOT_VERBS:
+            raise BackendError(f"unknown control verb {verb!r}")
+        for a in args:
+            if not a or not a.isprintable() or any(c.isspace() for c in a):
+                raise BackendError(f"control {verb}: bad argument")
+        rid = os.urandom(6).hex()
+        ids[rid] = verb
+        lines.append(" ".join((verb, rid, *args)) + "\n")
+    answered: dict[str, float] = {}
+    t0 = time.monotonic()
+    rfd = os.open(ch.control_reply, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        wfd = os.open(ch.control, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            os.write(wfd, "".join(lines).encode())
+        finally:
+            os.close(wfd)
+        deadline = t0 + timeout
+        buf = b""
+        while len(answered) < len(ids):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waiting = [v for r, v in ids.items() if ids[r] not in answered]
+                raise BackendError(f"the guest did not answer {waiting[0]} within {timeout:.0f}s")
+            r, _, _ = select.select([rfd], [], [], min(left, 0.5))
+            if not r:
+                continue
+            try:
+                chunk = os.read(rfd, 4096)
+            except BlockingIOError:
+                continue
+            if not chunk:  # no writer right now (QEMU holds it open O_RDWR; be patient)
+                time.sleep(0.01)
+                continue
+            buf += chunk
+            *done, buf = buf.split(b"\n")
+            for line in done:
+                rid, _, rest = line.decode(errors="replace").partition(" ")
+                if rid not in ids:
+                    continue
+                if rest != "ok":
+                    reason = rest[4:] if rest.startswith("err ") else rest
+                    raise BackendError(f"guest {ids[rid]} failed: {reason[:200]}")
+                answered[ids[rid]] = time.monotonic() - t0
+    except OSError as exc:
+        raise BackendError(f"control request: {exc.strerror or exc}") from exc
+    finally:
+        os.close(rfd)
+    return answered
 
 
 def _connect(

@@ -10,12 +10,15 @@ escape un-wrapped.  Wrap with ``raise SomeError(...) from exc`` at the seam.
     ├── BuildError           image build failed (kernel fetch, packages, mkfs…)
     │   └── DiskFullError    ran out of space while building
     ├── BackendError         the hypervisor failed to start or answer
-    │   └── HypervisorMissing  qemu-system-x86_64 not installed
+    │   ├── HypervisorMissing  qemu-system-x86_64 not installed
+    │   └── AgentError       the guest agent refused, failed or is unreachable
+    │       └── ProtocolError  the guest agent sent something invalid
     ├── StateError           VM/template records: conflicts and lookups
     │   ├── NotFoundError    unknown VM or template
     │   └── ConflictError    name already in use / wrong lifecycle state
     ├── DriveError           --volume / drive images are invalid
     ├── CredentialError      credentials invalid or too large
+    ├── VarsError            generated vars: a generator failed, a var is missing, a bundle is bad
     ├── MetadataError        an image's revision.json is malformed or of an unknown schema
     ├── TemplateError        template records and revisions
     └── RegistryError        push/pull/verify against a registry
@@ -66,6 +69,14 @@ class HypervisorMissing(BackendError):
     """The hypervisor binary is not installed."""
 
 
+class AgentError(BackendError):
+    """The guest agent is unreachable, refused a request or reported a failure."""
+
+
+class ProtocolError(AgentError):
+    """The guest agent (or the sidecar) sent a frame or message that is not valid."""
+
+
 class StateError(MvmError):
     """A VM or template record is inconsistent with the request."""
 
@@ -90,6 +101,18 @@ class CredentialError(MvmError):
     exit_code = 2
 
 
+class VarsError(MvmError):
+    """A generator failed or produced the wrong files, a var is missing or cannot be
+    decrypted, or an export bundle is malformed (messages name vars, never values)."""
+
+
+class NetworkError(MvmError):
+    """A network setting (preset, allow rule, secret binding, forward) is invalid,
+    or the VM's egress proxy could not start."""
+
+    exit_code = 2
+
+
 class MetadataError(MvmError):
     """An image's ``revision.json`` is malformed, or written for a schema this mvm
     does not know (it names the file and the key)."""
@@ -109,3 +132,7 @@ class IntegrityError(RegistryError):
 
 class TrustError(IntegrityError):
     """Trust is configured and a revision is unsigned or its signer is not trusted."""
+
+
+class SnapshotError(MvmError):
+    """A snapshot cannot be saved, or cannot be restored on this host (mismatch, damage)."""

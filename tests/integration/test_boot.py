@@ -60,6 +60,16 @@ command = ["python3", "-c", "import os, sys; print('py-ok', sys.version_info[0],
 [entrypoint]
 command = ["/bin/sh", "-c", "echo srv-ready; mkdir -p /tmp/w; echo hi-from-guest > /tmp/w/index.html; exec httpd -f -p 8080 -h /tmp/w"]
 """,
+    "probe": """name = "probe"
+[entrypoint]
+command = ["/bin/sh", "-c", "cat /proc/mounts; echo cmdline=$(cat /proc/cmdline); echo init-args=[$(tr '\\\\0' ' ' < /proc/1/cmdline | cut -d' ' -f3-)]; uname -r"]
+""",
+    # the Debian cloud kernel stays covered: modular virtio through mvm's initramfs
+    "debian": """name = "debian"
+kernel = "debian"
+[entrypoint]
+command = ["/bin/sh", "-c", "echo deb-out uid=$(id -u) kernel=$(uname -r) args=$#; touch /x 2>/dev/null || echo rootfs-ro; exit 3"]
+""",
     "short": """name = "short"
 [entrypoint]
 command = ["/bin/sh", "-c", "sleep 1; echo short-done; exit 5"]
@@ -127,10 +137,40 @@ def test_revision_metadata(home: Path, projects: dict[str, Path]) -> None:
     assert rev["sealed"] is True and rev["accessible"] is False
     assert rev["entrypointKind"] == "command"
     assert rev["uids"] == {"agent": 990, "entrypoint": 1000} and rev["rootlessEntrypoint"]
-    assert rev["agentBinary"] == "stub" and rev["expectedBootMs"] > 0
+    assert (
+        rev["agentBinary"] == "real"
+        and "agent" in rev["guestFeatures"]
+        and rev["expectedBootMs"] > 0
+    )
     assert set(rev["checksums"]) == {"kernel", "initramfs.cpio", "rootfs.ext4"}
+    # the default kernel is mvm's own: booted straight from the rootfs, no KASLR
+    assert rev["kernel"]["version"].endswith("-mvm")
+    assert rev["kernel"]["boot"] == "direct" and rev["kernel"]["kaslr"] is False
+    assert rev["sizes"]["initramfs.cpio"] == 0
     shell = json.loads(mvmctl("build", str(projects["shell"]), "--json").stdout)
     assert shell["accessible"] is True and shell["uids"]["entrypoint"] == 0
+    deb = json.loads(mvmctl("build", str(projects["debian"]), "--json").stdout)
+    assert "boot" not in deb["kernel"] and deb["sizes"]["initramfs.cpio"] > 1_000_000
+
+
+def test_debian_kernel_still_boots(home: Path, projects: dict[str, Path]) -> None:
+    res = run_attached(projects["debian"], "--name", "deb1")
+    assert res.returncode == 3, res.stderr
+    assert "deb-out uid=1000 kernel=6.1.0-" in res.stdout and "-cloud-amd64" in res.stdout
+    assert "rootfs-ro" in res.stdout
+
+
+def test_mvm_kernel_direct_boot(home: Path, projects: dict[str, Path]) -> None:
+    """No initramfs: the kernel mounted the rootfs read-only and devtmpfs, /init
+    mounted proc and sys; no stray kernel argument reached init (`nokaslr`)."""
+    res = run_attached(projects["probe"], "--name", "probe1")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "-mvm" not in out  # uname -r is the plain release
+    assert "/dev/root / ext4 ro" in out and "devtmpfs /dev devtmpfs" in out
+    assert " /proc proc " in out and " /sys sysfs " in out
+    assert "init-args=[]" in out  # nothing but the script itself
+    assert "root=/dev/vda" in out and "nokaslr" not in out
 
 
 def test_shell_entrypoint_through_a_pty(home: Path, projects: dict[str, Path]) -> None:

@@ -254,6 +254,9 @@ def test_two_builds_from_scratch_are_byte_identical_and_private(
     a, b = images
     assert a.input_hash == b.input_hash
     assert digests(a) == digests(b)
+    # the contents manifest (for `mvmctl update`'s diff) is as reproducible as the image
+    assert (a.path / "contents.json").read_bytes() == (b.path / "contents.json").read_bytes()
+    assert '"/usr/bin/hello"' in (a.path / "contents.json").read_text()
     volatile = ("createdAt", "buildSeconds")
     assert {k: v for k, v in a.revision.items() if k not in volatile} == {
         k: v for k, v in b.revision.items() if k not in volatile

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mvm.backends.qemu.argv import QemuOptions
+from mvm.backends.qemu.argv import TB_SIZE_MIB, QemuOptions
 from mvm.backends.qemu.argv import build_argv as _build_argv
 from mvm.backends.qemu.argv import kernel_cmdline as _kernel_cmdline
 from mvm.backends.qemu.guestdata import FwCfg, GuestData
@@ -17,7 +17,7 @@ def Drive(path: Path, readonly: bool = True, snapshot: bool = False) -> Disk:
 
 def cfg(**kw: object) -> tuple[MachineSpec, QemuOptions, GuestData]:
     """The old flat MachineConfig's fields, split into spec, QEMU options and guest data."""
-    opts = {k: kw.pop(k) for k in ("accel", "tsc_khz") if k in kw}
+    opts = {k: kw.pop(k) for k in ("accel", "tsc_khz", "tb_size_mib", "balloon") if k in kw}
     data = {k: kw.pop(k) for k in ("fw_cfg",) if k in kw}
     net = NetworkSpec(egress=bool(kw.pop("network", False)),
                       forwards=tuple(kw.pop("ports", ())))  # type: ignore[arg-type]  # fmt: skip
@@ -46,7 +46,7 @@ def test_fast_microvm_settings() -> None:
     argv = build_argv(cfg(tsc_khz=2_600_000))
     assert argv[0] == "qemu-system-x86_64"
     assert opt(argv, "-M") == ["microvm,isa-serial=on,rtc=on"]
-    assert opt(argv, "-accel") == ["tcg"]
+    assert opt(argv, "-accel") == [f"tcg,tb-size={TB_SIZE_MIB}"]
     line = opt(argv, "-append")[0]
     assert "lpj=10400000 tsc_early_khz=2600000" in line
     assert "console=ttyS0" in line and "nokaslr" in line
@@ -97,3 +97,38 @@ def test_control_channels() -> None:
         assert f"name={name}" in argv
     assert "logfile=/run/vm1/console.log" in argv
     assert "unix:/run/vm1/qmp.sock" in argv
+
+
+def test_kernel_without_kaslr_gets_no_nokaslr() -> None:
+    """A kernel without RANDOMIZE_BASE would pass `nokaslr` to init as an argument."""
+    assert "nokaslr" in kernel_cmdline(cfg()).split()
+    assert "nokaslr" not in kernel_cmdline(cfg(kaslr=False)).split()
+
+
+def test_direct_boot_mounts_the_rootfs_from_the_kernel() -> None:
+    line = kernel_cmdline(cfg(initramfs=None, init="/.mvm/init")).split()
+    assert "root=/dev/vda" in line and "rootfstype=ext4" in line and "ro" in line
+    assert "init=/.mvm/init" in line
+    rw = kernel_cmdline(cfg(initramfs=None, drives=(Drive(Path("/r"), readonly=False),)))
+    assert "rw" in rw.split() and "ro" not in rw.split()
+    assert "-initrd" not in build_argv(cfg(initramfs=None))
+    with_initrd = kernel_cmdline(cfg())
+    assert "root=" not in with_initrd and "init=" not in with_initrd
+    # an OCI image's init with an initramfs: the initramfs reads init= and switches to it
+    oci = kernel_cmdline(cfg(init="/.mvm/init")).split()
+    assert "init=/.mvm/init" in oci and not any(p.startswith("root=") for p in oci)
+
+
+def test_tcg_translation_buffer_is_bounded_and_kvm_has_none() -> None:
+    assert opt(build_argv(cfg(tb_size_mib=64)), "-accel") == ["tcg,tb-size=64"]
+    assert opt(build_argv(cfg(tb_size_mib=None)), "-accel") == ["tcg"]
+    assert opt(build_argv(cfg(accel="kvm", tb_size_mib=64)), "-accel") == ["kvm"]
+
+
+def test_balloon_reports_free_pages_to_the_host() -> None:
+    balloon = "virtio-balloon-device,free-page-reporting=on"
+    assert balloon in opt(build_argv(cfg()), "-device")
+    assert balloon not in opt(build_argv(cfg(balloon=False)), "-device")
+    # it does not shift the disks: the guest's vda, vdb… follow spec.disks
+    devs = opt(build_argv(cfg()), "-device")
+    assert devs[0].startswith("virtio-blk-device,drive=vd0")

@@ -38,6 +38,12 @@ def test_toml_blocks_validate(tmp_path: Path, where: str, block: str) -> None:
         return
     for c in raw.get("copy", []):  # the project's own files: present in a real project
         (tmp_path / c["from"]).mkdir(parents=True, exist_ok=True)
+    image = raw.get("image", "")
+    if image.startswith(("oci-archive:", "docker-archive:")):  # an image archive, likewise
+        (tmp_path / image.split(":", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / image.split(":", 1)[1]).write_bytes(b"")
+    elif image.startswith("oci:"):
+        (tmp_path / image.split(":")[1]).mkdir(parents=True, exist_ok=True)
     spec = parse_spec(raw, tmp_path / "mvm.toml")
     assert spec.name, where
 

@@ -76,7 +76,8 @@ _DELETE = object()
 @pytest.mark.parametrize(
     ("path", "value", "needle"),
     [
-        ("schema", 2, "unsupported schema 2"),
+        ("schema", 3, "unsupported schema 3"),
+        ("schema", 2, "initPath: is set exactly on schema 2"),
         ("schema", True, "unsupported schema"),
         ("schema", _DELETE, "unsupported schema None"),
         ("name", "app\n", "name: invalid value"),
@@ -151,3 +152,19 @@ def test_load_refuses_fifos_huge_files_and_names_the_file(tmp_path: Path) -> Non
     link.symlink_to("/dev/zero")
     with pytest.raises(MetadataError, match=str(link)):
         meta.load(link)
+
+
+def test_kernel_boot_properties_round_trip_and_are_checked() -> None:
+    """The mvm kernel records how it boots (no initramfs, no KASLR); older
+    revisions without the keys mean the Debian way."""
+    data = builder_revision()
+    m = ImageMeta.from_json(copy.deepcopy(data), "x")
+    assert m.kernel.kaslr is None and not m.kernel.direct_boot
+    data["kernel"].update(kaslr=False, boot="direct")
+    m = ImageMeta.from_json(copy.deepcopy(data), "x")
+    assert m.to_json() == data and m.kernel.direct_boot and m.kernel.kaslr is False
+    for key, bad in (("kaslr", "no"), ("boot", "pxe"), ("extra", 1)):
+        broken = copy.deepcopy(data)
+        broken["kernel"][key] = bad
+        with pytest.raises(MetadataError, match="kernel"):
+            ImageMeta.from_json(broken, "x")

@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Literal
 
 from mvm import channels
-from mvm.backends.spec import HostChannels, MachineSpec
+from mvm.backends.spec import HostChannels, MachineSpec, PortForward, RestoreSource
 from mvm.errors import BackendError
 from mvm.state.procs import pid_alive, proc_start_time
 
@@ -92,6 +92,23 @@ class Machine(abc.ABC):
 
     def launch_error(self, message: str) -> LaunchError:
         return LaunchError(message, command=[])
+
+    def snapshot(self, state: Path, *, memory_mib: int, shared_ram: bool) -> None:
+        """Pause the guest and save its full state into the new file ``state``
+        (the guest stays paused: resume it or stop it).  ``shared_ram``: the RAM is
+        left in its file (the VM was launched with ``MachineSpec.ram_file``)."""
+        raise BackendError(f"{self.backend.name} cannot save snapshots")
+
+    def wait_restored(self, memory_mib: int) -> None:
+        """After a launch with ``restore``: wait until the state is loaded (guest paused)."""
+        raise BackendError(f"{self.backend.name} cannot restore snapshots")
+
+    def add_forward(self, forward: PortForward) -> None:
+        """Forward a host port to the running guest (``mvmctl forward``)."""
+        raise BackendError(f"the {self.backend.name} backend cannot add port forwards")
+
+    def remove_forward(self, forward: PortForward) -> None:
+        raise BackendError(f"the {self.backend.name} backend cannot remove port forwards")
 
     # -- shared lifecycle ----------------------------------------------------------------------
 
@@ -186,8 +203,12 @@ class Backend(abc.ABC):
         """What would be run for ``spec`` (pure; ``--show-command`` prints it)."""
 
     @abc.abstractmethod
-    def launch(self, spec: MachineSpec) -> Machine:
-        """Write the hypervisor's inputs into ``spec.run_dir`` and start it (not waiting)."""
+    def launch(self, spec: MachineSpec, restore: RestoreSource | None = None) -> Machine:
+        """Write the hypervisor's inputs into ``spec.run_dir`` and start it (not waiting).
+
+        With ``restore`` the guest is not booted: its saved state is loaded (``spec``
+        must describe the same devices it was saved with) and stays paused until
+        :meth:`Machine.resume` (after :meth:`Machine.wait_restored`)."""
 
     @abc.abstractmethod
     def channels(self, run_dir: Path) -> HostChannels: ...

@@ -73,15 +73,33 @@ class GuestCredential:
 
 
 @dataclass(frozen=True)
+class GuestForward:
+    """A TCP port on ``NetworkSpec.guest_ip`` that the guest can connect to; each
+    connection is handed to a new ``command`` on the host (stdin/stdout = the
+    connection).  This is how the egress proxy is reached: nothing else leaves."""
+
+    port: int
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
-    """The guest's network: egress on or off, and forwards from the host."""
+    """The guest's network: unrestricted egress on or off, forwards from the host,
+    and the proxy's guest-visible endpoints with the files the guest's network
+    setup reads (resolv.conf, hosts, proxy environment, CA; not secret)."""
 
     egress: bool = False
     forwards: tuple[PortForward, ...] = ()
+    device: bool = (
+        False  # a NIC even without egress or forwards (a snapshot's restores may forward)
+    )
+    guest_ip: str = ""
+    guest_forwards: tuple[GuestForward, ...] = ()
+    guest_config: bytes = field(default=b"", repr=False)
 
     @property
     def enabled(self) -> bool:
-        return self.egress or bool(self.forwards)
+        return self.device or self.egress or bool(self.forwards) or bool(self.guest_forwards)
 
 
 @dataclass(frozen=True)
@@ -91,7 +109,7 @@ class MachineSpec:
     name: str
     run_dir: Path
     kernel: Path
-    initramfs: Path | None
+    initramfs: Path | None  # None: the kernel mounts disks[0] itself and runs ``init``
     disks: tuple[Disk, ...]  # disks[0] is the rootfs
     vcpus: int = 1
     memory_mib: int = 256
@@ -101,6 +119,13 @@ class MachineSpec:
     channels: tuple[str, ...] = CHANNELS
     # host files holding secrets (drive images) to remove once the hypervisor has opened them
     scrub: tuple[Path, ...] = ()
+    # the kernel has RANDOMIZE_BASE (takes `nokaslr`); a kernel without it would hand
+    # an unknown `nokaslr` to init as an argument
+    kaslr: bool = True
+    init: str = "/init"  # PID 1 in the rootfs (direct boot: the kernel runs it)
+    # guest RAM in this (existing, sparse) file, shared: the VM can be snapshotted with its
+    # memory left in the file for clones to map (docs/snapshots.md)
+    ram_file: Path | None = None
     machine: str = "microvm"  # "microvm" | "q35" (a backend may refuse what it lacks)
 
     @property
@@ -113,7 +138,19 @@ class HostChannels:
     """Where the host ends of the guest channels are (see :mod:`mvm.channels`)."""
 
     status: Path  # a file the guest appends ``exit N`` to
-    control: Path  # a stream the host writes requests to (``poweroff``)
+    control: Path  # a stream the host writes requests to (``poweroff``, root operations)
     agent: Path  # a Unix socket the host connects to
     console: Path  # a Unix socket: the serial console
     console_log: Path
+    control_reply: Path | None = None  # where the guest answers control requests (a FIFO)
+
+
+@dataclass(frozen=True)
+class RestoreSource:
+    """A saved VM state to start from instead of booting: ``state`` is the backend's
+    state stream; ``ram`` the guest RAM file that clones map copy-on-write (None when
+    the RAM is inside the stream)."""
+
+    state: Path
+    ram: Path | None = None
+    ram_object: bool = False  # the saved VM's RAM was a memory object (stream holds it)

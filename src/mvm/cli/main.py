@@ -19,7 +19,15 @@ from mvm import __version__
 class Group(click.Group):
     """Lists commands in the order they were added (lifecycle order, not alphabetical)."""
 
-    lazy = {"template": "mvm.cli.template_cmds"}  # imported only when used (or listed)
+    # imported only when used (or listed)
+    lazy = {
+        "template": "mvm.cli.template_cmds",
+        "exec": "mvm.cli.agent_cmds",
+        "console": "mvm.cli.agent_cmds",
+        "cp": "mvm.cli.agent_cmds",
+        "vars": "mvm.cli.vars_cmds",
+        "systemd": "mvm.cli.systemd_cmds",
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         for name in self.lazy:
@@ -51,7 +59,8 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point: run the CLI, mapping errors to exit codes."""
-    from mvm.cli import build_cmds, vm_cmds  # noqa: F401 - registers commands (template: lazily)
+    # registers commands (template, vars, systemd: lazily)
+    from mvm.cli import build_cmds, manage_cmds, vm_cmds  # noqa: F401
 
     # Everything mvmctl creates (MVM_HOME, the cache, images, drives, logs) is private to
     # its owner; modules also set modes explicitly, for library users with another umask.

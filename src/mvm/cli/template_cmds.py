@@ -126,11 +126,24 @@ def init(name: str, local: bool, directory: str | None) -> None:
 @NAME
 @_settings_options
 @click.option("--role", default="worker", show_default=True, help="worker or gateway.")
+@click.option("--image", "image_ref", metavar="REF",
+              help="Build from an OCI image instead of a project: oci-archive:PATH, "
+                   "docker-archive:PATH, oci:DIR[:TAG] or docker://NAME (a local image is "
+                   "copied into MVM_HOME).")  # fmt: skip
 def create(name: str, flake: str, profile: str, cpus: int | None, mem: int | None,
-           data_disk: int | None, role: str) -> None:  # fmt: skip
-    """Register template NAME built from a project directory."""
-    from mvm.templates import store
+           data_disk: int | None, role: str, image_ref: str | None) -> None:  # fmt: skip
+    """Register template NAME built from a project directory (or an OCI image)."""
+    from mvm.errors import ConfigError, ConflictError
+    from mvm.templates import scaffold, store
 
+    if image_ref:
+        if flake != "." or profile != "default":
+            raise ConfigError("--image makes its own project: --flake and --profile do not apply")
+        if store.exists(name):
+            raise ConflictError(
+                f"template {name!r} already exists", hint="use `mvmctl template edit`"
+            )
+        flake = str(scaffold.image_project(name, image_ref))
     t = store.create(name, _settings(flake, profile, role, cpus, mem, data_disk))
     click.echo(f"{name}: created ({t.settings.role}, {t.settings.flake}); "
                f"next: mvmctl template build {name}")  # fmt: skip
@@ -155,11 +168,19 @@ def create_multi(name: str, flake: str, profile: str, cpus: int | None, mem: int
 @template.command("build")
 @NAME
 @click.option("--force", is_flag=True, help="Rebuild the image even if cached.")
-def build(name: str, force: bool) -> None:
+@click.option("--snapshot", is_flag=True,
+              help="Also boot it, wait until its ports answer and save the ready VM with the "
+                   "revision: `up --template` then restores instead of booting.")  # fmt: skip
+def build(name: str, force: bool, snapshot: bool) -> None:
     """Build NAME; a new revision appears only when its inputs changed."""
     from mvm.templates.build import build as do_build
 
-    r = do_build(name, force=force)
+    hook = None
+    if snapshot:
+        from mvm.runtime.templates import snapshot_into
+
+        hook = snapshot_into
+    r = do_build(name, force=force, snapshot=hook)
     if r.created:
         click.echo(f"{name}: built revision {r.revision} ({r.seconds:.1f}s)")
     else:

@@ -20,7 +20,28 @@ def _run_options(f: Any) -> Any:
                      help="Forward HOST (on 127.0.0.1 unless ADDR is given) to the guest's "
                           "GUEST port; /udp for UDP (repeatable)."),
         click.option("--net/--no-net", "network", default=None,
-                     help="Give the guest outbound network (default: off)."),
+                     help="Alias of --network-preset open (unrestricted egress) / none."),
+        click.option("--network-preset", type=click.Choice(["none", "dev", "agent", "open"]),
+                     help="Egress policy (default: mvm.toml's, else none). dev: package "
+                          "registries and code hosting; agent: dev plus model APIs; "
+                          "see docs/network.md."),
+        click.option("--network-allow", multiple=True, metavar="HOST[:PORT]",
+                     help="Also allow HOST (ports 80 and 443 unless PORT); *.example.com "
+                          "for subdomains (repeatable)."),
+        click.option("--network-allow-cidr", multiple=True, metavar="ADDR/PREFIX",
+                     help="Allow an IP range (repeatable)."),
+        click.option("--add-host", "add_hosts", multiple=True, metavar="NAME:IP",
+                     help="Resolve NAME to IP (for the guest and the proxy; repeatable)."),
+        click.option("--secret", "secrets", multiple=True,
+                     metavar="KEY[=VALUE|@FILE]:HOST[,HOST][:HEADER]",
+                     help="Bind a secret to hosts: the guest sees a placeholder, the egress "
+                          "proxy sends the value (Authorization: Bearer, or HEADER) only to "
+                          "HOST (repeatable)."),
+        click.option("--secret-mode", type=click.Choice(["proxy", "drive"]), default=None,
+                     help="proxy (default): the value never enters the guest; drive: the "
+                          "value is on the secrets drive (mvm-secrets/KEY)."),
+        click.option("--add-ca", type=click.Path(dir_okay=False), metavar="PEM",
+                     help="Also trust PEM for upstream servers the proxy talks TLS to."),
         click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST_DIR:/PATH[:SIZE]",
                      help="Attach HOST_DIR at /mnt/config (read-only, 0444), /mnt/secrets "
                           "(read-only, 0400) or, with a SIZE, as a persistent data volume "
@@ -40,7 +61,8 @@ def _run_options(f: Any) -> Any:
 
 def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tuple[str, ...],
                 network: bool | None, volumes: tuple[str, ...], credentials: tuple[str, ...],
-                attached: bool, machine: str | None = None) -> Any:  # fmt: skip
+                attached: bool, net: dict[str, Any] | None = None,
+                machine: str | None = None) -> Any:  # fmt: skip
     """Parse -v and --credential before anything is built or started."""
     from mvm.drives import parse_volume
     from mvm.runtime.config import RunConfig, parse_port
@@ -52,19 +74,33 @@ def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tupl
         name=name, cpus=cpus, memory_mib=mem, attached=attached, ports=list(ports),
         network=network, volumes=[parse_volume(v) for v in volumes],
         credentials=[parse_credential(c, i) for i, c in enumerate(credentials, 1)],
+        **_net_config(net or {}),
         machine=machine,
     )  # fmt: skip
 
 
-def _project_run(path: str | None, run_cfg: Any) -> Any:
+def _net_config(net: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "network_preset": net.get("network_preset"),
+        "network_allow": list(net.get("network_allow", ())),
+        "network_allow_cidr": list(net.get("network_allow_cidr", ())),
+        "add_hosts": list(net.get("add_hosts", ())),
+        "secrets": list(net.get("secrets", ())),
+        "secret_mode": net.get("secret_mode"),
+        "add_ca": net.get("add_ca"),
+    }
+
+
+def _project_run(path: str | None, run_cfg: Any, image_ref: str | None = None) -> Any:
     from mvm.config import load_project
+    from mvm.config.loader import image_project
     from mvm.image.builder import build
     from mvm.runtime.resolve import RuntimeDefaults, resolve
 
-    project = load_project(path)
+    project = image_project(image_ref) if image_ref else load_project(path)
     image = build(project)
     return resolve(image, run_cfg, RuntimeDefaults.from_spec(project.spec),
-                   source=str(project.root))  # fmt: skip
+                   source=image_ref or str(project.root))  # fmt: skip
 
 
 def _template_run(name: str, run_cfg: Any) -> Any:
@@ -75,7 +111,8 @@ def _template_run(name: str, run_cfg: Any) -> Any:
     return resolve(image, run_cfg, defaults, source=f"template:{name}", revision=rev)
 
 
-def _launch(resolved: Any, show_command: bool) -> Any:
+def _launch(resolved: Any, show_command: bool, cold: bool = True) -> Any:
+    """Start ``resolved``: restored from its template's snapshot unless ``cold``."""
     from mvm.runtime import start
 
     if show_command:
@@ -83,20 +120,49 @@ def _launch(resolved: Any, show_command: bool) -> Any:
 
         click.echo(printable(start.show_command(resolved)))
         sys.exit(0)
-    return start.start(resolved)
+    restore = None
+    if not cold:
+        from mvm.runtime.templates import template_restore
+
+        restore = template_restore(resolved.image)
+    return start.start(resolved, restore=restore)
+
+
+COLD = click.option(
+    "--cold", is_flag=True, help="Boot even if the template has a snapshot (default: restore it)."
+)
+
+
+IMAGE_HELP = (
+    "Boot an OCI image without a project: oci-archive:PATH, docker-archive:PATH, "
+    "oci:DIR[:TAG] or docker://NAME[:TAG] (see docs/oci.md)."
+)
 
 
 @cli.command()
 @click.argument("path", required=False)
 @click.option("--attached", is_flag=True, help="Stream the console; Ctrl-C stops the VM.")
+@click.option("--image", "image_ref", metavar="REF", help=IMAGE_HELP)
+@click.option("--template", "template", help="Run the current revision of a template.")
+@COLD
 @_run_options
-def run(path: str | None, attached: bool, name: str | None, cpus: int | None, mem: int | None,
+def run(path: str | None, attached: bool, image_ref: str | None, template: str | None,
+        cold: bool, name: str | None, cpus: int | None, mem: int | None,
         ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
-        credentials: tuple[str, ...], machine: str | None, show_command: bool) -> None:  # fmt: skip
-    """Build PATH (if needed) and boot it; detached unless --attached."""
-    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, attached,
-                          machine)  # fmt: skip
-    started = _launch(_project_run(path, run_cfg), show_command)
+        credentials: tuple[str, ...], machine: str | None, show_command: bool,
+        **net: Any) -> None:  # fmt: skip
+    """Build PATH (if needed) and boot it, start a template (restored from its
+    snapshot if it has one) or an OCI image; detached unless --attached."""
+    from mvm.errors import ConfigError
+
+    if sum(1 for x in (path, template, image_ref) if x) > 1:
+        raise ConfigError("use one of PATH, --template and --image")
+    run_cfg = _run_config(
+        name, cpus, mem, ports, network, volumes, credentials, attached, net, machine
+    )
+    resolved = (_template_run(template, run_cfg) if template
+                else _project_run(path, run_cfg, image_ref))  # fmt: skip
+    started = _launch(resolved, show_command, cold or not template)
     if not attached:
         started.machine.close()
         name_ = started.record.name
@@ -110,20 +176,48 @@ def run(path: str | None, attached: bool, name: str | None, cpus: int | None, me
 @cli.command()
 @click.option("--flake", "flake", type=click.Path(), help="Project directory (default: .).")
 @click.option("--template", "template", help="Start the current revision of a template.")
+@click.option("--image", "image_ref", metavar="REF", help=IMAGE_HELP)
+@COLD
 @_run_options
-def up(flake: str | None, template: str | None, name: str | None, cpus: int | None,
-       mem: int | None, ports: tuple[str, ...], network: bool | None, volumes: tuple[str, ...],
-       credentials: tuple[str, ...], machine: str | None, show_command: bool) -> None:  # fmt: skip
-    """Start a detached VM from a project (--flake) or a template."""
+def up(flake: str | None, template: str | None, image_ref: str | None, cold: bool,
+       name: str | None, cpus: int | None, mem: int | None, ports: tuple[str, ...],
+       network: bool | None, volumes: tuple[str, ...], credentials: tuple[str, ...],
+       machine: str | None, show_command: bool, **net: Any) -> None:  # fmt: skip
+    """Start a detached VM from a project (--flake), a template (restored from the
+    template's snapshot when it has one, unless --cold) or an OCI image (--image)."""
     from mvm.errors import ConfigError
 
-    if flake and template:
-        raise ConfigError("use either --flake or --template, not both")
-    run_cfg = _run_config(name, cpus, mem, ports, network, volumes, credentials, False, machine)
-    resolved = _template_run(template, run_cfg) if template else _project_run(flake, run_cfg)
-    started = _launch(resolved, show_command)
+    if sum(1 for x in (flake, template, image_ref) if x) > 1:
+        raise ConfigError("use one of --flake, --template and --image")
+    run_cfg = _run_config(
+        name, cpus, mem, ports, network, volumes, credentials, False, net, machine
+    )
+    resolved = (_template_run(template, run_cfg) if template
+                else _project_run(flake, run_cfg, image_ref))  # fmt: skip
+    started = _launch(resolved, show_command, cold or not template)
     started.machine.close()
-    click.echo(f"{started.record.name}: running")
+    how = " (restored from snapshot)" if started.record.boot == "restored" else ""
+    click.echo(f"{started.record.name}: running{how}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("new")
+@click.option(
+    "-p",
+    "--publish",
+    "ports",
+    multiple=True,
+    metavar="[ADDR:]HOST:GUEST",
+    help="Forward HOST to NEW's GUEST port (repeatable; NAME's forwards stay NAME's).",
+)
+def fork(name: str, new: str, ports: tuple[str, ...]) -> None:
+    """Snapshot running VM NAME (a brief pause) and start NEW from it; both keep running."""
+    from mvm.runtime.fork import fork as do_fork
+
+    started = do_fork(name, new, ports)
+    started.machine.close()
+    click.echo(f"{started.record.name}: running (forked from {name})")
 
 
 @cli.command()
@@ -141,17 +235,17 @@ def down(name: str, volumes: bool) -> None:
 @cli.command("ls")
 @click.option("--json", "as_json", is_flag=True)
 def ls(as_json: bool) -> None:
-    """List VMs and their live state."""
-    from mvm.runtime import vm
+    """List VMs (running and defined) with their live state and image freshness."""
+    from mvm.runtime import manage
 
-    infos = [v.info() for v in vm.list_vms()]
+    infos = manage.listing()
     if as_json:
         emit_json(infos)
         return
     table(
-        ["NAME", "STATE", "MODE", "ACCEL", "PID", "UPTIME", "EXIT", "SOURCE"],
+        ["NAME", "STATE", "MODE", "ACCEL", "PID", "UPTIME", "EXIT", "SOURCE", "IMAGE"],
         [[i["name"], i["state"], i["mode"], i["accel"], i["pid"], duration(i["uptime_s"]),
-          i["exit_code"], i["source"]] for i in infos],
+          i["exit_code"], i["source"], i["image"]] for i in infos],
     )  # fmt: skip
 
 
@@ -164,6 +258,13 @@ def status(name: str, as_json: bool) -> None:
     from mvm.runtime import vm
 
     info = vm.get(name).info()
+    if info["state"] == "running":
+        from mvm.runtime import guest
+
+        info["services"], why = guest.service_health(name)
+        info["agent"] = why or "connected"
+    else:
+        info["services"], info["agent"] = None, "not running"
     if as_json:
         emit_json(info)
         return
@@ -173,8 +274,9 @@ def status(name: str, as_json: bool) -> None:
         click.echo(f"hint: `mvmctl down {name}` stops its hypervisor (if any) and removes it")
         return
     for key in ("name", "state", "mode", "hypervisor", "accel", "accel_reason", "pid", "revision",
-                "source", "entrypoint", "accessible", "vcpus", "memory_mib", "ports", "volumes",
-                "credentials", "exit_code"):  # fmt: skip
+                "source", "boot", "image_ref", "entrypoint", "accessible", "vcpus", "memory_mib",
+                "ports", "forwards", "exposed_ports", "volumes", "credentials", "network", "proxy",
+                "exit_code"):  # fmt: skip
         value = info[key]
         if isinstance(value, list):
             value = ", ".join(value) or None
@@ -182,17 +284,37 @@ def status(name: str, as_json: bool) -> None:
         suffix = f"  ({src})" if src else ""
         click.echo(f"{key + ':':<14}{'-' if value is None else value}{suffix}")
     click.echo(f"{'uptime:':<14}{duration(info['uptime_s'])}")
+    if info["services"] is None:
+        if info["state"] == "running":
+            click.echo(f"{'services:':<14}unknown ({info['agent']})")
+        return
+    if not info["services"]:
+        click.echo(f"{'services:':<14}-")
+        return
+    click.echo("services:")
+    rows = [[s["name"], s["state"], s["health"], str(s["restarts"]), str(s["pid"] or "-")]
+            for s in info["services"]]  # fmt: skip
+    table(["  NAME", "STATE", "HEALTH", "RESTARTS", "PID"], [[f"  {r[0]}", *r[1:]] for r in rows])
 
 
 @cli.command()
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the VM stops.")
 @click.option("-n", "--lines", type=click.IntRange(0), default=0, help="Only the last N lines.")
-def logs(name: str, follow: bool, lines: int) -> None:
-    """Print NAME's console output."""
+@click.option("--audit", is_flag=True,
+              help="The egress audit log instead (JSON lines: time, host, port, verdict, "
+                   "injected secret names).")  # fmt: skip
+def logs(name: str, follow: bool, lines: int, audit: bool) -> None:
+    """Print NAME's console output (or, with --audit, its egress decisions)."""
     from mvm.runtime import vm
 
     out = sys.stdout.buffer
+    if audit:
+        from mvm.network.plan import AUDIT_LOG
+
+        out.write(vm.tail_lines(vm.get(name).record.dir / AUDIT_LOG, lines))
+        out.flush()
+        return
     if follow:
         vm.follow(name, lines, out)
     else:
@@ -276,3 +398,29 @@ def volume_rm(vm_name: str, guest_path: str | None) -> None:
                                 hint=f"`mvmctl down {vm_name}` first")  # fmt: skip
         gone = drives.remove_volumes(vm_name, guest_path)
     click.echo(f"{vm_name}: removed {len(gone)} data volume{'s' if len(gone) != 1 else ''}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("port", metavar="[ADDR:]HOST:GUEST")
+@click.option("--detach", is_flag=True, help="Keep the forward after this command exits.")
+@click.option("--rm", "remove", is_flag=True, help="Remove a detached forward.")
+def forward(name: str, port: str, detach: bool, remove: bool) -> None:
+    """Forward a host port (127.0.0.1 unless ADDR) to NAME's GUEST port while NAME
+    runs: until Ctrl-C, or with --detach until `forward --rm`."""
+    from mvm.errors import ConfigError
+    from mvm.runtime import forward as fwd_mod
+
+    if remove and detach:
+        raise ConfigError("use either --detach or --rm")
+    if remove:
+        f = fwd_mod.remove(name, port)
+        click.echo(f"{name}: forward {f} removed")
+        return
+    f = fwd_mod.add(name, port, detach=detach)
+    if detach:
+        click.echo(f"{name}: forwarding {f.address}:{f.host} -> guest {f.guest}")
+        return
+    click.echo(f"{name}: forwarding {f.address}:{f.host} -> guest {f.guest} (Ctrl-C to stop)")
+    sys.stdout.flush()
+    fwd_mod.hold(name, f)

@@ -56,9 +56,9 @@ def name_problem(where: str, name: str) -> str | None:
 
 MVM_FILES = (
     "/init", "/bin/busybox", "/usr/local/bin/mvm-guest-agent", "/etc/fstab", "/etc/hostname",
-    "/etc/passwd", "/etc/group", "/etc/shadow", "/etc/resolv.conf", "/etc/profile",
+    "/etc/passwd", "/etc/group", "/etc/shadow", "/etc/resolv.conf", "/etc/hosts", "/etc/profile",
 )  # fmt: skip
-MVM_TREES = ("/etc/mvm", "/lib/modules/mvm")
+MVM_TREES = ("/etc/mvm", "/lib/modules/mvm", "/.mvm")  # /.mvm: an OCI image's mvm tools
 # systemd guests: the units, generator and settings mvm writes (a project may add its own
 # units, but not under mvm's names)
 SYSTEMD_FILES = (

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any, cast
 
 from mvm.config.guestpaths import reserved, unsafe_name
+from mvm.config.imageref import ImageSource, parse_image_ref
 from mvm.config.schema import (
     DEFAULT_AGENT_UID,
     DEFAULT_APP_UID,
     HYPERVISORS,
     INITS,
     MACHINES,
+    READY_TIMEOUT_DEFAULT,
+    READY_TIMEOUT_MAX,
     RESTART_POLICIES,
     CopySpec,
     CredentialSpec,
@@ -31,20 +34,25 @@ from mvm.config.schema import (
     GuestInit,
     GuestSpec,
     KernelSpec,
+    NetworkTable,
     Project,
+    Readiness,
     RestartPolicy,
+    SecretSpec,
     Service,
     Uids,
+    VarCredentialSpec,
     home_for,
 )
+from mvm.config.vars_schema import parse_generators
 from mvm.errors import ConfigError
 from mvm.paths import NAME_RE
 
 MANIFEST = "mvm.toml"
 TOP_KEYS = {
     "name", "vcpus", "memory_mib", "hypervisor", "dev", "entrypoint", "services", "uids",
-    "files", "packages", "copy", "kernel", "credentials", "ports", "network", "flake",
-    "profile", "profiles", "init", "machine",
+    "files", "packages", "copy", "kernel", "credentials", "ports", "network", "secrets", "flake",
+    "profile", "profiles", "image", "vars", "init", "machine",
 }  # fmt: skip
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "profile", "flake"}
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, and these patterns
@@ -157,6 +165,33 @@ def load_project(path: str | Path | None = None, profile: str | None = None) -> 
     return Project(root=manifest.parent, manifest=manifest, spec=spec, profile=profile)
 
 
+def image_name(src: ImageSource) -> str:
+    """A VM/image name for ``--image REF`` without a project: the archive's, layout's
+    or repository's base name in the characters names allow ("image" if none)."""
+    if src.path is not None:
+        base = src.path.name
+        for suffix in (".tar", ".oci", ".docker"):
+            base = base.removesuffix(suffix)
+    else:
+        base = (src.remote or "").split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    name = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")[:63].strip("-")
+    return name if name and NAME_RE.fullmatch(name) else "image"
+
+
+def image_project(ref: str, base: Path | None = None) -> Project:
+    """The project ``mvmctl run --image REF`` / ``up --image REF`` builds: nothing but
+    the image (its config gives the entrypoint, user, environment).  A local path is
+    the user's own choice on the command line: resolved from ``base`` (the current
+    directory), not confined to it."""
+    root = (base or Path.cwd()).resolve()
+    src = parse_image_ref(ref, root, confine=False, what="--image")
+    spec = GuestSpec(
+        name=image_name(src), entrypoint=Entrypoint("command", command=("/.mvm/bin/false",)),
+        image=src, kernel=KernelSpec(),
+    )  # fmt: skip
+    return Project(root=root, manifest=root / MANIFEST, spec=spec)
+
+
 def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = None) -> GuestSpec:
     """Validate a parsed TOML document into a ``GuestSpec``.
 
@@ -191,6 +226,15 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
             "name", f"{name!r} is not allowed: use a-z, 0-9 and '-' (max 63), e.g. \"my-app\""
         )
 
+    image = None
+    if "image" in data:
+        image = parse_image_ref(data["image"], root, confine=True, what=f"{manifest}: image")
+    explicit: set[str] = {k for k in ("entrypoint", "dev") if k in data}
+    if isinstance(data.get("uids"), dict) and "entrypoint" in data["uids"]:
+        explicit.add("uid")
+    if "entrypoint" not in data and image is not None:
+        # the image's Entrypoint + Cmd, filled in at build time (mvm.image.oci)
+        data["entrypoint"] = {"command": ["/.mvm/bin/false"]}
     if "entrypoint" not in data:
         raise ctx.err("entrypoint", "is required: one of shell = \"/bin/sh\", command = [...], "
                       "or [entrypoint.services.NAME]")  # fmt: skip
@@ -241,7 +285,15 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
                               'needs init = "systemd" (busybox guests give every service '
                               "$CREDENTIALS_DIRECTORY with all credentials)")  # fmt: skip
 
-    sealed_home = None if dev else home_for(uids.entrypoint)
+    # an image's home is known once its passwd is read: the builder checks it then
+    sealed_home = None if dev or image is not None else home_for(uids.entrypoint)
+    generators = parse_generators(ctx, data.get("vars", {}))
+    creds, var_creds = _credentials(ctx, data.get("credentials", {}), root)
+    declared = {(g.name, f.name) for g in generators for f in g.files}
+    for vc in var_creds:
+        if (vc.generator, vc.file) not in declared:
+            raise ctx.err(f"credentials.{vc.name}.var", f"{vc.var!r} is not a file of any "
+                          "[vars.generators.GEN] (files.NAME)")  # fmt: skip
     return GuestSpec(
         name=name,
         entrypoint=entrypoint,
@@ -254,13 +306,81 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         files=_files(ctx, data.get("files", {}), sealed_home),
         packages=_packages(ctx, data.get("packages", [])),
         copy=_copies(ctx, data.get("copy", []), root, sealed_home),
-        kernel=_kernel(ctx, data.get("kernel", "debian"), root),
-        credentials=_credentials(ctx, data.get("credentials", {}), root),
+        kernel=_kernel(ctx, data.get("kernel", "mvm"), root),
+        credentials=creds,
+        var_credentials=var_creds,
+        generators=generators,
         ports=_ports(ctx, data.get("ports", [])),
-        network=_bool(ctx, data.get("network", False), "network"),
+        network=_network_flag(ctx, data.get("network", False)),
+        network_table=_network(ctx, data.get("network")),
+        secrets=_secrets(ctx, data.get("secrets", {}), root),
+        image=image,
+        explicit=frozenset(explicit),
         init=cast(GuestInit, init),
         machine=machine,
     )
+
+
+def _network_flag(ctx: _Ctx, value: Any) -> bool:
+    if isinstance(value, dict):
+        return value.get("preset") == "open"
+    return _bool(ctx, value, "network")
+
+
+def _str_list(ctx: _Ctx, value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ctx.err(key, "must be a list of strings")
+    return tuple(value)
+
+
+def _network(ctx: _Ctx, value: Any) -> NetworkTable | None:
+    """``network = true`` (the old form: preset open) or a ``[network]`` table."""
+    if not isinstance(value, dict):
+        return None
+    ctx.keys(value, "network", {"preset", "allow", "allow_cidr", "add_host"})
+    from mvm.errors import NetworkError
+    from mvm.network import policy
+
+    t = NetworkTable(
+        preset=ctx.string(value["preset"], "network.preset") if "preset" in value else None,
+        allow=_str_list(ctx, value.get("allow", []), "network.allow"),
+        allow_cidr=_str_list(ctx, value.get("allow_cidr", []), "network.allow_cidr"),
+        add_host=_str_list(ctx, value.get("add_host", []), "network.add_host"),
+    )
+    try:
+        policy.build(t.preset or "none", t.allow, t.allow_cidr, t.add_host, origin="mvm.toml")
+    except NetworkError as exc:
+        raise ctx.err("network", exc.message) from None
+    return t
+
+
+def _secrets(ctx: _Ctx, value: Any, root: Path) -> tuple[SecretSpec, ...]:
+    from mvm.errors import NetworkError
+    from mvm.network import bindings
+
+    out = []
+    for key, body in ctx.table(value, "secrets").items():
+        where = f"secrets.{key}"
+        t = ctx.table(body, where)
+        ctx.keys(t, where, {"host", "hosts", "header", "from_env", "file"})
+        host = t.get("host", t.get("hosts"))
+        hosts = (host,) if isinstance(host, str) else _str_list(ctx, host, f"{where}.host")
+        if "file" in t and "from_env" in t:
+            raise ctx.err(where, "use either from_env or file")
+        file = None
+        if "file" in t:
+            file = _resolved(ctx, root / ctx.string(t["file"], f"{where}.file"), f"{where}.file")
+        spec = SecretSpec(
+            key, tuple(hosts),
+            ctx.string(t["header"], f"{where}.header") if "header" in t else None,
+            ctx.string(t["from_env"], f"{where}.from_env") if "from_env" in t else None, file,
+        )  # fmt: skip
+        try:  # syntax only; the value is read at start
+            bindings.check_decl(key, spec.hosts, spec.header)
+        except NetworkError as exc:
+            raise ctx.err(where, exc.message) from None
+        out.append(spec)
+    return tuple(out)
 
 
 def _bool(ctx: _Ctx, value: Any, key: str) -> bool:
@@ -295,7 +415,7 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
     if not SERVICE_RE.fullmatch(name):
         raise ctx.err(key, "service names use A-Z, a-z, 0-9, '_' and '-' (max 64)")
     table = ctx.table(value, key)
-    ctx.keys(table, key, {"command", "restart", "load_credentials"})
+    ctx.keys(table, key, {"command", "restart", "ready", "load_credentials"})
     if "command" not in table:
         raise ctx.err(f"{key}.command", "is required")
     restart = table.get("restart", "on-failure")
@@ -303,9 +423,27 @@ def _service(ctx: _Ctx, name: str, value: Any, prefix: str) -> Service:
         raise ctx.err(
             f"{key}.restart", f"must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}"
         )
-    return Service(name, ctx.argv(table["command"], f"{key}.command"), cast(RestartPolicy, restart),
+    ready = _ready(ctx, table["ready"], f"{key}.ready") if "ready" in table else None
+    return Service(name, ctx.argv(table["command"], f"{key}.command"),
+                   cast(RestartPolicy, restart), ready,
                    _load_credentials(ctx, table.get("load_credentials", []),
                                      f"{key}.load_credentials"))  # fmt: skip
+
+
+def _ready(ctx: _Ctx, value: Any, key: str) -> Readiness:
+    table = ctx.table(value, key)
+    ctx.keys(table, key, {"tcp", "command", "timeout"})
+    if ("tcp" in table) == ("command" in table):
+        raise ctx.err(key, "needs exactly one of tcp = PORT or command = [...]")
+    timeout = table.get("timeout", READY_TIMEOUT_DEFAULT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ctx.err(f"{key}.timeout", f"must be a number of seconds, got {_tname(timeout)}")
+    if not 0 < timeout <= READY_TIMEOUT_MAX:
+        raise ctx.err(f"{key}.timeout", f"must be more than 0 and at most {READY_TIMEOUT_MAX:g}")
+    if "tcp" in table:
+        return Readiness(tcp=ctx.int_in(table["tcp"], f"{key}.tcp", 1, 65535),
+                         timeout=float(timeout))  # fmt: skip
+    return Readiness(command=ctx.argv(table["command"], f"{key}.command"), timeout=float(timeout))
 
 
 def _load_credentials(ctx: _Ctx, value: Any, key: str) -> tuple[tuple[str, str], ...]:
@@ -394,14 +532,16 @@ def _copies(ctx: _Ctx, value: Any, root: Path, sealed_home: str | None) -> tuple
 
 
 def _kernel(ctx: _Ctx, value: Any, root: Path) -> KernelSpec:
-    if value in ("debian", "host"):
+    if value in ("mvm", "debian", "host"):
         return KernelSpec(provider=value)
     if isinstance(value, str):
         value = {"path": value}
     table = ctx.table(value, "kernel")
     ctx.keys(table, "kernel", {"path", "modules"})
     if "path" not in table:
-        raise ctx.err("kernel", 'needs path = "/path/to/vmlinuz" (or kernel = "debian" | "host")')
+        raise ctx.err(
+            "kernel", 'needs path = "/path/to/vmlinuz" (or kernel = "mvm" | "debian" | "host")'
+        )
     path = _resolved(ctx, root / ctx.string(table["path"], "kernel.path"), "kernel.path")
     if not path.is_file():
         raise ctx.err("kernel.path", f"{str(path)!r} is not a file")
@@ -436,20 +576,30 @@ def _is_kernel_image(path: Path) -> bool:
     return head.startswith(b"\x7fELF") or head[0x202:0x206] == b"HdrS"
 
 
-def _credentials(ctx: _Ctx, value: Any, root: Path) -> tuple[CredentialSpec, ...]:
+def _credentials(
+    ctx: _Ctx, value: Any, root: Path
+) -> tuple[tuple[CredentialSpec, ...], tuple[VarCredentialSpec, ...]]:
     table = ctx.table(value, "credentials")
     out = []
+    from_vars = []
     for name, spec in table.items():
         key = f"credentials.{name}"
         if not CRED_RE.fullmatch(name):
             raise ctx.err(key, "credential names use A-Z, a-z, 0-9, '_', '.', '-', '@' (max 255)")
         body = ctx.table(spec, key)
-        ctx.keys(body, key, {"file"})
-        if "file" not in body:
-            raise ctx.err(key, 'needs file = "path/to/file"')
+        ctx.keys(body, key, {"file", "var"})
+        if ("file" in body) == ("var" in body):
+            raise ctx.err(key, 'needs exactly one of file = "path/to/file" or var = "GEN/FILE"')
+        if "var" in body:
+            var = ctx.string(body["var"], f"{key}.var")
+            gen, sep, fname = var.partition("/")
+            if not sep or not gen or not fname or "/" in fname:
+                raise ctx.err(f"{key}.var", f'must be "GENERATOR/FILE", got {var!r}')
+            from_vars.append(VarCredentialSpec(name, gen, fname))
+            continue
         file = _resolved(ctx, root / ctx.string(body["file"], f"{key}.file"), f"{key}.file")
         out.append(CredentialSpec(name, file))
-    return tuple(out)
+    return tuple(out), tuple(from_vars)
 
 
 def _ports(ctx: _Ctx, value: Any) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 #!/bin/sh
 # mvm PID 1 (busybox sh).  Stays uid 0 (the kernel requires PID 1 to live),
 # runs the entrypoint under the entrypoint uid with no-new-privs, supervises
-# services, starts the agent stub under the agent uid, then reports the
+# services, starts the guest agent (it drops to the agent uid itself), then reports the
 # entrypoint's exit status on the org.mvm.status port and powers off.
 #
 # Boot time matters (every exec costs milliseconds under TCG): mounts come
@@ -10,7 +10,12 @@
 # after the entrypoint has started.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
+# booted straight from the rootfs (built-in drivers, no initramfs): the kernel
+# mounted only /dev (DEVTMPFS_MOUNT); proc and sysfs are ours to mount
+[ -e /proc/self ] || mount -t proc proc /proc
+[ -d /sys/kernel ] || mount -t sysfs sys /sys
 . /etc/mvm/spec.sh
+[ -r /etc/mvm/rootops.sh ] && . /etc/mvm/rootops.sh  # the control port's root operations
 read -r CMDLINE < /proc/cmdline
 NET=0
 t() { :; }
@@ -24,8 +29,8 @@ for kv in $CMDLINE; do
 done
 
 mkdir -p /dev/pts /dev/shm
-mount -a  # /etc/fstab is rendered from the spec: /run, /tmp, /dev/pts, /dev/shm, sealed /home
-mkdir -p /run/mvm
+mount -a -T /etc/mvm/fstab  # rendered from the spec: /run, /tmp, /dev/pts, /dev/shm, sealed home
+mkdir -p /run/mvm /run/mvm/svc
 if [ "$NET" = 1 ]; then
     ip link set lo up
     ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
@@ -44,24 +49,35 @@ run_as() {
     fi
 }
 
+# svc_state NAME STATE RESTARTS PID [RC]: /run/mvm/svc/NAME, which the guest agent
+# reports (`mvmctl status`); written to a temporary name and renamed (never half-read)
+svc_state() {
+    printf 'state=%s\nrestarts=%s\npid=%s\nrc=%s\nstarted=%s\n' "$2" "$3" "$4" "$5" "$t0" \
+        > "/run/mvm/svc/.$1" && mv -f "/run/mvm/svc/.$1" "/run/mvm/svc/$1"
+}
+
 # supervise NAME POLICY: run /etc/mvm/run/svc-NAME with its restart policy.  A service
 # that keeps failing is restarted after 1, 2, 4 … 30 s (capped); one that ran for a
 # minute before failing starts again from 1 s.
 supervise() {
-    delay=1
+    delay=1 restarts=0
     while :; do
         read -r t0 _ < /proc/uptime
-        run_as /etc/mvm/run/svc-"$1" < "$MVM_STDIN"
+        run_as /etc/mvm/run/svc-"$1" < "$MVM_STDIN" &
+        svc_state "$1" running $restarts $!
+        wait $!
         rc=$?
         case "$2" in
-            never) return $rc ;;
-            on-failure) [ $rc = 0 ] && return 0 ;;
+            never) svc_state "$1" exited $restarts 0 $rc; return $rc ;;
+            on-failure) [ $rc = 0 ] && { svc_state "$1" exited $restarts 0 $rc; return 0; } ;;
         esac
+        svc_state "$1" restarting $restarts 0 $rc
         read -r t1 _ < /proc/uptime
         [ $(( ${t1%.*} - ${t0%.*} )) -ge 60 ] && delay=1
         echo "mvm: service $1 exited with status $rc, restarting in ${delay}s" >&2
         sleep "$delay"
         delay=$((delay * 2)); [ $delay -gt 30 ] && delay=30
+        restarts=$((restarts + 1))
     done
 }
 
@@ -96,9 +112,11 @@ STOPPING=0
 trap 'STOPPING=1' TERM
 
 t before-entrypoint
-for s in $MVM_AUX_SERVICES; do supervise "${s%%:*}" "${s#*:}" & done
-
 export HOME="$MVM_HOME_DIR" USER="$MVM_USER" LOGNAME="$MVM_USER"
+# start_workload: the aux services and the entrypoint; their pids in $AUX and $pids
+start_workload() {
+AUX=""
+for s in $MVM_AUX_SERVICES; do supervise "${s%%:*}" "${s#*:}" & AUX="$AUX $!"; done
 pids=""
 case "$MVM_KIND" in
     shell)
@@ -115,6 +133,12 @@ case "$MVM_KIND" in
     failed)  # an init.d script could not set up what the entrypoint needs (it said why)
         false & pids=$! ;;
 esac
+}
+# `restart` on the control port (after a snapshot restore: services reread config and
+# secrets) reaches PID 1 as SIGUSR1; the main loop below stops and starts the workload
+RESTART=0
+trap 'RESTART=1' USR1
+start_workload
 
 # --- after the entrypoint started: channels to the host, at low priority so
 # the entrypoint keeps the CPU; PID 1 reads the port paths back before it reports.
@@ -137,35 +161,79 @@ channels() {
         [ -n "$STATUS" ] && [ -n "$CONTROL" ] && [ -n "$AGENT" ] || usleep 10000
     done
     echo "STATUS=$STATUS" > /run/mvm/ports
+    # control_op VERB A1 A2: run one request, answer on the port (fd 3)
+    control_op() {
+        case "$1" in
+            ping) r=0; out="" ;;
+            restart)
+                rm -f /run/mvm/restarted
+                kill -USR1 1
+                n=600; while [ ! -e /run/mvm/restarted ] && [ $n -gt 0 ]; do usleep 50000; n=$((n - 1)); done
+                if [ -e /run/mvm/restarted ]; then r=0; out=""; else r=1; out="restart timed out"; fi ;;
+            *)  # in this shell, output to a file: no $(…) fork (tens of ms under TCG)
+                mvm_op_"$1" "$2" "$3" > /run/mvm/op.out 2>&1 3>&-; r=$?
+                out=""; read -r out < /run/mvm/op.out ;;
+        esac
+        if [ $r = 0 ]; then echo "$id ok" >&3; else echo "$id err ${out:-failed}" >&3; fi
+    }
     if [ -n "$CONTROL" ]; then
         # the host end is a pipe that is always connected: read() blocks until a request
         (
+            # verbs run at normal priority (the channels subshell runs at nice 19)
+            read -r _me _ < /proc/self/stat; renice 0 -p "$_me" >/dev/null 2>&1
             while :; do
-                while read -r req; do
-                    case "$req" in poweroff) kill -TERM 1 ;; esac
-                done < "$CONTROL"
+                # requests: "poweroff", or "VERB ID ARGS…" answered by "ID ok" or
+                # "ID err REASON" (docs/snapshots.md); one open, read and write
+                exec 3<> "$CONTROL"
+                while read -r verb id a1 a2 _rest <&3; do
+                    case "$verb" in
+                        poweroff) kill -TERM 1; continue ;;
+                        ping|remount|identity|reseed|restart) ;;
+                        *) continue ;;
+                    esac
+                    case "$id" in ''|*[!A-Za-z0-9]*) continue ;; esac
+                    control_op "$verb" "$a1" "$a2" < /dev/null
+                done
+                exec 3>&-
                 usleep 200000  # only if the port was ever closed under us
             done
         ) &
     fi
-    if [ -n "$AGENT" ]; then chown "$MVM_AGENT_UID" "$AGENT"; chmod 0600 "$AGENT"; fi
-    setpriv --nnp start-stop-daemon -S -b -q -p /run/mvm/none -c "$MVM_AGENT_UID:$MVM_AGENT_UID" \
-        -x /usr/local/bin/mvm-guest-agent -- "$AGENT"
+    if [ -n "$AGENT" ]; then
+        chown "$MVM_AGENT_UID" "$AGENT"; chmod 0600 "$AGENT"
+        : > /run/mvm/agent.log; chown "$MVM_AGENT_UID" /run/mvm/agent.log
+        # started as root with no-new-privs: the agent drops to the agent uid keeping only
+        # CAP_SETUID/SETGID/KILL (to run and signal commands as the entrypoint uid); a sealed image's
+        # agent (-s) has no exec, console or file service at all
+        sealed=-s; [ "$MVM_ACCESSIBLE" = 1 ] && sealed=""
+        setpriv --nnp start-stop-daemon -S -b -q -p /run/mvm/none -x /usr/local/bin/mvm-guest-agent \
+            -- -a "$MVM_AGENT_UID" -e "$MVM_UID" -h "$MVM_HOME_DIR" $sealed "$AGENT"
+    fi
 }
 # the subshell lowers its own priority (/proc/self is the subshell: `read` is a builtin)
 ( read -r _me _ < /proc/self/stat; renice -n 19 -p "$_me" >/dev/null 2>&1; channels ) &
 CHANNELS=$!
 
 t channels-ready
-rc=0
-for p in $pids; do
-    while :; do
-        wait "$p"; r=$?
-        # a trapped SIGTERM interrupts `wait` (status > 128): stop everything
-        [ "$STOPPING" = 1 ] && break 2
-        kill -0 "$p" 2>/dev/null || break
+while :; do
+    rc=0
+    for p in $pids; do
+        while :; do
+            wait "$p"; r=$?
+            # a trapped SIGTERM interrupts `wait` (status > 128): stop everything
+            [ "$STOPPING" = 1 ] && break 3
+            [ "$RESTART" = 1 ] && break 2
+            kill -0 "$p" 2>/dev/null || break
+        done
+        [ $r != 0 ] && rc=$r
     done
-    [ $r != 0 ] && rc=$r
+    [ "$RESTART" = 1 ] || break
+    RESTART=0
+    mvm_stop_tree $pids $AUX
+    for p in $pids $AUX; do wait "$p" 2>/dev/null; done
+    [ -d /run/credentials/@system ] && export CREDENTIALS_DIRECTORY=/run/credentials/@system
+    start_workload
+    : > /run/mvm/restarted
 done
 wait "$CHANNELS"
 [ -r /run/mvm/ports ] && . /run/mvm/ports

@@ -18,7 +18,13 @@ case " $CMDLINE " in *" mvm.net=1 "*) read -r MODS < /etc/modules.net; for m in 
 case " $CMDLINE " in *" mvm.fwcfg=1 "*) read -r MODS < /etc/modules.fwcfg; for m in $MODS; do $B insmod /lib/modules/$m.ko; done ;; esac
 t modules-loaded
 RO=ro
-case " $CMDLINE " in *" mvm.rw=1 "*) RO=rw ;; esac
+INIT=/init  # an OCI image's rootfs has mvm's tools under /.mvm (init=/.mvm/init)
+for kv in $CMDLINE; do
+    case "$kv" in
+        mvm.rw=1) RO=rw ;;
+        init=/*) INIT="${kv#init=}" ;;
+    esac
+done
 if ! $B mount -t ext4 -o $RO,noatime /dev/vda /newroot; then
     echo "mvm: cannot mount the rootfs (/dev/vda)" >&2
     $B reboot -f
@@ -26,10 +32,10 @@ fi
 t rootfs-mounted
 # The build copies the same static busybox into both images: lend the rootfs
 # ours, already in memory, instead of reading 2 MB through virtio-blk again.
-[ -f /newroot/bin/busybox ] && $B mount --bind /bin/busybox /newroot/bin/busybox
+TOOLS="${INIT%/*}"  # "" for /init, /.mvm for /.mvm/init
+[ -f "/newroot$TOOLS/bin/busybox" ] && $B mount --bind /bin/busybox "/newroot$TOOLS/bin/busybox"
 # init = "systemd" images carry this marker: systemd is PID 1 (it finds /dev, /proc
 # and /sys mounted, and mounts the rest itself).  Before the moves: this reads /sys.
-INIT=/init
 if [ -e /newroot/etc/mvm/systemd/finish.sh ]; then
     INIT=/lib/systemd/systemd
     # Every credential for systemd, including those systemd 252 cannot read itself
@@ -50,4 +56,4 @@ fi
 $B mount --move /dev /newroot/dev
 $B mount --move /proc /newroot/proc
 $B mount --move /sys /newroot/sys
-exec $B switch_root /newroot $INIT
+exec $B switch_root /newroot "$INIT"

@@ -47,16 +47,17 @@ from mvm.config.schema import GuestSpec, Project
 from mvm.errors import BuildError, ConfigError, DiskFullError
 from mvm.guest import EXTENSIONS, GUEST_FEATURES, GUEST_FILES
 from mvm.guest import read as guest_file
-from mvm.image import initramfs, source
+from mvm.image import contents, guestbin, initramfs, source
 from mvm.image import kernel as kernels
 from mvm.image.hashcache import ContentHashes
-from mvm.image.meta import ARTEFACTS, ImageMeta
+from mvm.image.meta import ARTEFACTS, ImageMeta, KernelInfo
 from mvm.image.meta import load as load_meta
 from mvm.image.render import GuestFile, render, systemd_units
 from mvm.image.source import Source
+from mvm.image.staging import Staging
 from mvm.log import get_logger
 from mvm.proc import is_disk_full
-from mvm.state.atomic import atomic_file, locked, private_tempdir
+from mvm.state.atomic import atomic_file, locked, private_tempdir, publish_dir
 
 log = get_logger(__name__)
 
@@ -66,6 +67,7 @@ DEFAULT_EPOCH = 1
 EPOCH_MAX = (1 << 31) - 1  # ext4's classic 32-bit timestamps
 BUILD_LOCK_TIMEOUT = 1800.0
 HASHES = "content-hashes.json"  # in MVM_CACHE: keyed by device and inode, shareable
+AGENT = "/usr/local/bin/mvm-guest-agent"  # an OCI image's is /.mvm/agent
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class Inputs:
     digest: str
     epoch: int
     sources: tuple[Source, ...]  # one per spec.copy entry
+    image: str | None = None  # an OCI image's identity (oci.identity), when there is one
 
 
 def source_date_epoch() -> int:
@@ -155,9 +158,17 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
         "hypervisor": spec.hypervisor,
         "epoch": epoch,
     }
+    image_id = None
+    if spec.image is not None:
+        from mvm.image import oci
+
+        image_id = oci.identity(spec.image, hashes)
+        identity["image"] = {"ref": spec.image.skopeo_ref(), "identity": image_id,
+                             "explicit": sorted(spec.explicit)}  # fmt: skip
     h.update(json.dumps(identity).encode())
     for name in GUEST_FILES:
         h.update(guest_file(name))
+    h.update(b"guestbin\0" + guestbin.cache_key().encode())
     for f in render(spec):
         h.update(f"{f.path}\0{f.mode}\0{f.uid}\0".encode() + f.content)
     if spec.init == "systemd":
@@ -172,7 +183,17 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
         src = source.scan(c.src, project.root, f"copy[{i}].from", hashes)
         h.update(f"copy\0{c.dest}\0{src.digest}\0".encode())
         sources.append(src)
-    return Inputs(h.hexdigest(), epoch, tuple(sources))
+    return Inputs(h.hexdigest(), epoch, tuple(sources), image_id)
+
+
+def current_hash(project: Project) -> str:
+    """The input hash ``build(project)`` would produce, without building (freshness:
+    ``mvmctl ls`` compares it with what a VM was last built or booted at)."""
+    kernel = kernels.resolve(project.spec.kernel)
+    hashes = ContentHashes(paths.cache_dir() / HASHES)
+    digest = input_hash(project, kernel, hashes).digest
+    hashes.save()
+    return digest
 
 
 def build(project: Project, *, force: bool = False) -> Image:
@@ -216,14 +237,28 @@ def packages(spec: GuestSpec) -> tuple[str, ...]:
     return spec.packages
 
 
-def own_files(spec: GuestSpec, late: list[tuple[str, bytes]]) -> list[GuestFile]:
+def own_files(
+    spec: GuestSpec, late: list[tuple[str, bytes]], base: dict[str, bytes] | None = None
+) -> list[GuestFile]:
     """Every file mvm itself writes into the rootfs (after the project's files, so
-    they win; :data:`mvm.config.guestpaths.MVM_FILES` lists where they go)."""
+    they win; :data:`mvm.config.guestpaths.MVM_FILES` lists where they go).  An OCI
+    image's ``/init`` and shell are its own: mvm's init is ``/.mvm/init`` there, and
+    its scripts run under ``/.mvm/bin/sh``."""
+    init = guest_file("init.sh")
+    agent = AGENT
+    if spec.image is not None:
+        init = _private_shell(_private_path(init))
+        if init.count(AGENT.encode()) != 1:
+            raise BuildError("internal: init.sh does not start the agent exactly once")
+        agent = "/.mvm/agent"
+        init = init.replace(AGENT.encode(), agent.encode())
     files = [
-        *render(spec),
-        GuestFile("/init", guest_file("init.sh"), 0o755),
-        GuestFile("/usr/local/bin/mvm-guest-agent", guest_file("agent.sh"), 0o755),
+        *render(spec, base),
+        GuestFile(spec.init_path, init, 0o755),
+        GuestFile(agent, guestbin.build("mvm-guest-agent"), 0o755),
         *(GuestFile(dest, guest_file(src), 0o644) for src, dest in EXTENSIONS.items()),
+        GuestFile("/etc/mvm/rootops.sh", guest_file("rootops.sh"), 0o644),
+        GuestFile("/etc/mvm/bin/mvm-reseed", guestbin.build("mvm-reseed"), 0o755),
     ]
     files += [GuestFile(f"/lib/modules/mvm/{n}.ko", data) for n, data in late]
     files.append(GuestFile("/etc/mvm/modules.late", (" ".join(n for n, _ in late) + "\n").encode()))
@@ -232,10 +267,24 @@ def own_files(spec: GuestSpec, late: list[tuple[str, bytes]]) -> list[GuestFile]
     return files
 
 
+def _private_shell(script: bytes) -> bytes:
+    if not script.startswith(b"#!/bin/sh\n"):
+        raise BuildError("internal: a guest script does not start with #!/bin/sh")
+    return b"#!/.mvm/bin/sh\n" + script[len(b"#!/bin/sh\n") :]
+
+
+def _private_path(script: bytes) -> bytes:
+    """init.sh with /.mvm/bin first on PATH (mvm's busybox, not the image's tools)."""
+    line = b"\nexport PATH="
+    if script.count(line) != 1:
+        raise BuildError("internal: init.sh does not set PATH exactly once")
+    return script.replace(line, line + b"/.mvm/bin:")
+
+
 def _guard(spec: GuestSpec, what: str) -> source.Guard:
     """Refuse a project write that resolved (through the image's symlinks) to a
     path mvm writes or the guest mounts over."""
-    home = spec.home if spec.sealed else None
+    home = spec.sealed_home
 
     def check(resolved: str, rel: str) -> None:
         why = reserved(resolved, home)
@@ -250,36 +299,62 @@ def _build(
     spec: GuestSpec, kernel: kernels.Kernel, inputs: Inputs, images: Path, dest: Path
 ) -> Image:
     from mvm.image import debian, rootfs  # only a real build needs them
-    from mvm.image.staging import Staging
 
     started = time.monotonic()
-    uid = spec.uids.entrypoint
     work = private_tempdir(images, ".build-")  # a dead build's directory is swept here
     try:
         out = work / "out"
         out.mkdir(mode=0o700)
         root = work / "root"
+        owners: dict[str, tuple[int, int]] = {}
+        base: dict[str, bytes] | None = None
+        unpacked = None
+        if spec.image is not None:
+            from mvm.image import oci
+
+            unpacked = oci.unpack(spec.image, work)
+            root, owners = unpacked.root, dict(unpacked.owners)
         with Staging(root) as st:
+            if unpacked is not None:
+                assert spec.image is not None
+                _refuse_reserved(st, spec.image.ref)
+                spec = oci.apply(spec, unpacked.config, st, spec.image.ref)
+                base = {p: st.read(p, oci.PASSWD_MAX) or b""
+                        for p in ("/etc/passwd", "/etc/group", "/etc/shadow")}  # fmt: skip
+                rootfs.skeleton(st, rootfs.OCI_SKELETON)
+                if spec.workdir and not st.is_dir(spec.workdir):  # runtimes create it too
+                    _guard(spec, "the image's WorkingDir")(st.mkdir(spec.workdir), "")
+            else:
+                rootfs.skeleton(st)
+            uid = spec.uids.entrypoint
             # order: mvm's skeleton, packages, busybox, the project's files, then
             # mvm's own files (which the project may not touch: guestpaths)
-            rootfs.skeleton(st)
-            if packages(spec):
-                debian.extract(debian.fetch(debian.resolve(packages(spec))), st)
-            rootfs.install_busybox(st, initramfs.busybox_path())
+            pkgs = debian.resolve(packages(spec)) if packages(spec) else []
+            if pkgs:
+                debian.extract(debian.fetch(pkgs), st)
+            if unpacked is not None:
+                rootfs.install_busybox_private(st, initramfs.busybox_path(), "/.mvm/bin")
+            else:
+                rootfs.install_busybox(st, initramfs.busybox_path())
             for c, src in zip(spec.copy, inputs.sources, strict=True):
                 source.copy_into(src, st, c.dest, _guard(spec, src.what))
-            owners: dict[str, tuple[int, int]] = {}
             for f in spec.files:
                 path = st.write(f.path, f.content.encode(), f.mode)
                 _guard(spec, f"files.{f.path!r}")(path, "")
                 owners[path] = (uid, uid)
-            owners.update(rootfs.write_files(st, own_files(spec, initramfs.late_modules(kernel))))
+            own = own_files(spec, initramfs.late_modules(kernel), base)
+            for g in own:  # an image file mvm replaces does not keep the image's owner
+                owners.pop(st.resolve(g.path), None)
+            owners.update(rootfs.write_files(st, own))
             if spec.init == "systemd":
                 rootfs.systemd_tree(st, systemd_units(spec)[1])
-            home = st.mkdir(spec.home)
-            if uid != 0:
-                owners[home] = (uid, uid)
+            if unpacked is None or spec.sealed_home:
+                existed = st.is_dir(spec.home)
+                home = st.mkdir(spec.home)
+                if uid != 0 and (unpacked is None or not existed):
+                    owners[home] = (uid, uid)
             st.set_times(inputs.epoch)
+        manifest = contents.scan(root, pkgs)  # for `mvmctl update`'s diff
         stamp = rootfs.Stamp(
             inputs.epoch,
             str(uuid.UUID(hex=inputs.digest[:32], version=4)),
@@ -287,22 +362,37 @@ def _build(
         )
         rootfs.make_ext4(root, out / "rootfs.ext4", owners, stamp=stamp)
         shutil.rmtree(root)
-        initramfs.build(kernel, out / "initramfs.cpio", epoch=inputs.epoch)
+        if kernel.boot == "direct":  # the kernel mounts the rootfs itself: an empty artefact
+            with atomic_file(out / "initramfs.cpio"):
+                pass
+        else:
+            initramfs.build(kernel, out / "initramfs.cpio", epoch=inputs.epoch)
         _install_kernel(kernel.image, out / "kernel")
+        contents.write(out, manifest)
         revision = _revision(spec, kernel, inputs.digest, out, time.monotonic() - started)
+        if unpacked is not None:
+            assert spec.image is not None
+            revision["schema"] = 2  # an older mvm would boot /init: it must refuse the image
+            revision["initPath"] = spec.init_path
+            revision["image"] = {"ref": spec.image.ref, "digest": unpacked.digest,
+                                 "exposedPorts": list(spec.exposed_ports)}  # fmt: skip
         with atomic_file(out / "checksums.json") as meta:
             meta.write(json.dumps(revision["checksums"], indent=2, sort_keys=True).encode())
         with atomic_file(out / "revision.json") as meta:  # last: it marks the image complete
             meta.write(json.dumps(revision, indent=2, sort_keys=True).encode())
-        if dest.exists():
-            old = images / f".old-{inputs.digest}-{os.getpid()}"
-            os.replace(dest, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, dest)
+        publish_dir(out, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("built %s in %.1fs", spec.name, time.monotonic() - started)
     return Image.load(dest)
+
+
+def _refuse_reserved(st: Staging, ref: str) -> None:
+    """An image may not bring files where mvm keeps its own (they would be replaced,
+    or redirect mvm's writes through the image's symlinks)."""
+    for top in ("/.mvm", "/etc/mvm", "/lib/modules/mvm"):
+        if st.lexists(top):
+            raise BuildError(f"image {ref} has {top}, which mvm reserves for its own files")
 
 
 def _install_kernel(src: Path, dest: Path) -> None:
@@ -353,12 +443,17 @@ def _revision(
         "hypervisor": spec.hypervisor,
         "uids": {"agent": spec.uids.agent, "entrypoint": spec.uids.entrypoint},
         "rootlessEntrypoint": spec.uids.rootless,
-        "agentBinary": "stub",
+        "agentBinary": "real",
         "guestFeatures": list(GUEST_FEATURES),
         "expectedBootMs": EXPECTED_BOOT_MS["kvm"],
         "expectedBootMsByAccel": EXPECTED_BOOT_MS,
         "inputHash": digest,
-        "kernel": {"version": kernel.version, "identity": kernel.identity},
+        "kernel": KernelInfo(
+            kernel.version,
+            kernel.identity,
+            kaslr=None if kernel.kaslr else False,
+            boot=None if kernel.boot == "initramfs" else kernel.boot,
+        ).to_json(),
         "packages": list(packages(spec)),
         "defaults": {"vcpus": spec.vcpus, "memory_mib": spec.memory_mib},
         "checksums": checksums,

@@ -41,21 +41,28 @@ from mvm.errors import MetadataError
 from mvm.paths import NAME_RE
 
 SCHEMA = 1
+#: schema 2: an OCI image (``initPath``, ``image``): an mvm that only reads 1 would
+#: boot the image's own /init, so it must refuse such an image
+SCHEMAS = (1, 2)
 #: A revision.json (or any small metadata file) larger than this is not ours.
 MAX_BYTES = 1 << 20
 ARTEFACTS: tuple[str, ...] = ("kernel", "initramfs.cpio", "rootfs.ext4")
 ENTRYPOINT_KINDS: tuple[str, ...] = ("shell", "command", "services")
-AGENT_BINARIES: tuple[str, ...] = ("stub",)
+AGENT_BINARIES: tuple[str, ...] = ("stub", "real")  # stub: images built before the agent
 VCPUS_RANGE = (1, 64)
 MEMORY_RANGE = (64, 1 << 20)  # MiB
 UID_RANGE = (0, 65534)
 MAX_ARTEFACT_BYTES = 1 << 40  # 1 TiB: anything claiming more is not an image
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
+INIT_RE = re.compile(r"/(?:\.mvm/)?init")
+IMAGE_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+EXPOSED_RE = re.compile(r"[0-9]{1,5}/(?:tcp|udp|sctp)")
 ISO_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 FEATURE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 ACCEL_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,15}")
 DEB_RE = re.compile(r"[a-z0-9][a-z0-9+.-]{0,127}")
+KERNEL_BOOTS = ("initramfs", "direct")
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}")
 
 _KEYS = {
@@ -63,6 +70,7 @@ _KEYS = {
     "rootlessEntrypoint", "agentBinary", "guestFeatures", "expectedBootMs",
     "expectedBootMsByAccel", "inputHash", "kernel", "packages", "defaults", "checksums",
     "sizes", "createdAt", "buildSeconds", "mvmVersion", "projectName", "template",
+    "initPath", "image",
 }  # fmt: skip
 
 
@@ -84,6 +92,22 @@ class Defaults:
 class KernelInfo:
     version: str
     identity: str
+    # how the runtime must start this kernel (absent in older revisions: the
+    # Debian kernel's way, an initramfs and `nokaslr`)
+    kaslr: bool | None = None  # False: no RANDOMIZE_BASE, so no `nokaslr` argument
+    boot: str | None = None  # "direct": root=/dev/vda, no initramfs; else "initramfs"
+
+    @property
+    def direct_boot(self) -> bool:
+        return self.boot == "direct"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": self.version, "identity": self.identity}
+        if self.kaslr is not None:
+            out["kaslr"] = self.kaslr
+        if self.boot is not None:
+            out["boot"] = self.boot
+        return out
 
 
 @dataclass(frozen=True)
@@ -99,6 +123,15 @@ class TemplateInfo:
     key: str
     settings: Mapping[str, Any]
     created_at: str
+
+
+@dataclass(frozen=True)
+class OciInfo:
+    """Set on images built from an OCI image: what it was, and what it exposes."""
+
+    ref: str
+    digest: str
+    exposed_ports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,7 +161,20 @@ class ImageMeta:
     guest_features: tuple[str, ...] | None = None
     project_name: str | None = None
     template: TemplateInfo | None = None
+    init_path: str | None = None  # absent: /init
+    image: OciInfo | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def init_exec(self) -> str:
+        """The rootfs path the kernel (or the initramfs) starts as PID 1 (mvm's /init;
+        ``/.mvm/init`` in an OCI image)."""
+        return self.init_path or "/init"
+
+    @property
+    def guest_init(self) -> str:
+        """The guest's PID 1 kind: "busybox" (mvm's /init; older images) or "systemd"."""
+        return "systemd" if self.extra.get("init") == "systemd" else "busybox"
 
     @property
     def backend(self) -> str:
@@ -148,10 +194,10 @@ class ImageMeta:
         v = _Check(where)
         obj = v.obj(data, "revision.json")
         schema = obj.get("schema")
-        if schema != SCHEMA or isinstance(schema, bool):
+        if schema not in SCHEMAS or isinstance(schema, bool):
             raise MetadataError(
                 f"{where}: revision.json has unsupported schema {schema!r} "
-                f"(this mvm reads schema {SCHEMA})",
+                f"(this mvm reads schemas {', '.join(map(str, SCHEMAS))})",
                 hint="rebuild it, or use the mvm version that wrote it",
             )
         accessible, sealed = v.boolean(obj, "accessible"), v.boolean(obj, "sealed")
@@ -164,13 +210,23 @@ class ImageMeta:
         if rootless != (uids.entrypoint != 0):
             raise v.bad("rootlessEntrypoint", "does not match uids.entrypoint")
         defaults_obj = v.obj_exact(obj, "defaults", {"vcpus", "memory_mib"})
-        kernel_obj = v.obj_exact(obj, "kernel", {"version", "identity"})
+        kernel_obj = v.obj_exact(obj, "kernel", {"version", "identity"}, {"kaslr", "boot"})
         identity = v.text(kernel_obj, "identity", None, "kernel.", max_len=4096)
         if not identity.isprintable():
             raise v.bad("kernel.identity", "must be printable text")
+        kernel = KernelInfo(
+            v.text(kernel_obj, "version", VERSION_RE, "kernel."), identity,
+            kaslr=v.boolean(kernel_obj, "kaslr", "kernel.") if "kaslr" in kernel_obj else None,
+            boot=v.choice(kernel_obj, "boot", KERNEL_BOOTS, "kernel.")
+            if "boot" in kernel_obj else None,
+        )  # fmt: skip
         sums, sizes = v.artefact_map(obj, "checksums"), v.artefact_map(obj, "sizes")
+        oci = v.oci(obj) if "image" in obj else None
+        init_path = v.text(obj, "initPath", INIT_RE) if "initPath" in obj else None
+        if (schema == 2) != (init_path is not None):
+            raise v.bad("initPath", "is set exactly on schema 2 revisions")
         return cls(
-            schema=SCHEMA,
+            schema=schema,
             name=v.text(obj, "name", NAME_RE),
             accessible=accessible,
             sealed=sealed,
@@ -183,7 +239,7 @@ class ImageMeta:
                 obj, "expectedBootMsByAccel", ACCEL_RE, 1, 3_600_000
             ),
             input_hash=v.text(obj, "inputHash", HEX64),
-            kernel=KernelInfo(v.text(kernel_obj, "version", VERSION_RE, "kernel."), identity),
+            kernel=kernel,
             packages=v.str_list(obj, "packages", DEB_RE, 100_000),
             defaults=Defaults(
                 v.integer(defaults_obj, "vcpus", *VCPUS_RANGE, "defaults."),
@@ -200,6 +256,8 @@ class ImageMeta:
             ),
             project_name=v.text(obj, "projectName", NAME_RE) if "projectName" in obj else None,
             template=v.template(obj) if "template" in obj else None,
+            init_path=init_path,
+            image=oci,
             extra={k: val for k, val in obj.items() if k not in _KEYS},
         )
 
@@ -227,7 +285,7 @@ class ImageMeta:
             "expectedBootMs": self.expected_boot_ms,
             "expectedBootMsByAccel": dict(self.expected_boot_ms_by_accel),
             "inputHash": self.input_hash,
-            "kernel": {"version": self.kernel.version, "identity": self.kernel.identity},
+            "kernel": self.kernel.to_json(),
             "packages": list(self.packages),
             "defaults": {"vcpus": self.defaults.vcpus, "memory_mib": self.defaults.memory_mib},
             "checksums": dict(self.checksums), "sizes": dict(self.sizes),
@@ -244,6 +302,11 @@ class ImageMeta:
             t = self.template
             out["template"] = {"name": t.name, "key": t.key, "settings": dict(t.settings),
                                "createdAt": t.created_at}  # fmt: skip
+        if self.init_path is not None:
+            out["initPath"] = self.init_path
+        if self.image is not None:
+            out["image"] = {"ref": self.image.ref, "digest": self.image.digest,
+                            "exposedPorts": list(self.image.exposed_ports)}  # fmt: skip
         return out
 
     def encode(self) -> bytes:
@@ -309,16 +372,20 @@ class _Check:
             raise self.bad(prefix + key, "missing")
         return obj[key]
 
-    def obj_exact(self, obj: Mapping[str, Any], key: str, keys: set[str]) -> dict[str, Any]:
+    def obj_exact(
+        self, obj: Mapping[str, Any], key: str, keys: set[str], optional: frozenset[str] | set[str]
+        = frozenset(),
+    ) -> dict[str, Any]:  # fmt: skip
         value = self._get(obj, key, "")
-        if not isinstance(value, dict) or set(value) != keys:
-            raise self.bad(key, f"must be an object with exactly {', '.join(sorted(keys))}")
+        if not isinstance(value, dict) or not keys <= set(value) <= keys | set(optional):
+            extra = f" (optionally {', '.join(sorted(optional))})" if optional else ""
+            raise self.bad(key, f"must be an object with exactly {', '.join(sorted(keys))}{extra}")
         return value
 
-    def boolean(self, obj: Mapping[str, Any], key: str) -> bool:
-        value = self._get(obj, key, "")
+    def boolean(self, obj: Mapping[str, Any], key: str, prefix: str = "") -> bool:
+        value = self._get(obj, key, prefix)
         if not isinstance(value, bool):
-            raise self.bad(key, f"must be true or false, not {value!r}")
+            raise self.bad(prefix + key, f"must be true or false, not {value!r}")
         return value
 
     def integer(self, obj: Mapping[str, Any], key: str, lo: int, hi: int, prefix: str = "") -> int:
@@ -344,10 +411,13 @@ class _Check:
             raise self.bad(prefix + key, f"invalid value {_short(value)}")
         return value
 
-    def choice(self, obj: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
-        value = self._get(obj, key, "")
+    def choice(
+        self, obj: Mapping[str, Any], key: str, allowed: tuple[str, ...], prefix: str = ""
+    ) -> str:
+        value = self._get(obj, key, prefix)
         if not isinstance(value, str) or value not in allowed:
-            raise self.bad(key, f"must be one of {', '.join(allowed)}, not {_short(value)}")
+            raise self.bad(prefix + key,
+                           f"must be one of {', '.join(allowed)}, not {_short(value)}")  # fmt: skip
         return value
 
     def str_list(self, obj: Mapping[str, Any], key: str, pattern: re.Pattern[str],
@@ -372,6 +442,14 @@ class _Check:
 
     def artefact_map(self, obj: Mapping[str, Any], key: str) -> dict[str, Any]:
         return self.obj_exact(obj, key, set(ARTEFACTS))
+
+    def oci(self, obj: Mapping[str, Any]) -> OciInfo:
+        o = self.obj_exact(obj, "image", {"ref", "digest", "exposedPorts"})
+        ref = self.text(o, "ref", None, "image.", max_len=1024)
+        if not ref.isprintable():
+            raise self.bad("image.ref", "must be printable text")
+        return OciInfo(ref, self.text(o, "digest", IMAGE_DIGEST_RE, "image."),
+                       self.str_list(o, "exposedPorts", EXPOSED_RE, 256))  # fmt: skip
 
     def template(self, obj: Mapping[str, Any]) -> TemplateInfo:
         t = self.obj_exact(obj, "template", {"name", "key", "settings", "createdAt"})

@@ -37,13 +37,27 @@ SKELETON = ("dev", "proc", "sys", "run", "tmp", "home", "root", "etc/mvm/env.d",
             "usr/sbin",
             # mount points for drives: a sealed rootfs is read-only, /init cannot mkdir them
             "mnt/config", "mnt/secrets", "data")  # fmt: skip
+# an OCI image keeps its own layout: only what /init mounts on, and mvm's own trees
+OCI_SKELETON = ("dev", "proc", "sys", "run", "tmp", "etc/mvm/env.d", "etc/mvm/init.d",
+                ".mvm/bin", "mnt/config", "mnt/secrets", "data")  # fmt: skip
 SKELETON_MODES = {"tmp": 0o1777, "var/tmp": 0o1777, "root": 0o700}
 BLOCK = 4096
 
 
-def skeleton(staging: Staging) -> None:
-    for d in SKELETON:
+def skeleton(staging: Staging, dirs: tuple[str, ...] = SKELETON) -> None:
+    for d in dirs:
         staging.mkdir(d, SKELETON_MODES.get(d, 0o755))
+
+
+def install_busybox_private(staging: Staging, busybox: Path, bindir: str) -> None:
+    """Copy busybox to ``bindir`` with every applet beside it (an OCI image's own
+    ``/bin`` is left alone: mvm's scripts find their tools first on PATH)."""
+    with open(busybox, "rb") as f:
+        staging.write(f"{bindir}/busybox", f, 0o755)
+    applets = proc.run([busybox, "--list"], what="listing busybox applets").stdout.decode()
+    for name in applets.split():
+        if name != "busybox" and "/" not in name:
+            staging.symlink(f"{bindir}/{name}", "busybox")
 
 
 def systemd_tree(staging: Staging, links: list[tuple[str, str]]) -> None:

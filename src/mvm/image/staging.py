@@ -39,6 +39,7 @@ MAX_LINKS = 40
 CACHED_DIRS = 64  # open descriptors of recently resolved directories
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 CHUNK = 1 << 20
+_READ_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def _parts(path: str) -> list[str]:
@@ -175,6 +176,54 @@ class Staging:
             return False
         os.close(fd)
         return True
+
+    def read(self, path: str, limit: int) -> bytes | None:
+        """The bytes of the regular file ``path`` resolves to in the image (at most
+        ``limit``: larger is an error), or None when there is none."""
+        parts = _parts(path)
+        try:
+            fd, _names = self._open_dir("/".join(parts[:-1]), create=False)
+        except (FileNotFoundError, BuildError):
+            return None
+        try:
+            for _ in range(MAX_LINKS):
+                st = _lstat(fd, parts[-1])
+                if st is None or not stat.S_ISLNK(st.st_mode):
+                    break
+                # the last component is a symlink: resolve it in the image, not on the host
+                target = os.readlink(parts[-1], dir_fd=fd)
+                base = [] if target.startswith("/") else _names
+                os.close(fd)
+                fd = -1
+                parts = [*base, *_parts(target)]
+                try:
+                    fd, _names = self._open_dir("/".join(parts[:-1]), create=False)
+                except (FileNotFoundError, BuildError):
+                    return None
+            if st is None or not stat.S_ISREG(st.st_mode):
+                return None
+            ffd = os.open(parts[-1], _READ_FILE, dir_fd=fd)
+            with os.fdopen(ffd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    return None
+                data = f.read(limit + 1)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if len(data) > limit:
+            raise BuildError(f"image file {path!r} is larger than {limit} bytes")
+        return data
+
+    def listdir(self, path: str) -> list[str]:
+        """The names in the directory ``path`` resolves to ([] when it is none)."""
+        try:
+            fd, _names = self._open_dir(path, create=False)
+        except (FileNotFoundError, BuildError):
+            return []
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
 
     # -- writes -------------------------------------------------------------
 

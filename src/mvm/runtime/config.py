@@ -51,6 +51,15 @@ class RunConfig:
     project_credentials: list[Credential] | None = None
     forward_host_credentials: bool = True
     hypervisor: str | None = None
+    # egress (docs/network.md): preset none|dev|agent|open (`network=True` is open),
+    # HOST[:PORT] rules, CIDRs, NAME:IP mappings, --secret bindings, extra upstream trust
+    network_preset: str | None = None
+    network_allow: list[str] = field(default_factory=list)
+    network_allow_cidr: list[str] = field(default_factory=list)
+    add_hosts: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list, repr=False)
+    secret_mode: str | None = None
+    add_ca: str | None = None
     machine: str | None = None  # "microvm" (default) | "q35"
 
 

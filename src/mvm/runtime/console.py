@@ -18,6 +18,22 @@ from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
+def raw(fd: int) -> Iterator[None]:
+    """Raw mode (every key, Ctrl-C included, goes to the guest's pty); restored on exit."""
+    import tty
+
+    if not os.isatty(fd):
+        yield
+        return
+    old = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
+
+
+@contextlib.contextmanager
 def cbreak(fd: int) -> Iterator[None]:
     """No echo, no line buffering, signals kept; restored on exit."""
     if not os.isatty(fd):

@@ -2,27 +2,49 @@
 
 from __future__ import annotations
 
-import json
 import shutil
+from pathlib import Path
 from typing import Any
 
 from mvm import paths
+from mvm.config.schema import Project
 
 
-def report() -> dict[str, Any]:
+def project_kernel(project: Project) -> dict[str, Any]:
+    """Which kernel ``project`` boots and whether it is ready, without building it."""
+    from mvm.errors import MvmError
+    from mvm.image import kernel as kernels
+
+    spec = project.spec.kernel
+    info: dict[str, Any] = {"project": str(project.manifest), "kernel": kernels.describe(spec)}
+    try:
+        if spec.provider == "mvm":
+            k = kernels.mvm_kernel(build=False)
+        elif spec.provider == "debian":
+            k = kernels.debian_kernel(cached_only=True)
+        else:
+            k = kernels.resolve(spec)
+        info["version"], info["image"] = k.version, str(k.image)
+    except MvmError as exc:
+        info["image"] = f"not cached: {exc.message}"
+    return info
+
+
+def report(project: Project | None = None) -> dict[str, Any]:
     from mvm.backends.base import get_backend
+    from mvm.image.kernel import cached_kernels
 
     info: dict[str, Any] = {"mvm_home": str(paths.home()), "cache": str(paths.cache_dir())}
-    pointer = paths.kernels_dir() / "debian-current.json"
+    kernels = cached_kernels()
     kernel_image = None
-    try:
-        version = json.loads(pointer.read_text())["version"]
-        kernel_image = paths.kernels_dir() / version / "vmlinux"
-        if not kernel_image.exists():
-            kernel_image = paths.kernels_dir() / version / "vmlinuz"
-        info["kernel"] = f"{version} ({kernel_image})"
-    except (OSError, ValueError, KeyError, TypeError):
-        info["kernel"] = "not fetched (run `mvmctl kernel fetch`)"
+    if kernels:
+        info["kernels"] = ", ".join(f"{k['name']} ({k['provider']})" for k in kernels)
+        kernel_image = Path(kernels[0]["image"])
+    else:
+        info["kernels"] = "none cached (run `mvmctl kernel build` or `make setup`)"
+    if project is not None:
+        used = project_kernel(project)
+        info["project_uses"] = f"{used['kernel']}: {used['image']}"
     qemu = get_backend("qemu").doctor(kernel_image)
     info["qemu"] = qemu.pop("version")
     info.update(qemu)

@@ -32,6 +32,7 @@ ALLOWED: dict[str, tuple[VmState, ...]] = {
     "exec": (VmState.RUNNING,),
     "console": (VmState.RUNNING,),
     "cp": (VmState.RUNNING,),
+    "agent": (VmState.RUNNING,),  # status, ping: the guest agent answers only a running VM
     "forward": (VmState.RUNNING, VmState.PAUSED),
     "fork": (VmState.RUNNING, VmState.PAUSED),
 }

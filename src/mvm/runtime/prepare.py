@@ -12,13 +12,15 @@ the secret-holding files once its hypervisor has opened them
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from mvm import drives
-from mvm.backends.spec import Disk, MachineSpec, NetworkSpec
-from mvm.errors import CredentialError, DriveError
+from mvm.backends.spec import Disk, MachineSpec
+from mvm.errors import CredentialError, DriveError, NetworkError
 from mvm.image.render import APP_USER
+from mvm.network import plan as netplan
 from mvm.runtime.resolve import ResolvedRun
 
 
@@ -40,17 +42,30 @@ class Prepared:
 def check(run: ResolvedRun) -> Prepared:
     """Check every volume, drive file and credential against the image; write nothing."""
     image = run.image
-    plan = drives.plan(run.volumes, run.config_files, run.secret_files)
+    config_files, secret_files = list(run.config_files), list(run.secret_files)
+    net = run.network
+    if net.secret_mode == "drive" and net.bindings:
+        # the seed's approach: values on the secrets drive, metadata on the config drive
+        secret_files += [drives.DriveFile(f"mvm-secrets/{b.key}", b.value, 0o400)
+                         for b in net.bindings]  # fmt: skip
+        manifest = json.dumps({"secrets": [b.manifest() for b in net.bindings]}, indent=1)
+        config_files.append(drives.DriveFile("secrets-manifest.json", manifest + "\n"))
+    plan = drives.plan(run.volumes, config_files, secret_files)
     meta = image.meta
     if plan and "drives" not in meta.features:
         raise DriveError(f"image {meta.name} was built by an mvm without drive support; "
                          "rebuild the image or template")  # fmt: skip
+    if (net.uses_proxy or net.bindings) and "network" not in meta.features:
+        raise NetworkError(f"image {meta.name} was built by an mvm without egress-proxy "
+                           "support; rebuild the image or template")  # fmt: skip
     if run.credentials and "credentials" not in meta.features:
         raise CredentialError(f"image {meta.name} was built by an mvm without credential "
                               "support; rebuild the image or template")  # fmt: skip
     uid = meta.uids.entrypoint
     if plan.data and not image.accessible:
-        drives.check_mountpoints(plan, image.rootfs, "/root" if uid == 0 else f"/home/{APP_USER}")
+        # an OCI image's home is the image's (not recorded; only /tmp is sure to be a tmpfs)
+        home = "/tmp" if meta.image is not None else "/root" if uid == 0 else f"/home/{APP_USER}"
+        drives.check_mountpoints(plan, image.rootfs, home)
     return Prepared(run, plan, uid)
 
 
@@ -64,20 +79,33 @@ def machine_spec(
         att = drives.materialise(prep.plan, run_dir, vm=name, uid=prep.uid)
     else:
         att = drives.layout(prep.plan, run_dir, vm=name)
+    kinfo = image.meta.kernel
     rootfs = Disk(image.rootfs, role="rootfs", readonly=not image.accessible,
                   ephemeral=image.accessible)  # fmt: skip
+    # systemd guests always boot through the initramfs: it imports every credential
+    # into /run/credentials/@system for PID 1 (docs/systemd.md)
+    direct = (
+        kinfo.direct_boot and image.meta.guest_init != "systemd"
+    ) or not image.initramfs.exists()
+    # PID 1: mvm's /init (/.mvm/init in an OCI image), or systemd for init = "systemd"
+    init = SYSTEMD if image.meta.guest_init == "systemd" else image.meta.init_exec
     spec = MachineSpec(
         name=name,
         run_dir=run_dir,
         kernel=image.kernel,
-        initramfs=image.initramfs if image.initramfs.exists() else None,
+        initramfs=None if direct else image.initramfs,
         disks=(rootfs, *att.drives),
         vcpus=int(run.vcpus.value),
         memory_mib=int(run.memory_mib.value),
-        network=NetworkSpec(egress=bool(run.egress.value), forwards=run.ports),
+        network=netplan.prepare(run.network, run_dir, name, run.ports, materialise=materialise),
         credentials=tuple(c.for_guest() for c in run.credentials),
         cmdline=(*(("mvm.trace=1",) if run.trace else ()), *att.cmdline),
         scrub=att.scrub,
+        kaslr=kinfo.kaslr is not False,
         machine=str(run.machine.value),
+        init=init,  # direct boot: the kernel runs it; else the initramfs switches to it
     )
     return spec, att
+
+
+SYSTEMD = "/lib/systemd/systemd"

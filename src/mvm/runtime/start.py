@@ -21,11 +21,15 @@ from pathlib import Path
 
 from mvm import channels, drives, paths
 from mvm.backends.base import Backend, Machine, get_backend
-from mvm.backends.spec import PortForward
+from mvm.backends.spec import MachineSpec, PortForward
 from mvm.errors import ConflictError
 from mvm.log import get_logger
-from mvm.runtime import lifecycle, prepare
+from mvm.network import plan as netplan
+from mvm.runtime import lifecycle, prepare, topology
+from mvm.runtime import restore as restore_mod
 from mvm.runtime.resolve import ResolvedRun
+from mvm.runtime.restore import Restore
+from mvm.runtime.snapshots import create_ram_file
 from mvm.state.atomic import locked
 from mvm.state.records import BrokenRecord, Mode, Phase, VmRecord, list_entries, load_entry
 
@@ -40,6 +44,8 @@ class Started:
     record: VmRecord
     machine: Machine
     console: socket.socket | None = None
+    spec: MachineSpec | None = None
+    timings: dict[str, float] | None = None  # a restore's steps (bench/snapshot.py)
 
 
 def _unique_name(base: str) -> str:
@@ -65,6 +71,16 @@ def check_ports(ports: tuple[PortForward, ...]) -> None:
             except OSError as exc:
                 where = "" if p.address == "127.0.0.1" else f" on {p.address}"
                 raise ConflictError(f"host port {p.host} is already in use{where}") from exc
+
+
+def describe_network(run: ResolvedRun) -> list[str]:
+    """The record's network lines: preset, rules, mappings, secret names and hosts."""
+    net = run.network
+    lines = [f"preset {net.policy.preset}" + (" (egress proxy)" if net.uses_proxy else "")]
+    lines += [f"allow {r}" for r in net.policy.describe()]
+    lines += [f"host {n}={ip}" for n, ip in sorted(net.policy.hosts.items())]
+    lines += [f"secret {b.key} -> {','.join(b.hosts)} ({net.secret_mode})" for b in net.bindings]
+    return lines
 
 
 def remove_run_dir(vdir: Path) -> None:
@@ -119,8 +135,16 @@ def show_command(run: ResolvedRun) -> list[str]:
     return backend.command(spec)
 
 
-def start(run: ResolvedRun) -> Started:
-    """Start a VM for ``run``; return once its hypervisor answers."""
+def start(
+    run: ResolvedRun, *, restore: Restore | None = None, snapshot_source: Path | None = None
+) -> Started:
+    """Start a VM for ``run``; return once its hypervisor answers.
+
+    ``restore``: load the snapshot instead of booting (docs/snapshots.md), return
+    once the guest runs under its new identity.  ``snapshot_source``: a staging
+    directory that will hold a snapshot of this VM; its RAM lives there (shared), and
+    it gets the snapshot topology (:func:`mvm.runtime.topology.shape`).
+    """
     backend: Backend = get_backend(str(run.hypervisor.value))
     paths.validate_name(run.name, "VM name")
     check_ports(run.ports)
@@ -140,11 +164,25 @@ def start(run: ResolvedRun) -> Started:
         record.ports = [str(p) for p in run.ports]
         record.volumes = prep.record_volumes()
         record.credentials = prep.record_credentials()  # names only
+        record.network = describe_network(run)
         record.settings = run.provenance()
         record.save()
         spec, att = prepare.machine_spec(prep, record.name, record.dir)
         try:
-            machine = backend.launch(spec)
+            if restore is not None:
+                spec = restore_mod.shape(spec, restore.snapshot)
+                restore_mod.check(restore, backend, spec)
+                record.boot, record.snapshot = "restored", str(restore.snapshot.dir)
+            elif snapshot_source is not None:
+                spec = topology.shape(spec)
+                ram = create_ram_file(snapshot_source, spec.memory_mib)
+                spec = restore_mod.with_ram(spec, ram)
+            topo = (restore_mod.of(spec, backend, restore.snapshot) if restore is not None
+                    else topology.of(spec, backend))  # fmt: skip
+            topology.save(record.dir, topo)
+            record.save()
+            t_launch = time.monotonic()
+            machine = backend.launch(spec, restore.snapshot.source() if restore else None)
         except BaseException:
             att.discard_created()
             raise
@@ -155,13 +193,23 @@ def start(run: ResolvedRun) -> Started:
                 record.accel, record.accel_reason = accel.accel, accel.reason
             record.started_at = time.time()
             record.save()
+            if run.network.uses_proxy:  # before the guest's first connection; dies with QEMU
+                record.proxy_pid = netplan.start_proxy(run.network, record.dir, record.name,
+                                                       machine.pid, machine.pid_start)  # fmt: skip
+                record.save()
             console = None
+            timings = None
             if run.attached:  # connect first: the console streams from its first byte
                 console = channels.connect_console(backend.channels(record.dir), machine.alive)
             machine.wait_ready()
+            if restore is not None:
+                fresh = bool(prep.plan) or bool(run.credentials)
+                t_ready = time.monotonic()
+                timings = restore_mod.finish(machine, spec, restore, fresh=fresh)
+                timings = {"qemu-answers": t_ready - t_launch, **timings}
             record.phase = Phase.RUNNING.value
             record.save()
-    return Started(record, machine, console)
+    return Started(record, machine, console, spec, timings)
 
 
 @contextlib.contextmanager

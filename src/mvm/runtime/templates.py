@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mvm.errors import MvmError
@@ -15,6 +16,7 @@ from mvm.runtime.resolve import RuntimeDefaults
 
 if TYPE_CHECKING:
     from mvm.image.builder import Image
+    from mvm.runtime.restore import Restore
 
 
 def template_run(name: str) -> tuple[Image, RuntimeDefaults, str]:
@@ -56,3 +58,32 @@ def _untrusted(defaults: RuntimeDefaults) -> RuntimeDefaults:
         defaults, ports=ports, credentials=(),
         required_credentials=tuple(c.name for c in defaults.credentials),
     )  # fmt: skip
+
+
+def snapshot_into(image: Image, stage: Path) -> None:
+    """``template build --snapshot``: boot the revision being built (secret-free), wait
+    until it is ready and save it into ``stage`` beside its artefacts."""
+    from mvm.runtime.config import RunConfig
+    from mvm.runtime.resolve import resolve
+    from mvm.runtime.snapshot_save import template_snapshot
+
+    defaults = RuntimeDefaults.from_meta(image.meta)
+    run = resolve(image, RunConfig(project_credentials=[], forward_host_credentials=False),
+                  defaults, source=f"template:{image.meta.name}")  # fmt: skip
+    template_snapshot(run, stage)
+
+
+def template_restore(image: Image) -> Restore | None:
+    """The snapshot a template revision holds (checked with the revision by
+    ``store.current_image``), as what ``start`` restores; None if it has none."""
+    from mvm.errors import MvmError
+    from mvm.runtime.restore import Restore
+    from mvm.runtime.snapshots import META, load
+    from mvm.templates import integrity
+
+    if not (image.path / META).exists():
+        return None
+    kernel_sha = None
+    with contextlib.suppress(MvmError):  # verified with the revision: no second hash
+        kernel_sha = integrity.load_checksums(image.path, str(image.path)).get("kernel")
+    return Restore(load(image.path), kernel_sha256=kernel_sha)

@@ -89,6 +89,18 @@ class Vm:
         finally:
             machine.close()
 
+    def proxy(self) -> str | None:
+        """The egress proxy's state: None without one; "down" means egress fails closed."""
+        r = self.record
+        if not isinstance(r, VmRecord) or r.proxy_pid is None:
+            return None
+        from mvm.network.plan import proxy_state
+
+        st = proxy_state(r.dir)
+        if st is None or not st["running"]:
+            return "down (egress fails closed)" if r.is_active() else "stopped"
+        return f"running (restarts: {st['restarts']})"
+
     def info(self) -> dict[str, Any]:
         r = self.record
         if isinstance(r, BrokenRecord):
@@ -104,6 +116,7 @@ class Vm:
             "accel_reason": r.accel_reason,
             "pid": r.live_pid(),
             "source": r.source,
+            "boot": r.boot,
             "revision": r.revision or r.image_hash[:12],
             "image_hash": r.image_hash,
             "accessible": r.accessible,
@@ -113,11 +126,29 @@ class Vm:
             "ports": r.ports,
             "volumes": r.volumes,
             "credentials": r.credentials,
+            "network": r.network,
+            "forwards": r.forwards,
+            "proxy": self.proxy(),
             "settings": r.settings,
             "uptime_s": round(u, 1) if (u := r.uptime()) is not None else None,
             "exit_code": r.exit_code(),
             "created_at": r.created_at,
+            **_oci_info(r.image),
         }
+
+
+def _oci_info(image: str) -> dict[str, Any]:
+    """An OCI image's reference and ExposedPorts (listed, never published: only ``-p``
+    forwards a port).  Read from the image's revision.json; nothing when unreadable."""
+    from mvm.image.meta import load as load_meta
+
+    try:
+        oci = load_meta(Path(image) / "revision.json").image if image else None
+    except (OSError, MvmError):
+        oci = None
+    if oci is None:
+        return {"image_ref": None, "exposed_ports": []}
+    return {"image_ref": oci.ref, "exposed_ports": list(oci.exposed_ports)}
 
 
 def get(name: str) -> Vm:
@@ -190,6 +221,10 @@ def down(name: str, *, volumes: bool = False) -> VmState:
             finally:
                 machine.close()
         remove_run_dir(vm.record.dir)
+        if isinstance(rec, VmRecord) and rec.snapshot:
+            from mvm.runtime.fork import release
+
+            release(Path(rec.snapshot), exclude=name)
         if volumes:
             from mvm.drives import remove_volumes
 
@@ -293,13 +328,14 @@ def follow(name: str, n: int, out: Any) -> None:
 
 
 def up(target: Any, run: RunConfig | None = None, *, source: str | None = None,
-       revision: str = "") -> Vm:  # fmt: skip
+       revision: str = "", cold: bool = False) -> Vm:  # fmt: skip
     """Start a detached VM and return once it answers.
 
     ``target`` is a :class:`~mvm.config.Project` (built if needed), an
     :class:`~mvm.image.builder.Image` (its mvm.toml's runtime settings apply
     when it was built from a project in this process), or a template name
-    given as ``"template:NAME"``.  mvm.toml's ports, network and
+    given as ``"template:NAME"`` (restored from the template's snapshot when it
+    has one, unless ``cold``).  mvm.toml's ports, network and
     ``[credentials]`` apply as they do for ``mvmctl up``.
     """
     from mvm.config.schema import Project
@@ -322,6 +358,11 @@ def up(target: Any, run: RunConfig | None = None, *, source: str | None = None,
     else:
         raise TypeError("up() takes a Project, an Image or 'template:NAME'")
     resolved = resolve(image, run, defaults, source=source or label, revision=revision, who="api")
-    started = start(resolved)
+    restore = None
+    if isinstance(target, str) and not cold:
+        from mvm.runtime.templates import template_restore
+
+        restore = template_restore(image)
+    started = start(resolved, restore=restore)
     started.machine.close()
     return Vm(started.record)

@@ -105,3 +105,15 @@ def locked(path: Path, *, blocking: bool = True, timeout: float = 60.0) -> Itera
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def publish_dir(staged: Path, dest: Path) -> None:
+    """Move the finished directory ``staged`` to ``dest`` with one rename; an existing
+    ``dest`` (a forced rebuild) is replaced only now that the new one is whole."""
+    import shutil
+
+    if dest.exists():
+        old = dest.parent / f".old-{dest.name}-{os.getpid()}"
+        os.replace(dest, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(staged, dest)

@@ -78,6 +78,9 @@ class VmRecord:
     ports: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     credentials: list[str] = field(default_factory=list)  # names only, never values
+    network: list[str] = field(default_factory=list)  # preset, rules, secret names -> hosts
+    forwards: list[str] = field(default_factory=list)  # added by `mvmctl forward --detach`
+    proxy_pid: int | None = None  # the egress proxy's supervisor
     settings: dict[str, str] = field(default_factory=dict)  # setting -> where it came from
     owner_pid: int | None = None  # the mvmctl that is creating / attached to it
     owner_start: int | None = None
@@ -85,6 +88,8 @@ class VmRecord:
     pid_start: int | None = None
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
+    boot: str = "cold"  # "cold" or "restored" (from a snapshot: docs/snapshots.md)
+    snapshot: str = ""  # the snapshot directory a restored VM maps (kept while it runs)
     schema: int = SCHEMA
 
     @property
@@ -248,9 +253,11 @@ _FIELD_TYPES: dict[str, Any] = {
     "name": str, "phase": str, "mode": str, "hypervisor": str, "source": str, "image": str,
     "image_hash": str, "revision": str, "accessible": bool, "entrypoint_kind": str,
     "accel": str, "accel_reason": str, "vcpus": int, "memory_mib": int, "ports": list,
-    "volumes": list, "credentials": list, "settings": dict, "owner_pid": (int, None),
+    "volumes": list, "credentials": list, "network": list, "forwards": list,
+    "proxy_pid": (int, None), "settings": dict, "owner_pid": (int, None),
     "owner_start": (int, None), "pid": (int, None), "pid_start": (int, None),
     "created_at": (int, float), "started_at": (int, float, None), "schema": int,
+    "boot": str, "snapshot": str,
 }  # fmt: skip
 
 

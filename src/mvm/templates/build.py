@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,15 @@ class BuildResult:
     seconds: float
 
 
+# builds the saved VM of a `--snapshot` revision into a staging directory: given the
+# image (its metadata as the revision records it) and the directory; supplied by the
+# runtime (mvm.runtime.templates.snapshot_into), which is what can boot VMs
+SnapshotHook = Callable[[builder.Image, Path], None]
+
+
 def revision_key(
     input_hash: str, settings: store.Settings, defaults: Defaults,
-    runtime: dict[str, Any] | None = None,
+    runtime: dict[str, Any] | None = None, snapshot: bool = False,
 ) -> str:  # fmt: skip
     """What makes two builds the same revision.  ``defaults`` joins the key only
     when the project supplies part of them, and ``runtime`` only when mvm.toml
@@ -57,6 +64,8 @@ def revision_key(
         data["defaults"] = {"vcpus": defaults.vcpus, "memory_mib": defaults.memory_mib}
     if runtime:
         data["runtime"] = runtime
+    if snapshot:
+        data["snapshot"] = True
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -71,8 +80,18 @@ def runtime_info(spec: GuestSpec) -> dict[str, Any]:
         info["network"] = True
     if spec.machine:
         info["machine"] = spec.machine
+    if spec.network_table is not None:
+        t = spec.network_table
+        info["network_table"] = {
+            "preset": t.preset,
+            "allow": list(t.allow),
+            "allow_cidr": list(t.allow_cidr),
+            "add_hosts": list(t.add_host),
+        }
     if spec.credentials:
         info["credentials"] = [{"name": c.name, "file": str(c.file)} for c in spec.credentials]
+    if spec.var_credentials:  # read from the starting VM's own var store (docs/vars.md)
+        info["var_credentials"] = [{"name": c.name, "var": c.var} for c in spec.var_credentials]
     return info
 
 
@@ -100,11 +119,12 @@ def _reusable(name: str, key: str, artefacts: dict[str, str] | None) -> store.Re
     return None
 
 
-def build(name: str, *, force: bool = False) -> BuildResult:
+def build(name: str, *, force: bool = False, snapshot: SnapshotHook | None = None) -> BuildResult:
     """Build template ``name``; a new revision appears only if its inputs changed.
 
     ``force`` rebuilds the image even if cached; a new revision still appears
-    only if the rebuilt bytes differ.
+    only if the rebuilt bytes differ.  ``snapshot``: the revision also holds a
+    saved, ready VM (``template build --snapshot``; a revision of its own).
     """
     from mvm.config import load_project
 
@@ -117,7 +137,7 @@ def build(name: str, *, force: bool = False) -> BuildResult:
         meta = _image_meta(image)
         defaults = Defaults(*settings.effective(project.spec.vcpus, project.spec.memory_mib))
         runtime = runtime_info(project.spec)
-        key = revision_key(image.input_hash, settings, defaults, runtime)
+        key = revision_key(image.input_hash, settings, defaults, runtime, snapshot is not None)
         previous = store.current_id(name)
         recorded = dict(meta.checksums)
         found = _reusable(name, key, recorded if force else None)
@@ -132,7 +152,7 @@ def build(name: str, *, force: bool = False) -> BuildResult:
                                      defaults)  # fmt: skip
         if runtime:
             rev_meta = replace(rev_meta, extra={**rev_meta.extra, "runtime": runtime})
-        rev_id = _new_revision(record, image, rev_meta, recorded)
+        rev_id = _new_revision(record, image, rev_meta, recorded, snapshot)
         record.needs_rebuild = False
         record.save()
     log.info("template %s: new revision %s", name, rev_id)
@@ -151,8 +171,9 @@ def _image_meta(image: builder.Image) -> ImageMeta:
 
 
 def _new_revision(
-    record: store.Template, image: builder.Image, meta: ImageMeta, recorded: dict[str, str]
-) -> str:
+    record: store.Template, image: builder.Image, meta: ImageMeta, recorded: dict[str, str],
+    snapshot: SnapshotHook | None = None,
+) -> str:  # fmt: skip
     """Stage, checksum, sign and install a revision from ``image`` (caller holds the lock).
 
     ``meta`` is the image's metadata as a revision of this template (its
@@ -163,6 +184,8 @@ def _new_revision(
         for a in ARTEFACTS:
             _link_or_copy(image.path / a, stage / a)
         (stage / "revision.json").write_bytes(meta.encode())
+        if snapshot is not None:
+            snapshot(builder.Image(stage, meta.to_json()), stage)
         checksums = integrity.compute(stage)
         for a in ARTEFACTS:
             if checksums[a] != recorded[a]:

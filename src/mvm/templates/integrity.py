@@ -31,6 +31,16 @@ from mvm.image.builder import sha256_file
 from mvm.image.meta import ARTEFACTS, MAX_BYTES, read_capped
 
 REVISION_FILES: tuple[str, ...] = (*ARTEFACTS, "revision.json")
+# a revision built with `template build --snapshot` also holds a saved VM (all three or
+# none; names as in mvm.runtime.snapshots): checksummed, signed and transferred with it
+SNAPSHOT_FILES: tuple[str, ...] = ("snapshot.json", "snapshot.state", "snapshot.ram")
+
+
+def files_of(checksums: dict[str, str]) -> tuple[str, ...]:
+    """The files a revision with these checksums holds."""
+    return (*REVISION_FILES, *SNAPSHOT_FILES) if SNAPSHOT_FILES[0] in checksums else REVISION_FILES
+
+
 CHECKSUMS = "checksums.json"
 MARKER = ".verified.json"
 HEX64 = re.compile(r"[0-9a-f]{64}")  # fullmatch only
@@ -40,14 +50,15 @@ def parse_checksums(data: Any, where: str) -> dict[str, str]:
     """Validate a decoded ``checksums.json`` (exactly our files, sha256 hex each)."""
     if (
         not isinstance(data, dict)
-        or set(data) != set(REVISION_FILES)
+        or set(data) not in (set(REVISION_FILES), {*REVISION_FILES, *SNAPSHOT_FILES})
         or not all(isinstance(v, str) and HEX64.fullmatch(v) for v in data.values())
     ):
         raise IntegrityError(
             f"{where}: checksums.json is malformed "
-            f"(expected a sha256 for each of {', '.join(REVISION_FILES)})"
+            f"(expected a sha256 for each of {', '.join(REVISION_FILES)}, "
+            f"and optionally of {', '.join(SNAPSHOT_FILES)})"
         )
-    return {name: str(data[name]) for name in REVISION_FILES}
+    return {name: str(data[name]) for name in files_of(data)}
 
 
 def decode_checksums(raw: bytes, where: str) -> dict[str, str]:
@@ -79,7 +90,10 @@ def load_checksums(directory: Path, where: str) -> dict[str, str]:
 
 
 def compute(directory: Path) -> dict[str, str]:
-    return {name: sha256_file(directory / name) for name in REVISION_FILES}
+    names = REVISION_FILES
+    if (directory / SNAPSHOT_FILES[0]).exists():
+        names = (*REVISION_FILES, *SNAPSHOT_FILES)
+    return {name: sha256_file(directory / name) for name in names}
 
 
 def _ident(st: os.stat_result) -> list[int]:
@@ -132,7 +146,7 @@ def verify_dir(directory: Path, checksums: dict[str, str], *, where: str, cached
     marker = _read_marker(directory) if cached else {}
     fresh: dict[str, Any] = {}
     hashed = 0
-    for name in REVISION_FILES:
+    for name in files_of(checksums):
         path = directory / name
         try:
             st = path.lstat()
@@ -157,6 +171,6 @@ def verify_dir(directory: Path, checksums: dict[str, str], *, where: str, cached
 def mark_verified(directory: Path, checksums: dict[str, str]) -> None:
     """Record that the files were just hashed to ``checksums`` (saves a second pass)."""
     marker = {
-        name: [*_ident((directory / name).stat()), checksums[name]] for name in REVISION_FILES
+        name: [*_ident((directory / name).stat()), checksums[name]] for name in files_of(checksums)
     }
     _write_marker(directory, marker)

@@ -239,7 +239,7 @@ class Revision:
 
     def sizes(self) -> dict[str, int]:
         out = {}
-        for name in integrity.REVISION_FILES:
+        for name in integrity.files_of(self.checksums):
             with contextlib.suppress(OSError):
                 out[name] = (self.path / name).stat().st_size
         return out

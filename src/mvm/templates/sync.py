@@ -31,9 +31,11 @@ Pull (registry → local):
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,7 @@ from mvm.errors import (
 from mvm.image.meta import ARTEFACTS, ImageMeta
 from mvm.templates import integrity, signing, store, trust
 from mvm.templates.registry.base import (
+    SMALL_OBJECT_MAX,
     NullProgress,
     Progress,
     Registry,
@@ -98,7 +101,7 @@ def push(
     committed = _same_checksums(registry, name, rev.id, checksums)
     todo = [
         f
-        for f in integrity.REVISION_FILES
+        for f in integrity.files_of(checksums)
         if force
         or not registry.verify_object(revision_key(name, rev.id, f), sizes[f], checksums[f])
     ]
@@ -213,7 +216,7 @@ def pull(
         policy.enforce(remote, where)
         sig = sig_raw if remote.signer else None
         got = _download(name, registry, rev_id, checksums, record, where, progress, sig)
-    return TransferResult(name, rev_id, got, len(integrity.REVISION_FILES),
+    return TransferResult(name, rev_id, got, len(integrity.files_of(checksums)),
                           time.monotonic() - started, True, signer=remote.signer)  # fmt: skip
 
 
@@ -267,11 +270,13 @@ def _download(
                 progress.end()
             for check in checks:
                 check.result()  # IntegrityError naming the bad file
+        if integrity.SNAPSHOT_FILES[0] in checksums:
+            _download_snapshot(name, registry, rev_id, checksums, rev_dir, where, _ignore)
         integrity.mark_verified(rev_dir, checksums)
         (rev_dir / integrity.CHECKSUMS).write_bytes(integrity.encode_checksums(checksums))
         if signature is not None:
             signing.write_local(rev_dir, signature)
-        got = sum((rev_dir / f).stat().st_size for f in integrity.REVISION_FILES)
+        got = sum((rev_dir / f).stat().st_size for f in integrity.files_of(checksums))
         new_record = record is None
         if record is None:
             record = _record_from_revision(name, meta[0])
@@ -279,6 +284,31 @@ def _download(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return got
+
+
+def _ignore(_n: int) -> None:
+    pass
+
+
+def _download_snapshot(name: str, registry: Registry, rev_id: str, checksums: dict[str, str],
+                       rev_dir: Path, where: str,
+                       progress: Callable[[int], None]) -> None:  # fmt: skip
+    """A revision's saved VM: ``snapshot.json`` first (small, checked), whose recorded
+    sizes then cap the state and RAM downloads; every file checked against its sha256."""
+    meta_name, *rest = integrity.SNAPSHOT_FILES
+    registry.download(revision_key(name, rev_id, meta_name), rev_dir / meta_name, _ignore,
+                      max_bytes=SMALL_OBJECT_MAX)  # fmt: skip
+    integrity.check_file(rev_dir, meta_name, checksums[meta_name], where)
+    try:
+        files = json.loads((rev_dir / meta_name).read_bytes())["files"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise RegistryError(f"{where}: {meta_name} is malformed") from None
+    for f in rest:
+        size = files.get(f) if isinstance(files, dict) else None
+        if not isinstance(size, int) or size < 0:
+            raise RegistryError(f"{where}: {meta_name} does not record the size of {f}")
+        registry.download(revision_key(name, rev_id, f), rev_dir / f, progress, max_bytes=size)
+        integrity.check_file(rev_dir, f, checksums[f], where)
 
 
 def _fetch_meta(name: str, registry: Registry, rev_id: str, checksums: dict[str, str],

@@ -12,21 +12,40 @@ the virtio-serial ports of the host channels, slirp networking, fw_cfg.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from mvm.backends.qemu.guestdata import GuestData
+from mvm.backends.qemu.snapshot import ram_backend
 from mvm.backends.spec import MachineSpec
 
 FAST_CMDLINE = (
     "console=ttyS0 quiet loglevel=3 panic=-1 reboot=t tsc=reliable no_timer_check "
     "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd pci=off random.trust_cpu=on "
-    "8250.nr_uarts=1 mitigations=off nokaslr init_on_alloc=0"
+    "8250.nr_uarts=1 mitigations=off init_on_alloc=0"
 )
+# the rootfs is always the first virtio-blk device (disks[0])
+ROOT_DEVICE = "/dev/vda"
 QEMU = "qemu-system-x86_64"
+MACHINE = "microvm,isa-serial=on,rtc=on"
+NETDEV = "n0"  # the user-network backend's id (hostfwd_add at run time names it)
 # the virtio-serial port names the guest's /init looks for (see guest/init.sh)
 NO_DATA = GuestData()
 PORT_NAMES = {"status": "org.mvm.status", "control": "org.mvm.control", "agent": "org.mvm.agent"}
+
+
+# TCG translation buffer (MiB).  QEMU's default reserves up to 1 GiB and an idle
+# guest had touched ≈45 MB of it; a bounded buffer caps that per VM (docs/kernel.md
+# has the boot-time and RSS measurements behind the value)
+TB_SIZE_MIB = 32
+
+
+def accel_arg(accel: str, tb_size_mib: int | None = TB_SIZE_MIB) -> str:
+    """``-accel``'s value: TCG gets a bounded translation buffer; KVM has none."""
+    if accel == "kvm":
+        return "kvm"
+    return f"tcg,tb-size={tb_size_mib}" if tb_size_mib else "tcg"
 
 
 @dataclass(frozen=True)
@@ -37,6 +56,15 @@ class QemuOptions:
     tsc_khz: int | None = None
     qemu: str = QEMU
     incoming_fd: int | None = None  # restore a snapshot from this inherited fd
+    tb_size_mib: int | None = TB_SIZE_MIB  # TCG only; None: QEMU's default
+    # virtio-balloon with free page reporting: pages the guest frees go back to the
+    # host (the guest kernel needs VIRTIO_BALLOON + PAGE_REPORTING)
+    balloon: bool = True
+    # guest RAM in a file (snapshots, backends/qemu/snapshot.py): shared for a VM being
+    # snapshotted (RAM written to the file), private for a clone (copy-on-write mapping)
+    mem_path: Path | None = None
+    mem_share: bool = False
+    mem_object: bool = False  # anonymous RAM, but as a memory object (a fork of a clone)
 
 
 def _opt(path: Path) -> str:
@@ -46,6 +74,14 @@ def _opt(path: Path) -> str:
 
 def kernel_cmdline(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) -> str:
     parts = [FAST_CMDLINE]
+    if spec.kaslr:
+        parts.append("nokaslr")
+    if spec.initramfs is None:
+        # direct boot (built-in drivers): the kernel mounts the rootfs and runs init
+        mode = "ro" if spec.rootfs.readonly else "rw"
+        parts.append(f"root={ROOT_DEVICE} rootfstype=ext4 {mode} init={spec.init}")
+    elif spec.init != "/init":  # the initramfs switches to it (an OCI image's /.mvm/init)
+        parts.append(f"init={spec.init}")
     if opts.tsc_khz:
         parts.append(f"lpj={opts.tsc_khz * 4} tsc_early_khz={opts.tsc_khz}")
     if not spec.rootfs.readonly:
@@ -71,14 +107,18 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
     argv = [
         opts.qemu,
         "-name", f"mvm-{spec.name},process=mvm-{spec.name}",
-        "-M", "q35" if q35 else "microvm,isa-serial=on,rtc=on",
+        "-M", "q35" if q35 else MACHINE,
         # qboot: no SeaBIOS banner on the console, and faster; it still hands QEMU's
         # SMBIOS tables to the guest
         *(["-bios", "qboot.rom"] if q35 else []),
-        "-accel", accel,
+        "-accel", accel_arg(accel, opts.tb_size_mib),
         *(["-cpu", "host"] if accel == "kvm" else []),
         "-smp", str(spec.vcpus),
         "-m", f"{spec.memory_mib}M",
+        *(ram_backend(opts.mem_path, spec.memory_mib, share=opts.mem_share)
+          if opts.mem_path is not None else []),
+        *(["-object", f"memory-backend-ram,id=mem,size={spec.memory_mib}M",
+           "-machine", "memory-backend=mem"] if opts.mem_object and opts.mem_path is None else []),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         "-kernel", str(spec.kernel),
         *(["-initrd", str(spec.initramfs)] if spec.initramfs else []),
@@ -111,15 +151,26 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
         "-chardev", f"socket,id=agent,path={rd / 'agent.sock'},server=on,wait=off",
         "-device", f"virtserialport,chardev=agent,name={PORT_NAMES['agent']}",
     ]  # fmt: skip
+    if opts.balloon:
+        argv += ["-device", "virtio-balloon-device,free-page-reporting=on"]
     net = spec.network
     if net.enabled:
         fwd = "".join(f",hostfwd={p.proto}:{p.address}:{p.host}-:{p.guest}" for p in net.forwards)
+        # guest forwards: QEMU runs the command per connection (argv parsed shell-like,
+        # no shell); commas are doubled for QEMU's option parser
+        fwd += "".join(
+            f",guestfwd=tcp:{net.guest_ip}:{g.port}-cmd:{shlex.join(g.command).replace(',', ',,')}"
+            for g in net.guest_forwards
+        )
         restrict = "" if net.egress else ",restrict=on"
-        argv += ["-netdev", f"user,id=n0{restrict}{fwd}", "-device", f"virtio-net-{bus},netdev=n0"]
+        argv += ["-netdev", f"user,id={NETDEV}{restrict}{fwd}",
+                 "-device", f"virtio-net-{bus},netdev={NETDEV}"]  # fmt: skip
     for fw in data.fw_cfg:
         argv += ["-fw_cfg", f"name={fw.name},file={_opt(fw.file)}"]
     if data.smbios:  # type 11 OEM strings, one path= per string (never value=: argv is public)
         argv += ["-smbios", "type=11" + "".join(f",path={_opt(p)}" for p in data.smbios)]
     if opts.incoming_fd is not None:
-        argv += ["-incoming", f"fd:{opts.incoming_fd}"]
+        # deferred: capabilities (x-ignore-shared) are set over QMP first, then
+        # migrate-incoming fd:N reads the inherited state file (backends/qemu/snapshot.py)
+        argv += ["-incoming", "defer"]
     return argv

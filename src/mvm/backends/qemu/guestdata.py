@@ -152,6 +152,20 @@ def plan(creds: Sequence[GuestCredential], run_dir: Path, *, smbios: bool) -> Gu
                      files=(*strings, *out))  # fmt: skip
 
 
+NETWORK_FWCFG = "opt/mvm/network"  # the guest's network files (guest/network.sh); not secret
+
+
+def with_network(data: GuestData, config: bytes, run_dir: Path) -> GuestData:
+    """Add the guest's network files (one cpio archive) in the spare fw_cfg slot."""
+    if not config:
+        return data
+    if len(config) > CHUNK:
+        raise CredentialError("the guest's network configuration is too large")
+    path = run_dir / CREDS_DIR / "network.cpio"
+    return GuestData(fw_cfg=(*data.fw_cfg, FwCfg(NETWORK_FWCFG, path)), smbios=data.smbios,
+                     files=(*data.files, (path, config)))  # fmt: skip
+
+
 def write(data: GuestData) -> None:
     """Write the credential files (0600, in a 0700 directory, never overwriting)."""
     if data.directory is None:

@@ -15,20 +15,22 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 from mvm import proc
 from mvm.backends.base import Backend, Capabilities, LaunchError, Machine, RunStatus
 from mvm.backends.qemu import accel as accel_mod
 from mvm.backends.qemu import guestdata
-from mvm.backends.qemu.argv import QEMU, QemuOptions, build_argv
+from mvm.backends.qemu.argv import MACHINE, NETDEV, QEMU, QemuOptions, build_argv
 from mvm.backends.qemu.qmp import QmpSession
-from mvm.backends.spec import HostChannels, MachineSpec
+from mvm.backends.spec import HostChannels, MachineSpec, PortForward, RestoreSource
 from mvm.errors import BackendError, HypervisorMissing
 from mvm.log import get_logger
 from mvm.state.procs import pid_alive, proc_start_time
 
 log = get_logger(__name__)
+CLONE_TB_MIB = 8  # translation buffer of a restored clone (bench/snapshot.py: PSS)
 STATUS_MAP: dict[str, RunStatus] = {
     "running": "running", "paused": "paused", "suspended": "paused", "io-error": "io-error",
     "shutdown": "shutdown", "inmigrate": "paused", "postmigrate": "paused",
@@ -67,6 +69,7 @@ class QemuMachine(Machine):
         self.command = command or []
         self.accel = accel
         self.session = QmpSession(run_dir / monitor)
+        self.incoming: tuple[int, bool] | None = None  # (inherited state fd, shared RAM)
 
     def qmp(self, cmd: str, timeout: float = 5.0, **args: object) -> object:
         return self.session.command(cmd, timeout, **args)
@@ -96,6 +99,37 @@ class QemuMachine(Machine):
 
     def resume(self) -> None:
         self.session.command("cont")
+
+    def snapshot(self, state: Path, *, memory_mib: int, shared_ram: bool) -> None:
+        from mvm.backends.qemu import snapshot
+
+        snapshot.save(self, state, memory_mib=memory_mib, shared_ram=shared_ram)
+
+    def wait_restored(self, memory_mib: int) -> None:
+        from mvm.backends.qemu import snapshot
+
+        if self.incoming is not None:
+            fd, shared = self.incoming
+            snapshot.start_incoming(self, fd, shared_ram=shared)
+            self.incoming = None
+        snapshot.wait_loaded(self, memory_mib)
+
+    def _hostfwd(self, command: str, success: str = "") -> None:
+        """QEMU 7.2 has no QMP command for user-network forwards: HMP through QMP
+        (its reply is text: empty when a rule was added, "… removed" when removed)."""
+        reply = self.session.command("human-monitor-command", 5.0, **{"command-line": command})
+        text = str(reply or "").strip()
+        if text and not (success and text.endswith(success)):
+            raise BackendError(f"QEMU refused the forward: {text.splitlines()[0]}")
+
+    def add_forward(self, forward: PortForward) -> None:
+        self._hostfwd(f"hostfwd_add {NETDEV} {forward.proto}:{forward.address}:{forward.host}"
+                      f"-:{forward.guest}")  # fmt: skip
+
+    def remove_forward(self, forward: PortForward) -> None:
+        self._hostfwd(
+            f"hostfwd_remove {NETDEV} {forward.proto}:{forward.address}:{forward.host}", "removed"
+        )
 
     def _answering(self) -> bool:
         if not self.session.sock.exists():  # not listening yet: no noisy failed connect
@@ -141,14 +175,35 @@ class QemuMachine(Machine):
 
 class QemuBackend(Backend):
     name = "qemu"
+    machine_type = MACHINE  # recorded with snapshots (a restore needs the same machine)
     capabilities = Capabilities(
         smbios=True, fw_cfg=True, snapshots=True, agent_transport="virtio-serial"
     )
 
     def version(self) -> str:
-        out = proc.run([qemu_binary(), "--version"], timeout=10, error=BackendError)
+        """QEMU's version, remembered per binary (path, size, mtime): every restore
+        compares it with the snapshot's, and running QEMU costs tens of ms."""
+        qemu = qemu_binary()
+        try:
+            st = os.stat(qemu)
+            stamp = f"{qemu}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        except OSError:
+            stamp = ""
+        from mvm import paths
+        from mvm.state.atomic import read_json, write_json
+
+        cache = paths.cache_dir() / "qemu-versions.json"
+        with contextlib.suppress(Exception):
+            known = read_json(cache)
+            if stamp and isinstance(known, dict) and isinstance(known.get(stamp), str):
+                return str(known[stamp])
+        out = proc.run([qemu, "--version"], timeout=10, error=BackendError)
         m = re.search(rb"version (\S+)", out.stdout)
-        return m.group(1).decode() if m else "unknown"
+        version = m.group(1).decode() if m else "unknown"
+        if stamp and version != "unknown":
+            with contextlib.suppress(Exception):  # only costs the next call a QEMU run
+                write_json(cache, {stamp: version})
+        return version
 
     def doctor(self, kernel: Path | None) -> dict[str, str]:
         """QEMU's version and path, and which accelerator it would use and why."""
@@ -171,17 +226,46 @@ class QemuBackend(Backend):
         return QemuOptions(accel=choice.accel, tsc_khz=accel_mod.host_tsc_khz(), qemu=qemu_binary())
 
     def _plan(
-        self, spec: MachineSpec
+        self,
+        spec: MachineSpec,
+        restore: RestoreSource | None = None,
+        incoming_fd: int | None = None,
     ) -> tuple[list[str], guestdata.GuestData, accel_mod.AccelChoice]:
         choice = self.accel(spec)
         data = guestdata.plan(spec.credentials, spec.run_dir, smbios=spec.machine == "q35")
-        return build_argv(spec, self.options(spec, choice), data), data, choice
+        data = guestdata.with_network(data, spec.network.guest_config, spec.run_dir)
+        opts = self.options(spec, choice)
+        if spec.ram_file is not None:
+            opts = replace(opts, mem_path=spec.ram_file, mem_share=True)
+        if restore is not None:
+            # a clone maps the snapshot's RAM privately: shared pages, never written back
+            # clones share the snapshot's pages; under TCG each has its own translation
+            # buffer (QEMU's default grows to tens of MiB): keep it small per clone
+            opts = replace(opts, incoming_fd=incoming_fd, mem_path=restore.ram, mem_share=False,
+                           mem_object=restore.ram_object,
+                           tb_size_mib=opts.tb_size_mib or CLONE_TB_MIB)  # fmt: skip
+        return build_argv(spec, opts, data), data, choice
 
     def command(self, spec: MachineSpec) -> list[str]:
         return self._plan(spec)[0]
 
-    def launch(self, spec: MachineSpec) -> QemuMachine:
-        argv, data, choice = self._plan(spec)
+    def launch(self, spec: MachineSpec, restore: RestoreSource | None = None) -> QemuMachine:
+        state_fd = None
+        if restore is not None:
+            try:
+                state_fd = os.open(restore.state, os.O_RDONLY)  # inherited by QEMU only
+            except OSError as exc:
+                raise BackendError(f"snapshot state {restore.state}: {exc.strerror}") from exc
+        try:
+            return self._launch(spec, restore, state_fd)
+        finally:
+            if state_fd is not None:
+                os.close(state_fd)
+
+    def _launch(
+        self, spec: MachineSpec, restore: RestoreSource | None, state_fd: int | None
+    ) -> QemuMachine:
+        argv, data, choice = self._plan(spec, restore, state_fd)
         rd = spec.run_dir
         guestdata.write(data)
         for end in ("in", "out"):  # the control port's pipe chardev (see argv.py)
@@ -192,7 +276,8 @@ class QemuBackend(Backend):
         try:
             with os.fdopen(fd, "ab") as logf:
                 popen = proc.spawn(argv, stdout=logf, stderr=logf, cwd=rd, error=BackendError,
-                                   what="starting QEMU")  # fmt: skip
+                                   what="starting QEMU",
+                                   pass_fds=() if state_fd is None else (state_fd,))  # fmt: skip
         except BaseException:
             if data.directory is not None:
                 shutil.rmtree(data.directory, ignore_errors=True)
@@ -200,13 +285,15 @@ class QemuBackend(Backend):
         machine = QemuMachine(self, rd, popen.pid, proc_start_time(popen.pid), popen=popen,
                               command=argv, accel=choice)  # fmt: skip
         machine._scrub = [p for p in (data.directory, *spec.scrub) if p is not None]
+        if restore is not None and state_fd is not None:
+            machine.incoming = (state_fd, restore.ram is not None)
         return machine
 
     def channels(self, run_dir: Path) -> HostChannels:
         return HostChannels(
             status=run_dir / "status", control=run_dir / "control.in",
             agent=run_dir / "agent.sock", console=run_dir / "console.sock",
-            console_log=run_dir / "console.log",
+            console_log=run_dir / "console.log", control_reply=run_dir / "control.out",
         )  # fmt: skip
 
     def ephemeral(self, run_dir: Path) -> tuple[Path, ...]:

@@ -57,6 +57,17 @@ class QmpSession:
             raise BackendError(f"QMP {cmd}: {desc}")
         return reply.get("return")
 
+    def send_fd(self, fd: int, name: str, timeout: float = 5.0) -> None:
+        """Hand ``fd`` to QEMU (SCM_RIGHTS) under ``name`` (QMP ``getfd``)."""
+        if self._mon is None:
+            self.connect(timeout)
+        try:
+            self._mon.send_fd_scm(fd)
+        except Exception as exc:
+            self.close()
+            raise BackendError(f"QMP getfd on {self.sock}: {exc or type(exc).__name__}") from exc
+        self.command("getfd", timeout, fdname=name)
+
     def close(self) -> None:
         if self._mon is not None:
             with contextlib.suppress(Exception):  # closing a dead socket is not an error
