@@ -25,6 +25,7 @@ MVMCTL = str(Path(sys.executable).parent / "mvmctl")
 PROJECT = """
 name = "bench-{init}"
 init = "{init}"
+kernel = "debian"  # the same kernel for all four: q35 needs its virtio-pci module
 
 [entrypoint]
 command = ["/bin/sh", "-c", "echo mvm-bench-ready"]

@@ -96,9 +96,13 @@ def sd(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("systemd")
     home = root / "home"
     env = {"MVM_HOME": str(home)}
+    # q35 needs virtio-pci: the Debian kernel (modules) has it, the mvm kernel does not
+    debian = 'kernel = "debian"\n'
     projects = {
         "systemd": write_project(root / "sdguest", SYSTEMD_TOML),
-        "busybox": write_project(root / "bbguest", BUSYBOX_TOML),
+        "systemd-debian": write_project(root / "sdguest-debian", debian + SYSTEMD_TOML),
+        "busybox": write_project(root / "bbguest", debian + BUSYBOX_TOML),
+        "busybox-mvm": write_project(root / "bbguest-mvm", BUSYBOX_TOML),
     }
     for p in projects.values():
         r = mvmctl("build", str(p), env=env, timeout=900)
@@ -157,12 +161,12 @@ def test_systemd_guest_on_microvm(sd: dict[str, Path]) -> None:
 
 def test_systemd_guest_on_q35_with_smbios(sd: dict[str, Path]) -> None:
     env = {"MVM_HOME": str(sd["home"])}
-    r = mvmctl("run", "--show-command", "--machine", "q35", str(sd["systemd"]), "--credential",
+    r = mvmctl("run", "--show-command", "--machine", "q35", str(sd["systemd-debian"]), "--credential",
                f"API_KEY@{sd['key']}", env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "-M q35" in r.stdout and "-smbios type=11,path=" in r.stdout
     assert "-fw_cfg" not in r.stdout and API_KEY not in r.stdout
-    rc, out, took = run_attached(sd, "systemd", "--machine", "q35", "--credential",
+    rc, out, took = run_attached(sd, "systemd-debian", "--machine", "q35", "--credential",
                                  f"API_KEY@{sd['key']}", "--credential", "OTHER=other")  # fmt: skip
     assert_systemd_guest(out, rc)
     print(f"\nsystemd guest, q35: {took:.1f}s from run to exit")
@@ -176,6 +180,10 @@ def test_busybox_guest_on_q35_with_smbios(sd: dict[str, Path]) -> None:
     assert f"cred API_KEY {len(API_KEY)} {sha(API_KEY.encode())}" in got, out[-3000:]
     assert "smbios-entries 1" in got  # it came as an OEM string, not over fw_cfg
     print(f"\nbusybox guest, q35: {took:.1f}s from run to exit")
+    # the mvm kernel has no virtio-pci: a clear error before anything starts
+    r = mvmctl("run", "--machine", "q35", str(sd["busybox-mvm"]), env={"MVM_HOME": str(sd["home"])})
+    assert r.returncode != 0 and r.stderr.startswith("mvmctl: error: "), r.stderr
+    assert "virtio-pci" in r.stderr and 'kernel = "debian"' in r.stderr
 
 
 def test_down_is_graceful(sd: dict[str, Path]) -> None:

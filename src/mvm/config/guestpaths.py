@@ -77,6 +77,11 @@ SYSTEMD_MASKED = (
     "systemd-ask-password-console.path", "systemd-boot-system-token.service",
     "systemd-hwdb-update.service", "systemd-journal-catalog-update.service",
     "systemd-machine-id-commit.service", "e2scrub_reap.service",
+    # measured with systemd-analyze blame under TCG: each 0.6-1.8 s and of no use here
+    # (the kernel's CRNG is trusted from the CPU, mvm loads its modules itself, the root
+    # has no fstab line, the journal stays in /run, nothing uses hugepages)
+    "systemd-random-seed.service", "systemd-modules-load.service",
+    "systemd-remount-fs.service", "systemd-journal-flush.service", "dev-hugepages.mount",
 )  # fmt: skip
 _SYSTEMD_MVM = re.compile(r"/etc/systemd/system/(?:[^/]+\.wants/)?mvm-[^/]*")
 MOUNTED = ("/dev", "/proc", "/sys", "/run", "/tmp")

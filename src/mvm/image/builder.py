@@ -158,6 +158,8 @@ def input_hash(project: Project, kernel: kernels.Kernel, hashes: ContentHashes) 
         "hypervisor": spec.hypervisor,
         "epoch": epoch,
     }
+    if spec.init == "systemd":  # built with an initramfs even for a direct-boot kernel
+        identity["initramfs"] = True
     image_id = None
     if spec.image is not None:
         from mvm.image import oci
@@ -362,7 +364,9 @@ def _build(
         )
         rootfs.make_ext4(root, out / "rootfs.ext4", owners, stamp=stamp)
         shutil.rmtree(root)
-        if kernel.boot == "direct":  # the kernel mounts the rootfs itself: an empty artefact
+        # the kernel mounts the rootfs itself: an empty artefact; but a systemd guest always
+        # boots through the initramfs, which imports every credential for systemd
+        if kernel.boot == "direct" and spec.init != "systemd":
             with atomic_file(out / "initramfs.cpio"):
                 pass
         else:

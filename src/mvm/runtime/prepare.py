@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mvm import drives
 from mvm.backends.spec import Disk, MachineSpec
-from mvm.errors import CredentialError, DriveError, NetworkError
+from mvm.errors import ConfigError, CredentialError, DriveError, NetworkError
 from mvm.image.render import APP_USER
 from mvm.network import plan as netplan
 from mvm.runtime.resolve import ResolvedRun
@@ -42,6 +42,11 @@ class Prepared:
 def check(run: ResolvedRun) -> Prepared:
     """Check every volume, drive file and credential against the image; write nothing."""
     image = run.image
+    if run.machine.value == "q35" and image.meta.kernel.direct_boot:
+        raise ConfigError(
+            f"machine q35 ({run.machine.source}) needs virtio-pci, which the mvm kernel "
+            f'(built for microvm) does not have; build the image with kernel = "debian"',
+        )
     config_files, secret_files = list(run.config_files), list(run.secret_files)
     net = run.network
     if net.secret_mode == "drive" and net.bindings:

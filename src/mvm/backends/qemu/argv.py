@@ -152,7 +152,7 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
         "-device", f"virtserialport,chardev=agent,name={PORT_NAMES['agent']}",
     ]  # fmt: skip
     if opts.balloon:
-        argv += ["-device", "virtio-balloon-device,free-page-reporting=on"]
+        argv += ["-device", f"virtio-balloon-{bus},free-page-reporting=on"]
     net = spec.network
     if net.enabled:
         fwd = "".join(f",hostfwd={p.proto}:{p.address}:{p.host}-:{p.guest}" for p in net.forwards)
