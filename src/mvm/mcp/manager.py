@@ -86,18 +86,26 @@ class Manager:
                 o.sandbox.close()
         return old
 
-    def close(self) -> None:
-        """Stop the reaper; destroy every sandbox unless ``keep``."""
+    def close(self, *, detached: bool = False) -> None:
+        """Stop the reaper; destroy every sandbox unless ``keep`` — here, or with
+        ``detached`` in a process of its own (:mod:`mvm.mcp.cleanup`), so a
+        client that signals the server soon after closing stdin cannot cut the
+        cleanup short."""
         self._stop.set()
         with self._lock:
             owned = list(self._owned.values())
             if not self.keep:
                 self._owned.clear()
-        if self.keep:
+        if self.keep or not owned:
             return
-        for o in owned:
-            with contextlib.suppress(MvmError):
-                o.sandbox.close()
+        if detached:
+            from mvm.mcp.cleanup import spawn
+
+            spawn([o.sandbox.name for o in owned])
+            return
+        from mvm.mcp.cleanup import down_all
+
+        down_all([o.sandbox.name for o in owned])
 
     # -- lookups --
 

@@ -147,4 +147,5 @@ def serve(policy: Policy, *, http: bool = False, port: int = 8765, keep: bool = 
             else:
                 server.run("stdio")
     finally:
-        manager.close()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the hand-over must not be cut short
+        manager.close(detached=True)

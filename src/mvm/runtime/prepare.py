@@ -80,8 +80,15 @@ def machine_spec(
     else:
         att = drives.layout(prep.plan, run_dir, vm=name)
     kinfo = image.meta.kernel
-    rootfs = Disk(image.rootfs, role="rootfs", readonly=not image.accessible,
-                  ephemeral=image.accessible)  # fmt: skip
+    if image.accessible:  # writable: a private copy, so fork and snapshots can include it
+        from mvm.runtime import rootfs as rootfs_mod
+
+        own = rootfs_mod.path(run_dir)
+        if materialise and not own.exists():
+            rootfs_mod.clone(image.rootfs, own)
+        rootfs = Disk(own, role="rootfs", readonly=False)
+    else:
+        rootfs = Disk(image.rootfs, role="rootfs")
     direct = kinfo.direct_boot or not image.initramfs.exists()
     # PID 1: mvm's /init (/.mvm/init in an OCI image), or systemd for init = "systemd"
     init = SYSTEMD if image.meta.init == "systemd" else image.meta.init_exec
