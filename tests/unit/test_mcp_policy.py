@@ -48,13 +48,22 @@ def test_file_and_flags(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text", [
     "max_sandboxes = 0", "max_sandboxes = true", "max_sandboxes = 1.5", "max_lifetime = -1",
     'networks = ["wide"]', 'templates = "py"', 'templates = ["Bad/Name"]', "typo = 1",
-    '[secrets]\n"Bad Name" = "x"', "secrets = 3", "not toml [",
+    '[secrets]\n"Bad Name" = "x"', "secrets = 3", "not toml [", '[secrets]\nk = "K=v"',
+    '[secrets]\nk = "NOT_IN_ENV_X:api.example.com"', '[secrets]\nk = "K@/no/such:h.example"',
 ])  # fmt: skip
 def test_bad_policies_are_config_errors(tmp_path: Path, text: str) -> None:
     f = tmp_path / "p.toml"
     f.write_text(text)
     with pytest.raises(ConfigError):
         pm.load(f)
+
+
+def test_binding_errors_never_show_the_value(tmp_path: Path) -> None:
+    f = tmp_path / "p.toml"
+    f.write_text('[secrets]\nk = "K=sk-very-secret"\n')
+    with pytest.raises(ConfigError) as e:
+        pm.load(f)
+    assert "sk-very-secret" not in str(e.value) and "[secrets] k" in str(e.value)
 
 
 def test_missing_and_huge_policy_files(tmp_path: Path) -> None:

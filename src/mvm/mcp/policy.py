@@ -135,10 +135,25 @@ def from_mapping(data: Mapping[str, Any], base: Policy | None = None, where: str
             isinstance(k, str) and isinstance(v, str) for k, v in sec.items()
         ):
             raise ConfigError(f"{where}: [secrets] maps binding names to binding specs")
-        for k in sec:
+        for k, spec in sec.items():
             paths.validate_name(k, "secret binding name")
+            _check_binding(k, spec, where)
         changes["secrets"] = dict(sec)
     return replace(pol, **changes)
+
+
+def _check_binding(name: str, spec: str, where: str) -> None:
+    """A binding the server could not apply is the operator's error, found at start
+    (never a model's: it only names the binding).  Messages never show the value."""
+    import os
+
+    from mvm.errors import NetworkError
+    from mvm.network import bindings
+
+    try:
+        bindings.parse(spec, dict(os.environ), origin="policy")
+    except NetworkError as exc:
+        raise ConfigError(f"{where}: [secrets] {name}: {exc.message}", hint=exc.hint) from None
 
 
 def load(path: str | Path) -> Policy:
