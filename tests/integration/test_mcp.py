@@ -157,3 +157,47 @@ def test_max_lifetime_destroys_old_sandboxes(home: Path) -> None:
             return name
 
     asyncio.run(main())
+
+
+def test_streamable_http_on_loopback(home: Path) -> None:
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    from mcp.client.streamable_http import streamable_http_client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([MVMCTL, "mcp", "--http", "--port", str(port),
+                             "--allow-template", TEMPLATE],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        end = time.monotonic() + 60
+        while True:
+            with socket.socket() as c:
+                if c.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None and time.monotonic() < end, proc.stderr
+            time.sleep(0.2)
+
+        async def main() -> str:
+            async with streamable_http_client(f"http://127.0.0.1:{port}/mcp") as (r, w), \
+                    ClientSession(r, w) as s:  # fmt: skip
+                await s.initialize()
+                assert "exec" in {t.name for t in (await s.list_tools()).tools}
+                name = str((await call(s, "create_sandbox", template=TEMPLATE))["name"])
+                r2 = await call(s, "exec", sandbox=name, command="echo over-http")
+                assert r2["stdout"] == "over-http\n"
+                return name
+
+        name = asyncio.run(main())
+        assert name in vm_names()
+        proc.send_signal(signal.SIGTERM)  # stopping the server removes its sandboxes
+        assert proc.wait(timeout=60) == 0
+        assert asyncio.run(gone(name))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
