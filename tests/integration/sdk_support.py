@@ -1,5 +1,6 @@
-"""One snapshot template for the SDK and MCP tests (restores are ~1 s, so many
-sandboxes per module stay cheap under TCG)."""
+"""One snapshot template for the SDK and MCP tests, as a pytest plugin
+(``pytest_plugins = ["tests.integration.sdk_support"]``: fixtures ``tmpl_home``,
+``home``).  Restores are ~1 s, so many sandboxes per module stay cheap under TCG."""
 
 from __future__ import annotations
 
@@ -37,3 +38,18 @@ def down_all(home: Path) -> None:
     for d in vms.glob("*") if vms.exists() else []:
         if d.is_dir():
             mvmctl("down", d.name, env={"MVM_HOME": str(home)})
+
+
+@pytest.fixture(scope="module")
+def tmpl_home(tmp_path_factory: pytest.TempPathFactory,
+              request: pytest.FixtureRequest) -> Iterator[Path]:  # fmt: skip
+    """One template home per test module that imports this fixture."""
+    yield from template_home(tmp_path_factory, request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture
+def home(tmpl_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """MVM_HOME is the module's template home; the test's VMs are removed after it."""
+    monkeypatch.setenv("MVM_HOME", str(tmpl_home))
+    yield tmpl_home
+    down_all(tmpl_home)

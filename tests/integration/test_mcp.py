@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,25 +16,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import MVMCTL, ok
-from tests.integration.sdk_support import TEMPLATE, down_all, template_home
+from tests.integration.sdk_support import TEMPLATE
+
+pytest_plugins = ["tests.integration.sdk_support"]  # the template home fixtures
 
 mcp = pytest.importorskip("mcp")
 from mcp import ClientSession  # noqa: E402
 from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tmpl_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from template_home(tmp_path_factory, "mcp")
-
-
-@pytest.fixture
-def home(tmpl_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("MVM_HOME", str(tmpl_home))
-    yield tmpl_home
-    down_all(tmpl_home)
 
 
 @asynccontextmanager

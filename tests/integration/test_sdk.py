@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,21 +13,11 @@ import pytest
 import mvm
 from mvm.errors import ConfigError, DeadlineError, NotFoundError
 from tests.conftest import ok
-from tests.integration.sdk_support import TEMPLATE, down_all, template_home
+from tests.integration.sdk_support import TEMPLATE
+
+pytest_plugins = ["tests.integration.sdk_support"]  # the template home fixtures
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tmpl_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from template_home(tmp_path_factory, "sdk")
-
-
-@pytest.fixture
-def home(tmpl_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("MVM_HOME", str(tmpl_home))
-    yield tmpl_home
-    down_all(tmpl_home)
 
 
 def names() -> set[str]:
@@ -143,3 +132,18 @@ def test_five_async_sandboxes_in_parallel_exchange_files(home: Path) -> None:
 
     created = asyncio.run(main())
     assert not set(created) & names()
+
+
+def test_project_source_and_credentials_boot_cold(home: Path, tmp_path: Path) -> None:
+    from tests.conftest import write_project
+    from tests.integration.sdk_support import PROJECT
+
+    proj = write_project(tmp_path / "proj", PROJECT)
+    with mvm.Sandbox.create(project=proj, credentials={"DB_PASS": "pw-1"}) as sb:
+        info = sb.info()
+        assert info["boot"] == "cold" and info["credentials"] == ["DB_PASS"]
+        assert sb.exec("cat /run/credentials/@system/DB_PASS").stdout == "pw-1"
+        assert "pw-1" not in json.dumps(info)
+    with mvm.Sandbox.create(template=TEMPLATE, credentials={"TOKEN": b"t\0k"}) as sb:
+        assert sb.info()["boot"] == "cold"  # credentials do not reach a restored guest yet
+        assert sb.files.read("/run/credentials/@system/TOKEN") == b"t\0k"

@@ -115,4 +115,6 @@ def create_options(
         network_preset=network, network_allow=_strs(allow, "allow"),
         secrets=_strs(secrets, "secrets"), credentials=_credentials(credentials),
     )  # fmt: skip
-    return CreateOptions(kind, str(source), run, cold=bool(cold))
+    # a restored guest enumerated fw_cfg when the snapshot booted: credentials attached
+    # now would not reach it (a gap of the restore path), so they mean a cold boot
+    return CreateOptions(kind, str(source), run, cold=bool(cold) or bool(run.credentials))
