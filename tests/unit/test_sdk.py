@@ -106,3 +106,33 @@ def test_exported_from_mvm() -> None:
     assert mvm.Sandbox.__module__ == "mvm.sdk.sandbox"
     assert mvm.AsyncSandbox.__module__ == "mvm.sdk.aio"
     assert issubclass(mvm.DeadlineError, mvm.MvmError)
+
+
+def test_a_cancelled_async_create_hands_its_result_to_cleanup() -> None:
+    import asyncio
+
+    from mvm.sdk.aio import _run
+
+    started, release, cleaned = threading.Event(), threading.Event(), threading.Event()
+    got: list[str] = []
+
+    def slow_create() -> str:
+        started.set()
+        release.wait(5)
+        return "sb-late"
+
+    def cleanup(name: str) -> None:
+        got.append(name)
+        cleaned.set()
+
+    async def main() -> None:
+        task = asyncio.ensure_future(_run(slow_create, on_abandon=cleanup))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+
+    asyncio.run(main())
+    assert cleaned.wait(5) and got == ["sb-late"]  # the VM made after the cancel is removed

@@ -57,6 +57,8 @@ def build(manager: Manager) -> MCPServer[Any]:
             return await anyio.to_thread.run_sync(fn, limiter=limiter)
         except MvmError as exc:
             raise err(exc.message + (f" (hint: {exc.hint})" if exc.hint else "")) from None
+        except OSError as exc:  # a host-side failure (disk full, …): one line, no traceback
+            raise err(f"{exc.strerror or exc}") from None
 
     @server.tool(description="Start a sandbox from an allowed template; returns its name.")
     async def create_sandbox(template: str, network: Network = "none",
