@@ -242,6 +242,19 @@ def test_slowloris_is_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         assert time.monotonic() - t0 < 5
 
 
+def test_trickled_head_is_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A head sent a byte at a time never resets the clock: the whole head has a deadline."""
+    monkeypatch.setattr(proxy, "HEAD_TIMEOUT", 1.5)
+    cfg = ProxyConfig(policy.build("open"))
+    with running_proxy(cfg, tmp_path) as socks, _unix(socks["http"]) as s:
+        t0 = time.monotonic()
+        with pytest.raises(OSError):
+            for c in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+                s.sendall(bytes([c]))
+                time.sleep(0.2)
+        assert time.monotonic() - t0 < 6
+
+
 def test_dns_responder(world: dict) -> None:
     from .test_network_dns_helper import query
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import mvmctl, write_project
+from tests.conftest import MVMCTL, mvmctl, write_project
 from tests.integration.drives_support import env_for, parse
 from tests.integration.network_support import digest, echo_server
 
@@ -243,6 +245,25 @@ def test_forward_added_to_a_running_vm(world: World) -> None:
     assert st["forwards"] == []
 
 
+def test_forward_until_ctrl_c(world: World) -> None:
+    env = dict(os.environ, **env_for(world.home))
+    port = _free_port()
+    p = subprocess.Popen([MVMCTL, "forward", world.name, f"{port}:8080"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert "Ctrl-C to stop" in line, line + (p.stderr.read() if p.stderr else "")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).read()
+        assert body == b"hello from the guest\n"
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 0
+    finally:
+        p.kill()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+
+
 def test_preset_none_has_no_egress_at_all(world: World, tmp_path: Path) -> None:
     env = env_for(world.home)
     project = world.home.parent / "proj"
@@ -256,3 +277,58 @@ def test_preset_none_has_no_egress_at_all(world: World, tmp_path: Path) -> None:
     assert "direct" not in g or all("path" not in x for x in g["direct"])
     assert not (world.home / "vms" / "net-none" / "egress.log").exists()
     mvmctl("down", "net-none", env=env)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--secret", "KEY:"],
+        ["--secret", ":api.test"],
+        ["--secret", "K=v:api.test:"],
+        ["--secret", "MVM_SURELY_UNSET_VAR:api.test"],
+        ["--network-preset", "dev", "--secret", "K=v:notallowed.test"],
+        ["--network-preset", "dev", "--network-allow", "*.com"],
+        ["--network-preset", "dev", "--network-allow", "10.0.0.0/8"],
+        ["--network-allow-cidr", "10.0.0.0/99"],
+        ["--add-host", "nocolon"],
+        ["-p", "18080:80", "-p", "18080:81"],
+        ["--net", "--network-preset", "dev"],
+    ],
+)
+def test_bad_network_input_starts_nothing(world: World, args: list[str]) -> None:
+    env = env_for(world.home)
+    project = world.home.parent / "proj"
+    r = mvmctl("up", "--flake", str(project), "--name", "bad-net", *args, env=env, timeout=120)
+    assert r.returncode != 0
+    assert r.stderr.startswith("mvmctl: error: ") and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2  # the error, maybe a hint
+    assert not (world.home / "vms" / "bad-net").exists()
+
+
+def test_proxy_restarts_and_fails_closed(world: World) -> None:
+    """Killing the proxy's worker: its supervisor restarts it (status counts it);
+    killing the supervisor too: status says egress fails closed."""
+    env = env_for(world.home)
+    net = world.home / "vms" / world.name / "net"
+    state = json.loads((net / "proxyd.json").read_text())
+    os.kill(state["worker"], 9)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        st = json.loads(mvmctl("status", world.name, "--json", env=env).stdout)
+        if st["proxy"] == "running (restarts: 1)":
+            break
+        time.sleep(0.3)
+    assert st["proxy"] == "running (restarts: 1)", st["proxy"]
+    # the restarted worker serves: a request through its socket is policed as before
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(20)
+    s.connect(str(net / "http.sock"))
+    s.sendall(f"GET http://evil.test:{world.http}/ HTTP/1.1\r\nHost: evil.test\r\n\r\n".encode())
+    assert s.recv(100).startswith(b"HTTP/1.1 403")
+    s.close()
+    state = json.loads((net / "proxyd.json").read_text())
+    os.kill(state["pid"], 9)
+    os.kill(state["worker"], 9)
+    time.sleep(0.5)
+    st = json.loads(mvmctl("status", world.name, "--json", env=env).stdout)
+    assert st["proxy"] == "down (egress fails closed)"

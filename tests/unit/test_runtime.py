@@ -288,3 +288,13 @@ def test_show_command_creates_nothing(
     argv = start.show_command(run_of(image, name="s1", memory_mib=640))
     assert argv == ["fake-hv", "--name", "s1", "--mem", "640"]
     assert not paths.vm_dir("s1").exists() and fake.launched == []
+
+
+def test_a_callers_forward_of_a_guest_port_replaces_mvm_tomls(
+    image: tuple[Image, RuntimeDefaults],
+) -> None:
+    # several VMs of one template each publish guest port 80 on their own host port
+    r = run_of(image, ports=["9000:80"])
+    assert [str(p) for p in r.ports] == ["9000:80"]
+    r = run_of(image, ports=["9000:80/udp"])  # another protocol: mvm.toml's tcp forward stays
+    assert sorted(str(p) for p in r.ports) == ["18080:80", "9000:80/udp"]

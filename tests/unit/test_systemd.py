@@ -87,7 +87,7 @@ def spec_for(machine: str, creds: tuple[GuestCredential, ...] = ()) -> MachineSp
 
 def test_q35_uses_pci_devices_and_keeps_pci_on() -> None:
     argv = build_argv(spec_for("q35"), QemuOptions())
-    assert argv[argv.index("-M") + 1] == "q35"
+    assert argv[argv.index("-M") + 1] == "q35" and argv[argv.index("-bios") + 1] == "qboot.rom"
     assert "virtio-blk-pci,drive=vd0" in argv and "virtio-serial-pci,max_ports=4" in argv
     line = kernel_cmdline(spec_for("q35"), QemuOptions())
     assert " pci=off" not in line and "mvm.pci=1" in line
@@ -96,25 +96,20 @@ def test_q35_uses_pci_devices_and_keeps_pci_on() -> None:
 
 
 def test_smbios_strings_from_files_with_fwcfg_for_oversize() -> None:
-    big = GuestCredential("BIG", b"x" * 5000)
-    data = gd.plan([GuestCredential("A", b"s3cret"), big], Path("/run/vm"), smbios=True)
+    big = GuestCredential("BIG", b"x" * 50_000)  # with A, over the SMBIOS budget
+    mid = GuestCredential("MID", b"m" * 5000)  # one 6.7 KB string: fine in SMBIOS
+    data = gd.plan([GuestCredential("A", b"s3cret"), mid, big], Path("/run/vm"), smbios=True)
     contents = dict(data.files)
-    assert len(data.smbios) == 1
+    assert len(data.smbios) == 2
     assert contents[data.smbios[0]] == b"io.systemd.credential.binary:A=czNjcmV0"
     assert [f.name for f in data.fw_cfg] == ["opt/io.systemd.credentials/BIG"]
     argv = build_argv(spec_for("q35"), QemuOptions(), data)
     assert "s3cret" not in " ".join(argv) and "czNjcmV0" not in " ".join(argv)
 
 
-def test_systemd_guests_refuse_what_systemd_cannot_import() -> None:
-    long = GuestCredential("N" * 29, b"v")
-    with pytest.raises(CredentialError, match="55 bytes"):
-        gd.plan([long], Path("/r"), smbios=False, systemd=True)
-    assert gd.plan([long], Path("/r"), smbios=True, systemd=True).smbios  # q35: SMBIOS
-    many = [GuestCredential(f"C{i}", b"v") for i in range(23)]
-    with pytest.raises(CredentialError, match="at most 22"):
-        gd.plan(many, Path("/r"), smbios=False, systemd=True)
-    # no bundle for systemd: a 100 KiB value is one fw_cfg file systemd reads itself
-    data = gd.plan([GuestCredential("K", b"k" * 100_000)], Path("/r"), smbios=False,
-                   systemd=True)  # fmt: skip
-    assert [f.name for f in data.fw_cfg] == ["opt/io.systemd.credentials/K"]
+def test_q35_busybox_bundle_beyond_its_fwcfg_slots_is_a_clear_error() -> None:
+    # 16 x 60 KB: none fits the SMBIOS budget (80 KB in base64), 16 fw_cfg files needed
+    big = [GuestCredential(f"B{i}", b"b" * 60_000) for i in range(16)]
+    with pytest.raises(CredentialError, match="q35 leaves 14 free"):
+        gd.plan(big, Path("/r"), smbios=True)
+    assert len(gd.plan(big, Path("/r"), smbios=False).fw_cfg) == 16  # microvm: room enough

@@ -127,7 +127,6 @@ class MachineSpec:
     # memory left in the file for clones to map (docs/snapshots.md)
     ram_file: Path | None = None
     machine: str = "microvm"  # "microvm" | "q35" (a backend may refuse what it lacks)
-    guest_init: str = "busybox"  # "systemd": every credential must reach systemd itself
 
     @property
     def rootfs(self) -> Disk:

@@ -30,7 +30,7 @@ GUEST_FEATURES = ("drives", "credentials", "agent", "rootops", "network")
 
 GUEST_FILES = (
     "initramfs-init.sh", "init.sh", "drives.sh", "credentials.sh", "env-drives.sh",
-    "rootops.sh", "network.sh", "env-network.sh",
+    "rootops.sh", "network.sh", "env-network.sh", "credentials-unpack.sh",
 )  # fmt: skip
 # where the builder installs the extension scripts (init.d: sourced by /init as
 # root before the entrypoint; env.d: sourced by each launcher as the entrypoint uid)
@@ -40,4 +40,5 @@ EXTENSIONS = {
     "env-drives.sh": "/etc/mvm/env.d/50-drives.sh",
     "network.sh": "/etc/mvm/init.d/30-network.sh",
     "env-network.sh": "/etc/mvm/env.d/60-network.sh",
+    "credentials-unpack.sh": "/etc/mvm/lib/credentials-unpack.sh",  # also in the initramfs
 }

@@ -30,13 +30,29 @@ if ! $B mount -t ext4 -o $RO,noatime /dev/vda /newroot; then
     $B reboot -f
 fi
 t rootfs-mounted
-# init = "systemd" images carry this marker: systemd is PID 1 (it finds /dev, /proc
-# and /sys mounted, and mounts the rest itself)
-[ -e /newroot/etc/mvm/systemd/finish.sh ] && INIT=/lib/systemd/systemd
 # The build copies the same static busybox into both images: lend the rootfs
 # ours, already in memory, instead of reading 2 MB through virtio-blk again.
 TOOLS="${INIT%/*}"  # "" for /init, /.mvm for /.mvm/init
 [ -f "/newroot$TOOLS/bin/busybox" ] && $B mount --bind /bin/busybox "/newroot$TOOLS/bin/busybox"
+# init = "systemd" images carry this marker: systemd is PID 1 (it finds /dev, /proc
+# and /sys mounted, and mounts the rest itself).  Before the moves: this reads /sys.
+if [ -e /newroot/etc/mvm/systemd/finish.sh ]; then
+    INIT=/lib/systemd/systemd
+    # Every credential for systemd, including those systemd 252 cannot read itself
+    # (mvm's fw_cfg bundle: long names, many or large values): imported here into
+    # /run/credentials/@system (ramfs, as systemd's own: never swapped, "secure"), and
+    # PID 1, finding $CREDENTIALS_DIRECTORY set, takes them as the imported ones.
+    # systemd keeps a /run that is already mounted.
+    . /etc/credentials-unpack.sh
+    if mvm_have_credentials; then
+        D=/newroot/run/credentials/@system
+        $B mount -t tmpfs -o mode=0755,nosuid,nodev run /newroot/run &&
+            $B mkdir -p $D && $B mount -t ramfs -o mode=0700 credentials $D &&
+            mvm_unpack_credentials $D && $B mount -o remount,ro $D &&
+            export CREDENTIALS_DIRECTORY=/run/credentials/@system
+    fi
+    t credentials-imported
+fi
 $B mount --move /dev /newroot/dev
 $B mount --move /proc /newroot/proc
 $B mount --move /sys /newroot/sys

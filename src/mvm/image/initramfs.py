@@ -77,6 +77,9 @@ def build(kernel: Kernel, dest: Path, *, epoch: int = 0) -> None:
     entries.append(cpio.file("bin/busybox", busybox_path().read_bytes(), 0o755))
     entries.append(cpio.symlink("bin/sh", "busybox"))
     entries.append(cpio.file("init", guest_file("initramfs-init.sh"), 0o755))
+    entries.append(
+        cpio.file("etc/credentials-unpack.sh", guest_file("credentials-unpack.sh"), 0o644)
+    )
     loaded: dict[str, bytes] = {}
     groups: dict[str, list[str]] = {}
     for group, wanted in (("base", BASE_MODULES), ("pci", PCI_MODULES), ("net", NET_MODULES),

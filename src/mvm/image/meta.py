@@ -172,14 +172,14 @@ class ImageMeta:
         return self.init_path or "/init"
 
     @property
+    def guest_init(self) -> str:
+        """The guest's PID 1 kind: "busybox" (mvm's /init; older images) or "systemd"."""
+        return "systemd" if self.extra.get("init") == "systemd" else "busybox"
+
+    @property
     def backend(self) -> str:
         """The hypervisor to boot with (images older than the key mean QEMU)."""
         return self.hypervisor or "qemu"
-
-    @property
-    def init(self) -> str:
-        """The guest's PID 1: "busybox" (mvm's /init; older images) or "systemd"."""
-        return "systemd" if self.extra.get("init") == "systemd" else "busybox"
 
     @property
     def features(self) -> frozenset[str]:

@@ -62,6 +62,7 @@ IO_TIMEOUT = 300.0  # no byte in either direction for this long: the connection 
 CONNECT_TIMEOUT = 15.0
 MAX_CONNECTIONS = 512
 CHUNK = 256 << 10
+TUNNEL_READ = 1 << 20
 HOP_BY_HOP = {b"proxy-connection", b"proxy-authorization", b"proxy-authenticate", b"expect"}
 
 
@@ -666,13 +667,17 @@ async def _peek_hello(sock: socket.socket) -> bytes:
 
 
 async def _next(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float) -> Any:
-    """The next h11 event, reading as needed (EOF → ConnectionClosed)."""
-    while True:
-        ev = conn.next_event()
-        if ev is not h11.NEED_DATA:
-            return ev
-        data = await asyncio.wait_for(reader.read(CHUNK), timeout)
-        conn.receive_data(data)
+    """The next h11 event, reading as needed (EOF → ConnectionClosed).  The whole
+    event must arrive within ``timeout`` (a head trickled byte by byte is cut off)."""
+    ev = conn.next_event()
+    if ev is not h11.NEED_DATA:
+        return ev
+    async with asyncio.timeout(timeout):
+        while True:
+            conn.receive_data(await reader.read(CHUNK))
+            ev = conn.next_event()
+            if ev is not h11.NEED_DATA:
+                return ev
 
 
 async def _send_error(
@@ -708,14 +713,21 @@ async def _splice(
 ) -> None:
     """Copy both ways until both sides are done (half-closes passed on)."""
 
+    loop = asyncio.get_running_loop()
+    for w in (w1, w2):  # bigger reads per wakeup: a tunnel is pure copying
+        with contextlib.suppress(AttributeError):
+            w.transport.max_size = TUNNEL_READ  # type: ignore[attr-defined]
+
     async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
-            while True:
-                data = await asyncio.wait_for(r.read(CHUNK), IO_TIMEOUT)
-                if not data:
-                    break
-                w.write(data)
-                await w.drain()
+            async with asyncio.timeout(IO_TIMEOUT) as idle:
+                while True:
+                    data = await r.read(TUNNEL_READ)
+                    if not data:
+                        break
+                    w.write(data)
+                    await w.drain()
+                    idle.reschedule(loop.time() + IO_TIMEOUT)
             if w.can_write_eof():
                 w.write_eof()
         except (OSError, TimeoutError, ConnectionError):

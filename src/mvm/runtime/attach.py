@@ -81,4 +81,4 @@ def _stop(record: VmRecord, machine: object) -> None:
         record.phase = Phase.STOPPING.value
         with contextlib.suppress(OSError, MvmError):  # a full disk must not keep the VM alive
             record.save()
-    machine.stop(grace=8.0)
+    machine.stop(grace=lifecycle.stop_grace(record))

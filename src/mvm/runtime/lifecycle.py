@@ -66,3 +66,25 @@ def vm_lock(name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
         ) from exc
     with stack:
         yield
+
+
+# how long `down` waits for the guest to power itself off before QMP quit: a busybox
+# guest gives its processes 5 s; systemd's shutdown (every unit's stop, 5 s timeout
+# each, unmounts) takes longer under TCG on a loaded host
+STOP_GRACE = {"busybox": 8.0, "systemd": 30.0}
+
+
+def stop_grace(entry: Entry) -> float:
+    """The graceful-stop wait for ``entry``'s guest (by its image's init)."""
+    from pathlib import Path
+
+    from mvm.errors import MvmError
+    from mvm.image.meta import load as load_meta
+    from mvm.state.records import VmRecord
+
+    init = "busybox"
+    if isinstance(entry, VmRecord) and entry.image:
+        with contextlib.suppress(OSError, MvmError):
+            raw = load_meta(Path(entry.image) / "revision.json").extra.get("init")
+            init = raw if isinstance(raw, str) else init
+    return STOP_GRACE.get(init, STOP_GRACE["busybox"])

@@ -89,9 +89,13 @@ def machine_spec(
         rootfs = Disk(own, role="rootfs", readonly=False)
     else:
         rootfs = Disk(image.rootfs, role="rootfs")
-    direct = kinfo.direct_boot or not image.initramfs.exists()
+    # systemd guests always boot through the initramfs: it imports every credential
+    # into /run/credentials/@system for PID 1 (docs/systemd.md)
+    direct = (
+        kinfo.direct_boot and image.meta.guest_init != "systemd"
+    ) or not image.initramfs.exists()
     # PID 1: mvm's /init (/.mvm/init in an OCI image), or systemd for init = "systemd"
-    init = SYSTEMD if image.meta.init == "systemd" else image.meta.init_exec
+    init = SYSTEMD if image.meta.guest_init == "systemd" else image.meta.init_exec
     spec = MachineSpec(
         name=name,
         run_dir=run_dir,
@@ -106,7 +110,6 @@ def machine_spec(
         scrub=att.scrub,
         kaslr=kinfo.kaslr is not False,
         machine=str(run.machine.value),
-        guest_init=image.meta.init,
         init=init,  # direct boot: the kernel runs it; else the initramfs switches to it
     )
     return spec, att

@@ -39,6 +39,8 @@ class Restore:
 
     snapshot: Snapshot
     stale_drives: bool = False  # the source had drives/credentials this VM does not get
+    # the kernel's sha256 when already verified (a template revision's checksum list)
+    kernel_sha256: str | None = None
 
 
 def shape(spec: MachineSpec, snap: Snapshot) -> MachineSpec:
@@ -64,9 +66,10 @@ def restore_rootfs(spec: MachineSpec, snap: Snapshot) -> None:
     rootfs.clone(snap.rootfs, own)
 
 
-def check(snap: Snapshot, backend: Backend, spec: MachineSpec) -> None:
-    check_compatible(snap, hypervisor=backend.name, version=backend.version(),
-                     topology=of(spec, backend, snap), kernel=spec.kernel)  # fmt: skip
+def check(r: Restore, backend: Backend, spec: MachineSpec) -> None:
+    check_compatible(r.snapshot, hypervisor=backend.name, version=backend.version(),
+                     topology=of(spec, backend, r.snapshot), kernel=spec.kernel,
+                     kernel_sha256=r.kernel_sha256)  # fmt: skip
 
 
 def of(spec: MachineSpec, backend: Backend, snap: Snapshot) -> dict[str, object]:

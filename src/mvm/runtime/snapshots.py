@@ -187,8 +187,8 @@ def _check_meta(meta: object) -> str | None:
     return None
 
 
-def check_compatible(snap: Snapshot, *, hypervisor: str, version: str,
-                     topology: dict[str, Any], kernel: Path) -> None:  # fmt: skip
+def check_compatible(snap: Snapshot, *, hypervisor: str, version: str, topology: dict[str, Any],
+                     kernel: Path, kernel_sha256: str | None = None) -> None:  # fmt: skip
     """Refuse a snapshot this host cannot restore as ``topology`` (says what differs)."""
     meta = snap.meta
     hint = "boot with --cold instead (or rebuild the snapshot)"
@@ -206,7 +206,7 @@ def check_compatible(snap: Snapshot, *, hypervisor: str, version: str,
     if diff:
         raise SnapshotError(f"the snapshot's machine differs from this VM's ({', '.join(diff)})",
                             hint=hint)  # fmt: skip
-    if file_sha256(kernel) != meta["kernelSha256"]:
+    if (kernel_sha256 or file_sha256(kernel)) != meta["kernelSha256"]:
         raise SnapshotError("the snapshot was saved with another kernel", hint=hint)
 
 

@@ -76,9 +76,14 @@ def snapshot_into(image: Image, stage: Path) -> None:
 def template_restore(image: Image) -> Restore | None:
     """The snapshot a template revision holds (checked with the revision by
     ``store.current_image``), as what ``start`` restores; None if it has none."""
+    from mvm.errors import MvmError
     from mvm.runtime.restore import Restore
     from mvm.runtime.snapshots import META, load
+    from mvm.templates import integrity
 
     if not (image.path / META).exists():
         return None
-    return Restore(load(image.path))
+    kernel_sha = None
+    with contextlib.suppress(MvmError):  # verified with the revision: no second hash
+        kernel_sha = integrity.load_checksums(image.path, str(image.path)).get("kernel")
+    return Restore(load(image.path), kernel_sha256=kernel_sha)

@@ -217,7 +217,7 @@ def down(name: str, *, volumes: bool = False) -> VmState:
                 with contextlib.suppress(OSError, MvmError):
                     rec.save()
             try:
-                machine.stop()
+                machine.stop(grace=lifecycle.stop_grace(rec))
             finally:
                 machine.close()
         remove_run_dir(vm.record.dir)

@@ -108,6 +108,9 @@ def build_argv(spec: MachineSpec, opts: QemuOptions, data: GuestData = NO_DATA) 
         opts.qemu,
         "-name", f"mvm-{spec.name},process=mvm-{spec.name}",
         "-M", "q35" if q35 else MACHINE,
+        # qboot: no SeaBIOS banner on the console, and faster; it still hands QEMU's
+        # SMBIOS tables to the guest
+        *(["-bios", "qboot.rom"] if q35 else []),
         "-accel", accel_arg(accel, opts.tb_size_mib),
         *(["-cpu", "host"] if accel == "kvm" else []),
         "-smp", str(spec.vcpus),

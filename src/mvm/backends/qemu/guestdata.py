@@ -45,10 +45,14 @@ BUNDLE_FWCFG = "opt/mvm/credentials/"  # + 00, 01…: pieces of one cpio archive
 FWCFG_SLOTS = 22  # of the 23 QEMU leaves free on microvm: one spare for other features
 CHUNK = 64 << 10  # fw_cfg file size that reads fast in the guest (cost ∝ size²)
 CREDS_DIR = "creds"
-# q35's own fw_cfg files (ACPI, SMBIOS, e820, boot order, option ROMs…) leave fewer slots
-FWCFG_SLOTS_Q35 = 10
-# an SMBIOS type 11 string QEMU 7.2 takes from path= (measured; longer ones go over fw_cfg)
-SMBIOS_STRING_MAX = 4089
+# q35's own fw_cfg files (ACPI, SMBIOS, e820, boot order, option ROMs…) leave fewer slots:
+# measured with qboot, a kernel, an initramfs, SMBIOS and virtio-pci devices, 16 extra
+# files work and the 17th aborts QEMU; two spare (KVM adds option ROMs)
+FWCFG_SLOTS_Q35 = 14
+# QEMU 7.2 builds SMBIOS 2.1 tables on q35, at most 65535 bytes in all ("SMBIOS 2.1 table
+# length … exceeds 65535"); its own structures take about 1 KiB.  Measured: single strings
+# of 6.7 KB arrive intact.  OEM strings beyond this budget go over fw_cfg.
+SMBIOS_BUDGET = 60 << 10
 
 
 @dataclass(frozen=True)
@@ -109,38 +113,13 @@ def smbios_string(c: GuestCredential) -> bytes:
     return f"io.systemd.credential.binary:{c.name}=".encode() + base64.b64encode(c.value)
 
 
-def _systemd_fwcfg(creds: Sequence[GuestCredential], slots: int, machine: str) -> None:
-    """Refuse what systemd could not import from fw_cfg (it reads only
-    ``opt/io.systemd.credentials/NAME``, one file each: mvm's bundle is not for it)."""
-    for c in creds:
-        room = FWCFG_NAME_MAX - len(FWCFG_PREFIX)
-        if len((FWCFG_PREFIX + c.name).encode()) > FWCFG_NAME_MAX:
-            raise CredentialError(
-                f"credential {c.name}: a systemd guest on {machine} gets credentials as fw_cfg "
-                f"files, whose names are limited to {FWCFG_NAME_MAX} bytes ({room} for the "
-                f"credential name); use a shorter name"
-                + (' or machine = "q35" (SMBIOS)' if machine != "q35" else "")
-            )
-        if not c.value:
-            raise CredentialError(f"credential {c.name}: empty; a systemd guest gets "
-                                  "credentials as fw_cfg files, which cannot be empty")  # fmt: skip
-    if len(creds) > slots:
-        raise CredentialError(
-            f"{len(creds)} credentials: a systemd guest on {machine} takes at most {slots} "
-            f"over fw_cfg (QEMU's file slots)"
-            + ('; use machine = "q35" (SMBIOS) or fewer' if machine != "q35" else "; use fewer")
-        )
-
-
-def plan(
-    creds: Sequence[GuestCredential], run_dir: Path, *, smbios: bool, systemd: bool = False
-) -> GuestData:
+def plan(creds: Sequence[GuestCredential], run_dir: Path, *, smbios: bool) -> GuestData:
     """Where each credential goes (pure: nothing is written).
 
-    With ``smbios`` (q35) every credential whose OEM string fits
-    :data:`SMBIOS_STRING_MAX` is an SMBIOS type 11 string, the rest go over
-    fw_cfg.  For ``systemd`` guests nothing goes into mvm's bundle (systemd reads
-    only its own fw_cfg names): what does not fit is refused, naming the limit.
+    With ``smbios`` (q35) credentials are SMBIOS type 11 strings, in order,
+    while they fit :data:`SMBIOS_BUDGET`; the rest go over fw_cfg.  The same for
+    both guest inits: a systemd guest's initramfs imports them all (bundle
+    included) for systemd.
     """
     if not creds:
         return GuestData()
@@ -148,21 +127,18 @@ def plan(
     strings: list[tuple[Path, bytes]] = []
     if smbios:
         rest = []
+        used = 0
         for c in creds:
             s = smbios_string(c)
-            if len(s) <= SMBIOS_STRING_MAX:
+            if used + len(s) + 1 <= SMBIOS_BUDGET:  # + its NUL
                 strings.append((dest / f"smbios-{len(strings)}", s))
+                used += len(s) + 1
             else:
                 rest.append(c)
         creds = rest
         if not creds:
             return GuestData(smbios=tuple(p for p, _ in strings), files=tuple(strings))
-    if systemd:
-        _systemd_fwcfg(creds, FWCFG_SLOTS_Q35 if smbios else FWCFG_SLOTS,
-                       "q35" if smbios else "microvm")  # fmt: skip
-        single, bundle = list(creds), b""
-    else:
-        single, bundle = fwcfg_split(creds, FWCFG_SLOTS_Q35 if smbios else FWCFG_SLOTS)
+    single, bundle = fwcfg_split(creds, FWCFG_SLOTS_Q35 if smbios else FWCFG_SLOTS)
     out: list[tuple[Path, bytes]] = []
     entries: list[FwCfg] = []
     for i, c in enumerate(single):

@@ -232,8 +232,7 @@ class QemuBackend(Backend):
         incoming_fd: int | None = None,
     ) -> tuple[list[str], guestdata.GuestData, accel_mod.AccelChoice]:
         choice = self.accel(spec)
-        data = guestdata.plan(spec.credentials, spec.run_dir, smbios=spec.machine == "q35",
-                              systemd=spec.guest_init == "systemd")  # fmt: skip
+        data = guestdata.plan(spec.credentials, spec.run_dir, smbios=spec.machine == "q35")
         data = guestdata.with_network(data, spec.network.guest_config, spec.run_dir)
         opts = self.options(spec, choice)
         if spec.ram_file is not None:

@@ -7,7 +7,7 @@ PORT=/run/mvm/port-control
 while :; do
     while read -r req; do
         case "$req" in
-            poweroff) echo "mvm: poweroff requested by the host" > /dev/console
+            poweroff) read -r _up _ < /proc/uptime; echo "mvm: poweroff requested by the host at ${_up}s" > /dev/console
                 mkdir -p /run/mvm; : > /run/mvm/stopping; systemctl --no-block --job-mode=replace-irreversibly start poweroff.target ;;
         esac
     done < "$PORT"
