@@ -62,6 +62,10 @@ _EXPORTS = {
     "write_file": "mvm.runtime.guest",
     "list_dir": "mvm.runtime.guest",
     "connect_agent": "mvm.runtime.guest",
+    "DeadlineError": "mvm.errors",
+    "Sandbox": "mvm.sdk",
+    "AsyncSandbox": "mvm.sdk",
+    "CommandResult": "mvm.sdk",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -103,6 +107,7 @@ if TYPE_CHECKING:
         ConfigError,
         ConflictError,
         CredentialError,
+        DeadlineError,
         DiskFullError,
         DriveError,
         HypervisorMissing,
@@ -128,5 +133,6 @@ if TYPE_CHECKING:
     from mvm.runtime.guest import status as guest_status
     from mvm.runtime.vm import Vm, down, list_vms, pause, resume, up, wait
     from mvm.runtime.vm import get as get_vm
+    from mvm.sdk import AsyncSandbox, CommandResult, Sandbox
     from mvm.secrets.credentials import Credential
     from mvm.state.records import VmState

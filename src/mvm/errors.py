@@ -136,3 +136,7 @@ class TrustError(IntegrityError):
 
 class SnapshotError(MvmError):
     """A snapshot cannot be saved, or cannot be restored on this host (mismatch, damage)."""
+
+
+class DeadlineError(MvmError):
+    """A call did not finish within its timeout (SDK calls, MCP tools)."""

@@ -27,6 +27,7 @@ class Group(click.Group):
         "cp": "mvm.cli.agent_cmds",
         "vars": "mvm.cli.vars_cmds",
         "systemd": "mvm.cli.systemd_cmds",
+        "mcp": "mvm.cli.mcp_cmds",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

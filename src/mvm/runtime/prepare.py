@@ -85,8 +85,15 @@ def machine_spec(
     else:
         att = drives.layout(prep.plan, run_dir, vm=name)
     kinfo = image.meta.kernel
-    rootfs = Disk(image.rootfs, role="rootfs", readonly=not image.accessible,
-                  ephemeral=image.accessible)  # fmt: skip
+    if image.accessible:  # writable: a private copy, so fork and snapshots can include it
+        from mvm.runtime import rootfs as rootfs_mod
+
+        own = rootfs_mod.path(run_dir)
+        if materialise and not own.exists():
+            rootfs_mod.clone(image.rootfs, own)
+        rootfs = Disk(own, role="rootfs", readonly=False)
+    else:
+        rootfs = Disk(image.rootfs, role="rootfs")
     # systemd guests always boot through the initramfs: it imports every credential
     # into /run/credentials/@system for PID 1 (docs/systemd.md)
     direct = (

@@ -52,6 +52,20 @@ def shape(spec: MachineSpec, snap: Snapshot) -> MachineSpec:
     return topology.shape(spec, disks=len(disks), network=bool(topo.get("network")))
 
 
+def restore_rootfs(spec: MachineSpec, snap: Snapshot) -> None:
+    """An accessible VM's writable rootfs as the snapshot saved it (its guest's page
+    cache and journal describe that disk, not the image's pristine one)."""
+    from mvm.runtime import rootfs
+
+    own = rootfs.path(spec.run_dir)
+    if spec.disks[0].path != own:
+        return  # a read-only rootfs: the image's own file
+    if snap.rootfs is None:
+        raise SnapshotError("the snapshot has no copy of its writable root filesystem",
+                            hint="rebuild it with this mvm, or use --cold")  # fmt: skip
+    rootfs.clone(snap.rootfs, own)
+
+
 def check(r: Restore, backend: Backend, spec: MachineSpec) -> None:
     check_compatible(r.snapshot, hypervisor=backend.name, version=backend.version(),
                      topology=of(spec, backend, r.snapshot), kernel=spec.kernel,

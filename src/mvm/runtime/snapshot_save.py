@@ -22,7 +22,7 @@ from mvm import channels
 from mvm.backends.spec import PortForward
 from mvm.errors import BackendError, MvmError, SnapshotError
 from mvm.log import get_logger
-from mvm.runtime import snapshots, topology
+from mvm.runtime import rootfs, snapshots, topology
 from mvm.runtime.snapshots import Snapshot
 
 if TYPE_CHECKING:
@@ -115,9 +115,6 @@ def template_snapshot(run: ResolvedRun, into: Path, *, timeout: float = READY_TI
     from mvm.runtime.start import start
     from mvm.runtime.vm import down
 
-    if run.image.accessible:
-        raise SnapshotError("snapshots of accessible (dev) images are not supported yet: "
-                            "their root filesystem is writable")  # fmt: skip
     ports = tuple(replace(p, host=free_port(), address="127.0.0.1") for p in run.ports)
     run = replace(run, name=f"snap-{os.getpid()}-{os.urandom(3).hex()}", name_explicit=True,
                   ports=ports, volumes=(), config_files=(), secret_files=(), credentials=(),
@@ -139,6 +136,8 @@ def template_snapshot(run: ResolvedRun, into: Path, *, timeout: float = READY_TI
                                     hint="rebuild the image with this mvm") from exc  # fmt: skip
             kernel_sha = snapshots.file_sha256(spec.kernel)
             machine.snapshot(tmp / snapshots.STATE, memory_mib=spec.memory_mib, shared_ram=True)
+            if run.image.accessible:  # its writable rootfs, as the saved state knows it
+                rootfs.clone(rootfs.path(spec.run_dir), tmp / snapshots.ROOTFS)
             snapshots.write_meta(
                 tmp, hypervisor=machine.backend.name, version=machine.backend.version(),
                 topology=topology.of(spec, machine.backend), kernel_sha256=kernel_sha,
@@ -165,15 +164,19 @@ def fork_snapshot(machine: Machine, run_dir: Path, dest_parent: Path, *, kernel:
     if topo is None:
         raise SnapshotError("this VM was started by an mvm that did not record its devices; "
                             "it cannot be forked")  # fmt: skip
-    if any(d.startswith("rw") for d in topo.get("disks", [])):
-        raise SnapshotError("a VM with a writable disk (data volume or dev rootfs) cannot be "
-                            "forked yet")  # fmt: skip
+    disks = topo.get("disks", [])
+    if any(str(d).startswith("rw") for d in disks[1:]) or any("ephemeral" in str(d) for d in disks):
+        raise SnapshotError("a VM with a data volume (or started by an mvm that kept a dev "
+                            "rootfs in a temp overlay) cannot be forked")  # fmt: skip
+    own_rootfs = bool(disks) and str(disks[0]) == "rw"
     tmp = snapshots.staging(dest_parent)
     try:
         kernel_sha = snapshots.file_sha256(kernel)
         was_running = machine.status() == "running"  # a paused source stays paused
         try:
             machine.snapshot(tmp / snapshots.STATE, memory_mib=memory_mib, shared_ram=False)
+            if own_rootfs:  # stopped, disk flushed: the copy matches the saved state
+                rootfs.clone(rootfs.path(run_dir), tmp / snapshots.ROOTFS)
         finally:
             if was_running:
                 with contextlib.suppress(BackendError):

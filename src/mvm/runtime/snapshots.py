@@ -34,6 +34,7 @@ from mvm.state.atomic import atomic_file, private_tempdir
 META = "snapshot.json"
 STATE = "snapshot.state"
 RAM = "snapshot.ram"
+ROOTFS = "snapshot.rootfs"  # an accessible VM's writable rootfs (mvm.runtime.rootfs)
 VERSION = 1
 META_MAX = 64 << 10
 TMP_PREFIX = ".snap-"
@@ -62,8 +63,14 @@ class Snapshot:
         return RestoreSource(self.dir / STATE, self.dir / RAM if self.shared_ram else None,
                              ram_object=bool(self.meta["topology"].get("ramObject")))  # fmt: skip
 
+    @property
+    def rootfs(self) -> Path | None:
+        """The saved writable rootfs a restored VM starts from (accessible images)."""
+        return self.dir / ROOTFS if ROOTFS in self.meta["files"] else None
+
     def files(self) -> list[str]:
-        return [META, STATE, *([RAM] if self.shared_ram else [])]
+        return [META, STATE, *([RAM] if self.shared_ram else []),
+                *([ROOTFS] if self.rootfs else [])]  # fmt: skip
 
 
 def file_sha256(path: Path) -> str:
@@ -101,6 +108,8 @@ def write_meta(d: Path, *, hypervisor: str, version: str, topology: dict[str, An
     files = {STATE: (d / STATE).stat().st_size}
     if shared_ram:
         files[RAM] = (d / RAM).stat().st_size
+    if (d / ROOTFS).exists():
+        files[ROOTFS] = (d / ROOTFS).stat().st_size
     meta = {
         "version": VERSION, "hypervisor": hypervisor, "hypervisorVersion": version,
         "machine": topology.get("machine"), "kernelSha256": kernel_sha256,
@@ -166,7 +175,9 @@ def _check_meta(meta: object) -> str | None:
             return f"{META}: {key} is missing or invalid"
     files = meta["files"]
     want = {STATE, RAM} if meta["sharedRam"] else {STATE}
-    if set(files) != want or not all(isinstance(v, int) and v >= 0 for v in files.values()):
+    if set(files) - {ROOTFS} != want or not all(
+        isinstance(v, int) and v >= 0 for v in files.values()
+    ):
         return f"{META}: files is invalid"
     topo = meta["topology"]
     if not isinstance(topo.get("memoryMib"), int) or not isinstance(topo.get("vcpus"), int):

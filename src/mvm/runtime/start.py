@@ -172,6 +172,7 @@ def start(
             if restore is not None:
                 spec = restore_mod.shape(spec, restore.snapshot)
                 restore_mod.check(restore, backend, spec)
+                restore_mod.restore_rootfs(spec, restore.snapshot)
                 record.boot, record.snapshot = "restored", str(restore.snapshot.dir)
             elif snapshot_source is not None:
                 spec = topology.shape(spec)

@@ -34,11 +34,16 @@ REVISION_FILES: tuple[str, ...] = (*ARTEFACTS, "revision.json")
 # a revision built with `template build --snapshot` also holds a saved VM (all three or
 # none; names as in mvm.runtime.snapshots): checksummed, signed and transferred with it
 SNAPSHOT_FILES: tuple[str, ...] = ("snapshot.json", "snapshot.state", "snapshot.ram")
+# ...and, for an accessible image, its writable rootfs as saved (mvm.runtime.rootfs)
+SNAPSHOT_ROOTFS = "snapshot.rootfs"
 
 
 def files_of(checksums: dict[str, str]) -> tuple[str, ...]:
     """The files a revision with these checksums holds."""
-    return (*REVISION_FILES, *SNAPSHOT_FILES) if SNAPSHOT_FILES[0] in checksums else REVISION_FILES
+    if SNAPSHOT_FILES[0] not in checksums:
+        return REVISION_FILES
+    extra = (SNAPSHOT_ROOTFS,) if SNAPSHOT_ROOTFS in checksums else ()
+    return (*REVISION_FILES, *SNAPSHOT_FILES, *extra)
 
 
 CHECKSUMS = "checksums.json"
@@ -50,7 +55,12 @@ def parse_checksums(data: Any, where: str) -> dict[str, str]:
     """Validate a decoded ``checksums.json`` (exactly our files, sha256 hex each)."""
     if (
         not isinstance(data, dict)
-        or set(data) not in (set(REVISION_FILES), {*REVISION_FILES, *SNAPSHOT_FILES})
+        or set(data)
+        not in (
+            set(REVISION_FILES),
+            {*REVISION_FILES, *SNAPSHOT_FILES},
+            {*REVISION_FILES, *SNAPSHOT_FILES, SNAPSHOT_ROOTFS},
+        )
         or not all(isinstance(v, str) and HEX64.fullmatch(v) for v in data.values())
     ):
         raise IntegrityError(
@@ -93,6 +103,8 @@ def compute(directory: Path) -> dict[str, str]:
     names = REVISION_FILES
     if (directory / SNAPSHOT_FILES[0]).exists():
         names = (*REVISION_FILES, *SNAPSHOT_FILES)
+        if (directory / SNAPSHOT_ROOTFS).exists():
+            names = (*names, SNAPSHOT_ROOTFS)
     return {name: sha256_file(directory / name) for name in names}
 
 

@@ -303,6 +303,8 @@ def _download_snapshot(name: str, registry: Registry, rev_id: str, checksums: di
         files = json.loads((rev_dir / meta_name).read_bytes())["files"]
     except (ValueError, KeyError, TypeError, RecursionError):
         raise RegistryError(f"{where}: {meta_name} is malformed") from None
+    if integrity.SNAPSHOT_ROOTFS in checksums:
+        rest.append(integrity.SNAPSHOT_ROOTFS)
     for f in rest:
         size = files.get(f) if isinstance(files, dict) else None
         if not isinstance(size, int) or size < 0:
