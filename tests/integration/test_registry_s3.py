@@ -81,7 +81,8 @@ def test_noop_push_and_pull_transfer_nothing(
     build_hello()
     reg = from_env()
     first = sync.push("hello", reg)
-    assert first.bytes > 50_000_000 and first.files == 4
+    # the whole revision moves: kernel (~19 MB for the mvm kernel) + rootfs + metadata
+    assert first.bytes > 20_000_000 and first.files == 4
     again = sync.push("hello", reg)
     assert (again.bytes, again.files, again.moved_current) == (0, 0, False)
     monkeypatch.setenv("MVM_HOME", str(tmp_path / "home2"))
