@@ -29,7 +29,7 @@ SERVICE = r"""name = "snapsvc"
 ports = ["{port}:8080"]
 [entrypoint.services.web]
 ready = {{ tcp = 8080 }}
-command = ["/bin/sh", "-c", "mkdir -p /tmp/w/cgi-bin; cat /mnt/config/value > /tmp/w/index.html 2>/dev/null || echo none > /tmp/w/index.html; cat /mnt/secrets/token > /tmp/w/secret 2>/dev/null || echo none > /tmp/w/secret; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nhead -c16 /dev/urandom | od -An -tx1 | tr -d \" \\\\n\"\\n' > /tmp/w/cgi-bin/rand; chmod 755 /tmp/w/cgi-bin/rand; (n=0; while :; do n=$((n+1)); echo $n > /tmp/w/counter; sleep 1; done) & exec httpd -f -p 8080 -h /tmp/w"]
+command = ["/bin/sh", "-c", "mkdir -p /tmp/w/cgi-bin; cat /mnt/config/value > /tmp/w/index.html 2>/dev/null || echo none > /tmp/w/index.html; cat /mnt/secrets/token > /tmp/w/secret 2>/dev/null || echo none > /tmp/w/secret; cat /run/credentials/@system/TOKEN > /tmp/w/cred 2>/dev/null || echo none > /tmp/w/cred; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nhead -c16 /dev/urandom | od -An -tx1 | tr -d \" \\\\n\"\\n' > /tmp/w/cgi-bin/rand; chmod 755 /tmp/w/cgi-bin/rand; (n=0; while :; do n=$((n+1)); echo $n > /tmp/w/counter; sleep 1; done) & exec httpd -f -p 8080 -h /tmp/w"]
 """
 
 
@@ -114,7 +114,8 @@ def test_three_restores_at_once_each_with_its_own_config_secrets_and_rng(
     pa, pb, pc = free_port(), free_port(), free_port()
     t0 = time.monotonic()
     out = ok("up", "--template", "snapsvc", "--name", "ra", "-p", f"{pa}:8080",
-             "-v", f"{cfg_a}:/mnt/config", "-v", f"{sec_a}:/mnt/secrets")  # fmt: skip
+             "-v", f"{cfg_a}:/mnt/config", "-v", f"{sec_a}:/mnt/secrets",
+             "--credential", "TOKEN=cred-A")  # fmt: skip
     assert "restored from snapshot" in out
     ok("up", "--template", "snapsvc", "--name", "rb", "-p", f"{pb}:8080",
        "-v", f"{cfg_b}:/mnt/config")  # fmt: skip
@@ -122,6 +123,8 @@ def test_three_restores_at_once_each_with_its_own_config_secrets_and_rng(
     assert (get(pa), get(pa, "/secret")) == ("config-A", "secret-A")
     assert (get(pb), get(pb, "/secret")) == ("config-B", "none")  # only its own
     assert (get(pc), get(pc, "/secret")) == ("none", "none")  # the snapshot had none
+    # a credential given at restore reaches the restored guest (fw_cfg re-read), only A's
+    assert (get(pa, "/cred"), get(pb, "/cred"), get(pc, "/cred")) == ("cred-A", "none", "none")
     elapsed = time.monotonic() - t0
     rands = {get(p, "/cgi-bin/rand") for p in (pa, pb, pc)}
     assert len(rands) == 3 and all(len(r) == 32 for r in rands), rands

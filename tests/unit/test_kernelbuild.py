@@ -96,7 +96,10 @@ def test_remove_refuses_anything_but_a_key(tmp_path: Path, monkeypatch: pytest.M
 
 def test_patches_are_part_of_the_key() -> None:
     shipped = kb.patches()
-    assert [n for n, _ in shipped] == ["0001-virtio-mmio-cap-queue-size.patch"]
+    assert [n for n, _ in shipped] == [
+        "0001-virtio-mmio-cap-queue-size.patch",
+        "0002-fw-cfg-rebind.patch",
+    ]
     frag = kb.fragment_text()
     assert kb.config_hash(frag) == kb.config_hash(frag, shipped)
     assert kb.config_hash(frag, []) != kb.config_hash(frag, shipped)

@@ -25,7 +25,7 @@ def test_options_become_a_run_config() -> None:
     o = create_options("py", network="agent", allow=["api.example.com"], ports=["8080:80"],
                        secrets=["K=v:api.example.com"], credentials={"DB": "pw", "RAW": b"\0"},
                        cpus=2, mem=512)  # fmt: skip
-    assert (o.kind, o.source, o.cold) == ("template", "py", True)  # credentials: cold
+    assert (o.kind, o.source, o.cold) == ("template", "py", False)  # credentials restore too
     assert not create_options("py").cold and create_options("py", cold=True).cold
     r = o.run
     assert r.name is not None and r.name.startswith("sb-")

@@ -115,6 +115,5 @@ def create_options(
         network_preset=network, network_allow=_strs(allow, "allow"),
         secrets=_strs(secrets, "secrets"), credentials=_credentials(credentials),
     )  # fmt: skip
-    # a restored guest enumerated fw_cfg when the snapshot booted: credentials attached
-    # now would not reach it (a gap of the restore path), so they mean a cold boot
-    return CreateOptions(kind, str(source), run, cold=bool(cold) or bool(run.credentials))
+    # credentials given now reach a restored guest too (`remount` re-reads fw_cfg)
+    return CreateOptions(kind, str(source), run, cold=bool(cold))
