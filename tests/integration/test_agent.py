@@ -142,7 +142,7 @@ def test_library_exec(home: Path) -> None:
     assert (r.code, r.stdout, r.stderr) == (4, b"a\0b", b"e")
 
 
-Send = bytes | tuple[int, int] | None  # keys to type, or a new terminal size
+Send = bytes | tuple[int, int] | float | None  # keys to type, a terminal size, or a pause (s)
 
 
 def _winsz(fd: int, rows: int, cols: int) -> None:
@@ -162,7 +162,9 @@ def _drive_pty(argv: list[str], script: list[tuple[Send, bytes]],
     try:
         for send, expect in script:
             start = len(seen)  # each step waits for output that is new since it began
-            if isinstance(send, tuple):
+            if isinstance(send, float):
+                time.sleep(send)
+            elif isinstance(send, tuple):
                 _winsz(fd, *send)
             elif send is not None:
                 os.write(fd, send)
@@ -202,7 +204,8 @@ def test_exec_tty_resize_and_ctrl_c(home: Path) -> None:
          # Ctrl-C reaches the guest: a 600 s sleep ends (the step times out after 90 s).
          # ^C is sent once the command runs ("started" is its output, not the echo of
          # the typed line): typed ahead, the shell's line editor would read it as a byte
-         (b"echo st''arted; sleep 600\r", b"started"), (b"\x03", b"^C"),
+         # ("started" comes before the shell has forked sleep: give it a moment)
+         (b"echo st''arted; sleep 600\r", b"started"), (1.0, b""), (b"\x03", b"^C"),
          (b"echo after-$((1+1))\r", b"after-2"), (b"exit 3\r", b"exit 3")],
     )  # fmt: skip
     assert code == 3, out
