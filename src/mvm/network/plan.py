@@ -29,11 +29,8 @@ from mvm.errors import NetworkError
 from mvm.image import cpio
 from mvm.network import DNS_PORT, GUEST_PROXY_IP, HTTP_PORT, PROXY_PORT, TLS_PORT
 from mvm.network import bridge as bridge_mod
-from mvm.network import ca as camod
 from mvm.network.bindings import Binding
 from mvm.network.policy import Policy
-from mvm.network.proxy import ProxyConfig
-from mvm.network.proxyd import socket_paths, transparent_ports
 from mvm.state.procs import pid_alive
 
 READY_TIMEOUT = 20.0
@@ -131,9 +128,13 @@ def prepare(
         hosts = tuple(sorted({h for b in plan.proxy_bindings for h in b.hosts}))
         if materialise:
             paths.ensure_private_dir(nd)
+            from mvm.network import ca as camod  # cryptography: only when a VM binds secrets
+
             ca_pem = camod.create(nd, vm, hosts).cert_pem
         else:
             ca_pem = b""
+    from mvm.network.proxyd import socket_paths, transparent_ports  # a VM with egress only
+
     socks = socket_paths(nd)
     gf = (
         GuestForward(HTTP_PORT, bridge_command(socks["http"])),
@@ -152,6 +153,8 @@ def prepare(
 def start_proxy(plan: NetworkPlan, run_dir: Path, vm: str, qemu_pid: int,
                 qemu_start: int | None) -> int:  # fmt: skip
     """Start the VM's proxy daemon; return its pid once its sockets listen."""
+    from mvm.network.proxy import ProxyConfig
+
     nd = paths.ensure_private_dir(net_dir(run_dir))
     cfg = ProxyConfig(
         plan.policy, plan.proxy_bindings, nd, run_dir / AUDIT_LOG, plan.upstream_ca, vm
