@@ -134,7 +134,7 @@ def test_five_async_sandboxes_in_parallel_exchange_files(home: Path) -> None:
     assert not set(created) & names()
 
 
-def test_project_source_and_credentials_boot_cold(home: Path, tmp_path: Path) -> None:
+def test_project_source_and_credentials_cold_and_restored(home: Path, tmp_path: Path) -> None:
     from tests.conftest import write_project
     from tests.integration.sdk_support import PROJECT
 
@@ -145,5 +145,5 @@ def test_project_source_and_credentials_boot_cold(home: Path, tmp_path: Path) ->
         assert sb.exec("cat /run/credentials/@system/DB_PASS").stdout == "pw-1"
         assert "pw-1" not in json.dumps(info)
     with mvm.Sandbox.create(template=TEMPLATE, credentials={"TOKEN": b"t\0k"}) as sb:
-        assert sb.info()["boot"] == "cold"  # credentials do not reach a restored guest yet
+        assert sb.info()["boot"] == "restored"  # credentials reach a restored guest too
         assert sb.files.read("/run/credentials/@system/TOKEN") == b"t\0k"
