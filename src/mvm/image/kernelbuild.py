@@ -66,7 +66,7 @@ BUILD_ENV = {
 UNPACK_TIMEOUT = 1200.0
 BUILD_TIMEOUT = 5400.0  # 4 min on 2 idle cores; a loaded CI machine can take many times that
 LOCK_TIMEOUT = BUILD_TIMEOUT + UNPACK_TIMEOUT
-PROGRESS = "building the mvm kernel (about 4 min on 2 cores, once per machine)"
+PROGRESS = "building the mvm kernel (about 6 min on 2 idle cores, once per machine)"
 LINE = re.compile(r"(CONFIG_[A-Za-z0-9_]+)=(.*)|# (CONFIG_[A-Za-z0-9_]+) is not set")
 Say = Callable[[str], None]
 
