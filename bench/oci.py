@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from boot import first_line_time  # bench/ is on sys.path: python bench/oci.py
+
 MVMCTL = str(Path(sys.executable).parent / "mvmctl")
 MARKER = b"oci-first-line"
 DOCKERFILE = """FROM scratch
@@ -47,17 +49,7 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
 
 
 def first_line(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                         stdin=subprocess.DEVNULL, env=env)  # fmt: skip
-    assert p.stdout is not None
-    try:
-        for line in p.stdout:
-            if MARKER in line:
-                return time.perf_counter() - start
-        raise RuntimeError(f"{argv} exited without printing {MARKER!r}")
-    finally:
-        p.wait(timeout=300)
+    return first_line_time(argv, MARKER, env, wait=300)
 
 
 def med(xs: list[float]) -> str:

@@ -139,6 +139,21 @@ IMAGE_HELP = (
 )
 
 
+def _start_source(project: tuple[str, str | None], template: str | None,
+                  image_ref: str | None, run_cfg: Any, show_command: bool,
+                  cold: bool) -> Any:  # fmt: skip
+    """run/up: start one of a project (``project`` = (its flag, path)), a template
+    (restored from its snapshot unless ``cold``) or an OCI image."""
+    from mvm.errors import ConfigError
+
+    flag, path = project
+    if sum(1 for x in (path, template, image_ref) if x) > 1:
+        raise ConfigError(f"use one of {flag}, --template and --image")
+    resolved = (_template_run(template, run_cfg) if template
+                else _project_run(path, run_cfg, image_ref))  # fmt: skip
+    return _launch(resolved, show_command, cold or not template)
+
+
 @cli.command()
 @click.argument("path", required=False)
 @click.option("--attached", is_flag=True, help="Stream the console; Ctrl-C stops the VM.")
@@ -153,16 +168,10 @@ def run(path: str | None, attached: bool, image_ref: str | None, template: str |
         **net: Any) -> None:  # fmt: skip
     """Build PATH (if needed) and boot it, start a template (restored from its
     snapshot if it has one) or an OCI image; detached unless --attached."""
-    from mvm.errors import ConfigError
-
-    if sum(1 for x in (path, template, image_ref) if x) > 1:
-        raise ConfigError("use one of PATH, --template and --image")
     run_cfg = _run_config(
         name, cpus, mem, ports, network, volumes, credentials, attached, net, machine
     )
-    resolved = (_template_run(template, run_cfg) if template
-                else _project_run(path, run_cfg, image_ref))  # fmt: skip
-    started = _launch(resolved, show_command, cold or not template)
+    started = _start_source(("PATH", path), template, image_ref, run_cfg, show_command, cold)
     if not attached:
         started.machine.close()
         name_ = started.record.name
@@ -185,16 +194,10 @@ def up(flake: str | None, template: str | None, image_ref: str | None, cold: boo
        machine: str | None, show_command: bool, **net: Any) -> None:  # fmt: skip
     """Start a detached VM from a project (--flake), a template (restored from the
     template's snapshot when it has one, unless --cold) or an OCI image (--image)."""
-    from mvm.errors import ConfigError
-
-    if sum(1 for x in (flake, template, image_ref) if x) > 1:
-        raise ConfigError("use one of --flake, --template and --image")
     run_cfg = _run_config(
         name, cpus, mem, ports, network, volumes, credentials, False, net, machine
     )
-    resolved = (_template_run(template, run_cfg) if template
-                else _project_run(flake, run_cfg, image_ref))  # fmt: skip
-    started = _launch(resolved, show_command, cold or not template)
+    started = _start_source(("--flake", flake), template, image_ref, run_cfg, show_command, cold)
     started.machine.close()
     how = " (restored from snapshot)" if started.record.boot == "restored" else ""
     click.echo(f"{started.record.name}: running{how}")
