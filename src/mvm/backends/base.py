@@ -202,6 +202,12 @@ class Backend(abc.ABC):
     def command(self, spec: MachineSpec) -> list[str]:
         """What would be run for ``spec`` (pure; ``--show-command`` prints it)."""
 
+    def describe(self, spec: MachineSpec) -> str:
+        """:meth:`command` as text for a person (``--show-command``)."""
+        from mvm.proc import printable
+
+        return printable(self.command(spec))
+
     @abc.abstractmethod
     def launch(self, spec: MachineSpec, restore: RestoreSource | None = None) -> Machine:
         """Write the hypervisor's inputs into ``spec.run_dir`` and start it (not waiting).
@@ -248,8 +254,14 @@ def _qemu() -> Backend:
     return QemuBackend()
 
 
+def _firecracker() -> Backend:
+    from mvm.backends.firecracker.machine import FirecrackerBackend
+
+    return FirecrackerBackend()
+
+
 # name -> factory; tests register a fake backend here (the one seam for runtime unit tests)
-FACTORIES: dict[str, Callable[[], Backend]] = {"qemu": _qemu}
+FACTORIES: dict[str, Callable[[], Backend]] = {"qemu": _qemu, "firecracker": _firecracker}
 
 
 def get_backend(name: str) -> Backend:
