@@ -13,11 +13,12 @@ the secret-holding files once its hypervisor has opened them
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mvm import drives
-from mvm.backends.spec import Disk, MachineSpec
+from mvm.backends.spec import Disk, GuestDataTransport, MachineSpec
 from mvm.errors import ConfigError, CredentialError, DriveError, NetworkError
 from mvm.image.render import APP_USER
 from mvm.network import plan as netplan
@@ -66,6 +67,9 @@ def check(run: ResolvedRun) -> Prepared:
     if run.credentials and "credentials" not in meta.features:
         raise CredentialError(f"image {meta.name} was built by an mvm without credential "
                               "support; rebuild the image or template")  # fmt: skip
+    if guest_data_transport() == "drive" and "guestdata" not in meta.features:
+        raise CredentialError(f"image {meta.name} was built by an mvm without guest-data "
+                              "drive support; rebuild the image or template")  # fmt: skip
     uid = meta.uids.entrypoint
     if plan.data and not image.accessible:
         # an OCI image's home is the image's (not recorded; only /tmp is sure to be a tmpfs)
@@ -116,8 +120,19 @@ def machine_spec(
         kaslr=kinfo.kaslr is not False,
         machine=str(run.machine.value),
         init=init,  # direct boot: the kernel runs it; else the initramfs switches to it
+        guest_data=guest_data_transport(),
     )
     return spec, att
+
+
+GUEST_DATA_ENV = "MVM_GUEST_DATA"
+
+
+def guest_data_transport() -> GuestDataTransport:
+    """``MVM_GUEST_DATA=drive`` (internal, for tests): a backend that has its own
+    transport for credentials (QEMU: fw_cfg) uses the guest-data drive instead, the
+    one Firecracker needs, so that guest path boots under QEMU too."""
+    return "drive" if os.environ.get(GUEST_DATA_ENV, "").strip() == "drive" else "fw_cfg"
 
 
 SYSTEMD = "/lib/systemd/systemd"
