@@ -87,7 +87,9 @@ def kernel_cmdline(spec: MachineSpec, opts: FcOptions) -> str:
         parts.append("mvm.net=1")
     parts.append("mvm.channels=vsock")
     if opts.guest_data is not None:
-        parts.append(f"mvm.guestdata={drive_letter(len(spec.disks))}")
+        from mvm.backends import guestdrive
+
+        parts.append(guestdrive.cmdline(len(spec.disks)))
     parts.append(f"mvm.hostname={spec.name}")
     parts.extend(spec.cmdline)
     return " ".join(parts)

@@ -194,7 +194,7 @@ class FirecrackerBackend(Backend):
         )  # fmt: skip
 
     def plan(self, spec: MachineSpec) -> list[fcconfig.ApiCall]:
-        return fcconfig.plan(spec, self.options(spec, _guestdrive_available()))
+        return fcconfig.plan(spec, self.options(spec, True))
 
     def command(self, spec: MachineSpec) -> list[str]:
         """The process that would run (its configuration is :meth:`plan`)."""
@@ -211,17 +211,13 @@ class FirecrackerBackend(Backend):
     def launch(self, spec: MachineSpec, restore: RestoreSource | None = None) -> FirecrackerMachine:
         binary = firecracker_binary()
         rd = spec.run_dir
-        has_data = _guestdrive_available()
-        opts = self.options(spec, has_data)
+        opts = self.options(spec, True)
         calls = (fcconfig.restore_plan(restore.state, restore.ram or memory_path(restore.state))
                  if restore is not None else fcconfig.plan(spec, opts))  # fmt: skip
-        if spec.credentials and not has_data:
-            raise BackendError("Firecracker: credentials need the guest-data drive "
-                               "(mvm.backends.guestdrive), which this mvm lacks")  # fmt: skip
         written: list[Path] = []
         try:
             if opts.guest_data is not None and restore is None:
-                from mvm.backends import guestdrive  # type: ignore[attr-defined]
+                from mvm.backends import guestdrive
 
                 guestdrive.write(opts.guest_data, spec.credentials,
                                  spec.network.guest_config or None)  # fmt: skip
@@ -382,12 +378,6 @@ class FirecrackerBackend(Backend):
 
     def attach(self, run_dir: Path, pid: int, pid_start: int | None) -> FirecrackerMachine:
         return FirecrackerMachine(self, run_dir, pid, pid_start)
-
-
-def _guestdrive_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("mvm.backends.guestdrive") is not None
 
 
 def _runs_in(pid: int, run_dir: Path) -> bool:
