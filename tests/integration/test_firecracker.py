@@ -254,7 +254,7 @@ def _wait_state(name: str, state: str, timeout: float = 20.0) -> dict[str, objec
     deadline = time.monotonic() + timeout
     while True:
         row = _ls(name)
-        if row is not None and row["state"] == state or time.monotonic() > deadline:
+        if (row is not None and row["state"] == state) or time.monotonic() > deadline:
             assert row is not None and row["state"] == state, row
             return row
         time.sleep(0.2)
