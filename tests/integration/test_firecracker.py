@@ -59,6 +59,15 @@ def _fc_env(fc_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MVM_FIRECRACKER_KVM", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _down_everything() -> Iterator[None]:
+    """A failed test must not leave a Firecracker (or its cgroup) behind."""
+    yield
+    r = mvmctl("ls", "--json")
+    for row in json.loads(r.stdout) if r.returncode == 0 else []:
+        mvmctl("down", row["name"])
+
+
 @pytest.fixture(scope="module")
 def kernel() -> Path:
     from mvm.image.kernel import mvm_kernel
@@ -346,3 +355,43 @@ def test_doctor_reports_firecracker() -> None:
     out = ok("doctor")
     assert "firecracker:  1.12.1" in out
     assert "fc_kvm:" in out and "fc_jailer:" in out and "hypervisor:" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the jailer needs root (chroot, mknod, cgroups)")
+def test_cli_jailer_uid_cgroup_seccomp(unchecked: None) -> None:
+    cgroup_v1 = Path("/sys/fs/cgroup/cpu")
+    env = {"MVM_FIRECRACKER_JAILER": "1", "MVM_FIRECRACKER_UID": "65534",
+           "MVM_FIRECRACKER_GID": "65534"}  # fmt: skip
+    if (cgroup_v1 / "cpu.shares").exists():
+        env["MVM_FIRECRACKER_CGROUP"] = "cpu.shares=512"
+    ok("up", "--hypervisor", "firecracker", "--flake", str(HELLO), "--name", "fcj",
+       "--credential", f"DB_PASS={SECRET}", env=env)  # fmt: skip
+    ok("pause", "fcj")
+    rd = Path(os.environ["MVM_HOME"]) / "vms" / "fcj"
+    root = rd / "jail" / "firecracker" / "fcj" / "root"
+    pid = int((rd / "firecracker.pid").read_text())
+    st = Path(f"/proc/{pid}/status").read_text()
+    assert "\nUid:\t65534\t65534\t65534\t65534\n" in st
+    assert "\nSeccomp:\t2\n" in st  # Firecracker's default filter, in the jail too
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == b"/firecracker"
+    assert (root / "dev" / "kvm").exists() and (root / "kernel").stat().st_uid == 65534
+    assert not (root / GUEST_DATA).exists()  # scrubbed inside the jail too
+    _no_secret_in_process(pid)
+    _no_secret_in_files(root)
+    cfg = json.loads(subprocess.run(
+        ["curl", "-s", "--unix-socket", str(rd / "firecracker.sock"), "http://localhost/vm/config"],
+        capture_output=True, text=True, check=True, timeout=10).stdout)  # fmt: skip
+    assert cfg["boot-source"]["kernel_image_path"] == "/kernel"
+    assert [d["path_on_host"] for d in cfg["drives"]] == ["/vda.img", f"/{GUEST_DATA}"]
+    assert cfg["vsock"]["uds_path"] == "/vsock.sock"
+    # the logger set over the API writes into the jail (GET /vm/config does not show it)
+    assert 'Put request on "/actions"' in (rd / "firecracker.log").read_text()
+    if "MVM_FIRECRACKER_CGROUP" in env:
+        assert (cgroup_v1 / "firecracker" / "fcj" / "cpu.shares").read_text().strip() == "512"
+    assert "fc_jailer:" in ok("doctor", env=env)
+    ok("down", "fcj")
+    assert not rd.exists() and _gone(rd)
+    deadline = time.monotonic() + 5
+    while (cgroup_v1 / "firecracker" / "fcj").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not (cgroup_v1 / "firecracker" / "fcj").exists()  # the relay removed it

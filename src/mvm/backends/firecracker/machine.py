@@ -18,18 +18,22 @@ the guest), unless ``MVM_FIRECRACKER_KVM=unchecked``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from mvm import proc
 from mvm.backends.base import Backend, Capabilities, LaunchError, Machine, RunStatus
 from mvm.backends.firecracker import config as fcconfig
+from mvm.backends.firecracker import jail as jail_mod
 from mvm.backends.firecracker.api import ApiClient
+from mvm.backends.firecracker.jail import BASE, Jail
 from mvm.backends.spec import HostChannels, MachineSpec, RestoreSource
 from mvm.errors import BackendError, HypervisorMissing
 from mvm.log import get_logger
@@ -176,12 +180,20 @@ class FirecrackerBackend(Backend):
         word = first[0].split()[-1] if first and first[0].split() else "unknown"
         return word.removeprefix("v")
 
-    def argv(self, spec: MachineSpec, binary: str | None = None) -> list[str]:
+    def argv(self, spec: MachineSpec, binary: str | None = None,
+             jailed: Jail | None = None) -> list[str]:  # fmt: skip
+        """Firecracker's own argv; under the jailer, the jailer's (paths inside the
+        jail; the logger and metrics are then configured over the API, once their
+        files exist in the jail)."""
         rd = spec.run_dir
+        fc = binary or FIRECRACKER
+        if jailed is not None:
+            args = ["--api-sock", f"/run/{API_SOCK}", *jail_mod.seccomp_args()]
+            return jailed.argv(fc, spec.name, rd, args)
         return [
-            binary or FIRECRACKER, "--api-sock", str(rd / API_SOCK), "--id", spec.name,
+            fc, "--api-sock", str(rd / API_SOCK), "--id", spec.name,
             "--log-path", str(rd / LOG), "--level", "Info",
-            "--metrics-path", str(rd / METRICS),
+            "--metrics-path", str(rd / METRICS), *jail_mod.seccomp_args(),
         ]  # fmt: skip
 
     def options(self, spec: MachineSpec, guest_data: bool) -> fcconfig.FcOptions:
@@ -202,7 +214,7 @@ class FirecrackerBackend(Backend):
             binary = firecracker_binary()
         except HypervisorMissing:
             binary = FIRECRACKER
-        return self.argv(spec, binary)
+        return self.argv(spec, binary, jail_mod.settings())
 
     def describe(self, spec: MachineSpec) -> str:
         """The process, then the API calls in order, one per line (``--show-command``)."""
@@ -210,29 +222,27 @@ class FirecrackerBackend(Backend):
 
     def launch(self, spec: MachineSpec, restore: RestoreSource | None = None) -> FirecrackerMachine:
         binary = firecracker_binary()
+        jailed = jail_mod.settings()
+        if jailed is not None and restore is not None:
+            raise BackendError("Firecracker: restoring a snapshot under the jailer is not "
+                               "supported (unset MVM_FIRECRACKER_JAILER)")  # fmt: skip
         rd = spec.run_dir
-        opts = self.options(spec, True)
-        calls = (fcconfig.restore_plan(restore.state, restore.ram or memory_path(restore.state))
-                 if restore is not None else fcconfig.plan(spec, opts))  # fmt: skip
-        written: list[Path] = []
-        try:
-            if opts.guest_data is not None and restore is None:
-                from mvm.backends import guestdrive
-
-                guestdrive.write(opts.guest_data, spec.credentials,
-                                 spec.network.guest_config or None)  # fmt: skip
-                written.append(opts.guest_data)
-            for name in (LOG, METRICS, "console.log"):  # private, before Firecracker opens them
-                os.close(os.open(rd / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            machine = self._spawn(spec, binary)
-        except BaseException:
-            for p in written:
-                p.unlink(missing_ok=True)
-            raise
-        machine._scrub = [*written, *spec.scrub]
+        for name in (LOG, METRICS, "console.log"):  # private, before Firecracker opens them
+            os.close(os.open(rd / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        machine = self._spawn(spec, binary, jailed)
         try:
             self._wait_socket(machine)
-            relay = self._start_relay(machine)
+            if jailed is not None:
+                calls = self._stage_jail(machine, spec, jailed)
+            elif restore is not None:
+                memory = restore.ram or memory_path(restore.state)
+                calls = fcconfig.restore_plan(restore.state, memory)
+            else:
+                opts = self.options(spec, True)
+                calls = fcconfig.plan(spec, opts)
+                self._write_guest_data(machine, spec, rd / GUEST_DATA)
+            machine._scrub += list(spec.scrub)
+            relay = self._start_relay(machine, jailed)
             for call in calls:
                 machine.api.request(call.method, call.path, call.body, timeout=30.0)
             if restore is None:
@@ -249,11 +259,55 @@ class FirecrackerBackend(Backend):
             raise
         return machine
 
-    def _spawn(self, spec: MachineSpec, binary: str) -> FirecrackerMachine:
+    def _write_guest_data(self, machine: FirecrackerMachine, spec: MachineSpec,
+                          path: Path) -> None:  # fmt: skip
+        """The guest-data drive (credentials, network files; 0600), scrubbed once
+        Firecracker has opened it (``Machine.wait_ready``)."""
+        from mvm.backends import guestdrive
+
+        machine._scrub.append(path)
+        guestdrive.write(path, spec.credentials, spec.network.guest_config or None)
+
+    def _stage_jail(self, machine: FirecrackerMachine, spec: MachineSpec,
+                    jailed: Jail) -> list[fcconfig.ApiCall]:  # fmt: skip
+        """Put what Firecracker opens into its jail (the jailer has built it by the
+        time the API answers) and return the calls, with in-jail paths."""
+        root = Jail.root(spec.run_dir, spec.name)
+        kernel = jailed.place(spec.kernel, root, "kernel")
+        initrd = jailed.place(spec.initramfs, root, "initrd") if spec.initramfs else None
+        disks = []
+        for i, d in enumerate(spec.disks):
+            name = f"{fcconfig.drive_letter(i)}.img"
+            disks.append(replace(d, path=jailed.place(d.path, root, name,
+                                                       writable=not d.readonly)))  # fmt: skip
+            if d.path in spec.scrub:  # a secret drive's link in the jail goes with it
+                machine._scrub.append(root / name)
+        self._write_guest_data(machine, spec, root / GUEST_DATA)
+        jailed.own(root / GUEST_DATA)
+        for name in (LOG, METRICS):
+            f = root / name
+            os.close(os.open(f, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            jailed.own(f)
+            (spec.run_dir / name).unlink(missing_ok=True)
+            (spec.run_dir / name).symlink_to(f)
+        (spec.run_dir / VSOCK).symlink_to(root / VSOCK)
+        inside = replace(spec, kernel=kernel, initramfs=initrd, disks=tuple(disks))
+        opts = replace(self.options(spec, True), vsock_uds=Path("/") / VSOCK,
+                       guest_data=Path("/") / GUEST_DATA)  # fmt: skip
+        return [
+            fcconfig.ApiCall("PUT", "/logger", {"log_path": f"/{LOG}", "level": "Info"}),
+            fcconfig.ApiCall("PUT", "/metrics", {"metrics_path": f"/{METRICS}"}),
+            *fcconfig.plan(inside, opts),
+        ]
+
+    def _spawn(self, spec: MachineSpec, binary: str, jailed: Jail | None) -> FirecrackerMachine:
         rd = spec.run_dir
-        argv = self.argv(spec, binary)
+        argv = self.argv(spec, binary, jailed)
         for stale in (API_SOCK, VSOCK):
             (rd / stale).unlink(missing_ok=True)
+        if jailed is not None:  # the run directory's names lead into the jail
+            (rd / BASE).mkdir(mode=0o700, exist_ok=True)
+            (rd / API_SOCK).symlink_to(Jail.root(rd, spec.name) / "run" / API_SOCK)
         out = os.open(rd / "console.log", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         err = os.open(rd / LOG, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
@@ -283,25 +337,42 @@ class FirecrackerBackend(Backend):
             time.sleep(0.01)
         raise BackendError(f"Firecracker's API socket did not answer within {SOCKET_TIMEOUT:.0f}s")
 
-    def _start_relay(self, machine: FirecrackerMachine) -> int:
+    def _start_relay(self, machine: FirecrackerMachine, jailed: Jail | None = None) -> int:
         """Bind the listening host ends here (so they listen before the guest runs),
-        then hand them to the relay that serves them for the VM's life."""
+        then hand them to the relay that serves them for the VM's life.  Firecracker
+        connects to ``<vsock uds>_1026``: inside the jail when jailed."""
         from mvm import channels
 
         rd = machine.run_dir
+        status = rd / f"{VSOCK}_{channels.STATUS_PORT}"
+        if jailed is not None:
+            status = Jail.root(rd, rd.name) / status.name
         listeners = []
         try:
-            for name in (f"{VSOCK}_{channels.STATUS_PORT}", "console.sock"):
-                (rd / name).unlink(missing_ok=True)
+            for path in (status, rd / "console.sock"):
+                path.unlink(missing_ok=True)
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 listeners.append(s)
+                # bound under a short name in the run directory, then moved (a socket
+                # keeps working under its new name): a jail path can exceed AF_UNIX's 108
+                short = rd / f".{path.name}.bind"
+                short.unlink(missing_ok=True)
                 old = os.umask(0o077)
                 try:
-                    s.bind(str(rd / name))
+                    s.bind(str(short))
                 finally:
                     os.umask(old)
+                short.rename(path)
                 s.listen(8)
                 s.set_inheritable(True)
+            if jailed is not None:
+                jailed.own(status)
+        except OSError as exc:
+            for s in listeners:
+                s.close()
+            raise BackendError(f"Firecracker: cannot listen for the guest: "
+                               f"{exc.strerror or exc}") from exc  # fmt: skip
+        try:
             fds = tuple(s.fileno() for s in listeners)
             popen = proc.spawn(
                 [sys.executable, "-m", "mvm.backends.firecracker.relay", str(rd),
@@ -336,13 +407,7 @@ class FirecrackerBackend(Backend):
             return {"version": f"missing: {exc.message}", "install": INSTALL_HINT}
         v = kvm.verdict(kernel)
         info["kvm"] = ("usable: " if v.usable else "cannot run guests: ") + v.reason
-        jailer = jailer_binary()
-        if jailer is None:
-            info["jailer"] = "not found (MVM_JAILER or next to firecracker)"
-        elif os.geteuid() != 0:
-            info["jailer"] = f"{jailer}: not usable (needs root for chroot, mknod and cgroups)"
-        else:
-            info["jailer"] = f"{jailer}: found (mvm does not run through it yet)"
+        info["jailer"] = jail_mod.doctor()
         try:
             tap = tap_device()
         except BackendError as exc:
@@ -362,14 +427,14 @@ class FirecrackerBackend(Backend):
         )  # fmt: skip
 
     def ephemeral(self, run_dir: Path) -> tuple[Path, ...]:
-        return (run_dir / GUEST_DATA,)
+        return (run_dir / GUEST_DATA, Jail.root(run_dir, run_dir.name) / GUEST_DATA)
 
     def owned_pid(self, run_dir: Path) -> int | None:
         """The pidfile mvm writes right after spawning, checked against the process's
         cwd (the run directory) and name; else a scan of every process."""
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int((run_dir / PIDFILE).read_text().split()[0])
-            if _runs_in(pid, run_dir):
+            if _runs_in(pid, run_dir, jailed=True):
                 return pid
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and _runs_in(int(entry.name), run_dir):
@@ -380,11 +445,17 @@ class FirecrackerBackend(Backend):
         return FirecrackerMachine(self, run_dir, pid, pid_start)
 
 
-def _runs_in(pid: int, run_dir: Path) -> bool:
+def _runs_in(pid: int, run_dir: Path, jailed: bool = False) -> bool:
+    """Whether ``pid`` is the Firecracker of ``run_dir``: its cwd (a jailed one's cwd
+    is its jail root, seen as "/": then its ``--id`` and the jail directory decide)."""
     try:
-        if os.readlink(f"/proc/{pid}/cwd") != str(run_dir):
-            return False
+        cwd = os.readlink(f"/proc/{pid}/cwd")
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return pid_alive(pid, None) and os.path.basename(cmd[0]) == b"firecracker"
+    if os.path.basename(cmd[0]) != b"firecracker" or not pid_alive(pid, None):
+        return False
+    if cwd == str(run_dir):
+        return True
+    named = any(a == b"--id" and b == run_dir.name.encode() for a, b in itertools.pairwise(cmd))
+    return jailed and cwd == "/" and named and (run_dir / BASE).is_dir()

@@ -15,7 +15,8 @@ arrive before it listens) does the rest for the life of the VM:
 * serves ``console.sock``: every client gets the console output from the
   moment it connected (output only; Firecracker's serial input is its stdin).
 
-It exits (removing its sockets) once the Firecracker process is gone.
+It exits (removing its sockets, and a jailed VM's cgroups) once the
+Firecracker process is gone.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def main(argv: list[str]) -> int:
         return 2
     run_dir, pid = Path(argv[0]), int(argv[1])
     start = None if argv[2] == "-" else int(argv[2])
+    jailed = (run_dir / "jail").is_dir()  # now: `down` removes the run directory first
     status_l = socket.socket(fileno=int(argv[3]))
     console_l = socket.socket(fileno=int(argv[4]))
     try:
@@ -124,6 +126,10 @@ def main(argv: list[str]) -> int:
         for name in ("vsock.sock_1026", "console.sock"):
             with contextlib.suppress(OSError):
                 (run_dir / name).unlink()
+        if jailed:  # the jailer's cgroups outlive Firecracker
+            from mvm.backends.firecracker.jail import release_cgroups
+
+            release_cgroups(run_dir.name)
     return 0
 
 
