@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -232,3 +233,53 @@ def test_auto_with_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert select.auto(None)[0] == "firecracker"
     name, reason = select.auto(None, needs_user_net=True)
     assert name == "qemu" and "user-mode networking" in reason
+
+
+# -- the relay: the host ends that listen (status, console), around a stand-in process ------
+
+
+def test_relay_status_and_console(tmp_path: Path) -> None:
+    """The real relay process, around a ``sleep`` standing in for Firecracker: what the
+    guest sends on the status port lands in the status file the runtime reads, the
+    first console client gets the console from its first byte, and the relay exits
+    (removing its sockets) when the process is gone."""
+    import subprocess
+    import time
+    from types import SimpleNamespace
+
+    from mvm.state.procs import proc_start_time
+
+    rd = tmp_path / "vm"
+    rd.mkdir()
+    (rd / "console.log").write_bytes(b"early boot line\n")
+    stand_in = subprocess.Popen(["sleep", "30"])
+    try:
+        m = SimpleNamespace(run_dir=rd, pid=stand_in.pid, pid_start=proc_start_time(stand_in.pid))
+        relay_pid = FirecrackerBackend()._start_relay(m)  # type: ignore[arg-type]
+        status_sock = rd / f"vsock.sock_{channels.STATUS_PORT}"
+        with socket.socket(socket.AF_UNIX) as s:  # what Firecracker does for the guest
+            s.connect(str(status_sock))
+            s.sendall(b"exit 3\n")
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(str(rd / "console.sock"))
+            c.settimeout(5)
+            with open(rd / "console.log", "ab") as f:
+                f.write(b"later line\n")
+            got = b""
+            while b"later line\n" not in got:
+                got += c.recv(4096)
+            assert got == b"early boot line\nlater line\n"
+        deadline = time.monotonic() + 5
+        while channels.exit_code(fc_channels(rd)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert channels.exit_code(fc_channels(rd)) == 3
+        assert (rd / "status").stat().st_mode & 0o777 == 0o600
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{relay_pid}").exists() and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(relay_pid, os.WNOHANG)
+        time.sleep(0.05)
+    assert not status_sock.exists() and not (rd / "console.sock").exists()

@@ -12,8 +12,9 @@ arrive before it listens) does the rest for the life of the VM:
 * appends what the guest sends on the status port to ``status`` (the file
   :func:`mvm.channels.exit_code` reads, so the runtime's view is the same
   as under QEMU);
-* serves ``console.sock``: every client gets the console output from the
-  moment it connected (output only; Firecracker's serial input is its stdin).
+* serves ``console.sock``: the first client gets the console output from the
+  first byte, later ones from the moment they connected (output only:
+  Firecracker's serial input is its stdin).
 
 It exits (removing its sockets, and a jailed VM's cgroups) once the
 Firecracker process is gone.
@@ -45,10 +46,8 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
     log = run_dir / "console.log"
     status = run_dir / "status"
     written = 0
-    try:
-        pos = log.stat().st_size
-    except OSError:
-        pos = 0
+    pos = 0  # the first client (`run --attached`, connected right after the launch) gets
+    served = False  # the console from its first byte; later ones from when they connect
     gone_at: float | None = None
     while True:
         if gone_at is None and not pid_alive(pid, start):
@@ -69,6 +68,7 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
                     conn.setblocking(True)
                     conn.settimeout(1.0)
                     clients.append(conn)
+                    served = True
             else:
                 try:
                     data = sock.recv(4096)
@@ -102,7 +102,7 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
                     except OSError:  # a client that stopped reading is dropped
                         clients.remove(c)
                         c.close()
-        else:
+        elif served:
             with contextlib.suppress(OSError):
                 pos = log.stat().st_size
     for c in clients:
