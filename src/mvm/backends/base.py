@@ -38,7 +38,7 @@ RunStatus = Literal["running", "paused", "io-error", "shutdown", "gone", "unknow
 class Capabilities:
     smbios: bool  # credentials as SMBIOS type 11 OEM strings
     fw_cfg: bool
-    snapshots: bool
+    snapshots: bool  # the runtime may snapshot, restore and fork its VMs
     agent_transport: str  # "virtio-serial" | "vsock"
 
 

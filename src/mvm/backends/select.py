@@ -11,13 +11,17 @@ by ``mvmctl status`` and ``mvmctl doctor``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from mvm.errors import MvmError
 
 
-def auto(kernel: Path | None, *, needs_user_net: bool = False) -> tuple[str, str]:
-    """``(hypervisor, reason)`` for a VM booting ``kernel``."""
+def auto(
+    kernel: Path | Callable[[], Path] | None, *, needs_user_net: bool = False
+) -> tuple[str, str]:
+    """``(hypervisor, reason)`` for a VM booting ``kernel`` (a callable: asked only when
+    the KVM probe needs it, i.e. when a firecracker binary exists)."""
     from mvm.backends import kvm
     from mvm.backends.firecracker.machine import firecracker_binary, tap_device
 
@@ -25,7 +29,7 @@ def auto(kernel: Path | None, *, needs_user_net: bool = False) -> tuple[str, str
         binary = firecracker_binary()
     except MvmError:
         return "qemu", "auto: firecracker not found (PATH, MVM_FIRECRACKER); using QEMU"
-    verdict = kvm.verdict(kernel)
+    verdict = kvm.verdict(kernel() if callable(kernel) else kernel)
     if not verdict.usable:
         return (
             "qemu",

@@ -248,7 +248,7 @@ def resolve(
     if hypervisor.value == "auto":
         from mvm.backends.select import auto
 
-        chosen, hypervisor_reason = auto(image.kernel, needs_user_net=bool(ports) or
+        chosen, hypervisor_reason = auto(lambda: image.kernel, needs_user_net=bool(ports) or
                                          bool(egress.value))  # fmt: skip
         hypervisor = Setting(chosen, "auto")
         sources["hypervisor"] = "auto"
