@@ -395,3 +395,33 @@ def test_cli_jailer_uid_cgroup_seccomp(unchecked: None) -> None:
     while (cgroup_v1 / "firecracker" / "fcj").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not (cgroup_v1 / "firecracker" / "fcj").exists()  # the relay removed it
+
+
+def test_cli_auto_choice_and_its_reason(unchecked: None) -> None:
+    """No --hypervisor, no mvm.toml key: auto picks Firecracker here only because the
+    KVM check is skipped; status keeps the choice's source and reason."""
+    ok("up", "--flake", str(HELLO), "--name", "fca")
+    ok("pause", "fca")
+    status = json.loads(ok("status", "fca", "--json"))
+    assert status["hypervisor"] == "firecracker" and status["settings"]["hypervisor"] == "auto"
+    assert (
+        status["hypervisor_reason"].startswith("auto: ") and "found" in status["hypervisor_reason"]
+    )
+    assert "why:" in ok("status", "fca")
+    ok("down", "fca")
+    # a VM that forwards ports needs user-mode networking: auto says QEMU and why
+    out = ok("run", "--show-command", "-p", "18099:80", str(HELLO))
+    assert out.split()[0].endswith("qemu-system-x86_64")
+
+
+def test_not_firecracker_is_a_clean_error(tmp_path: Path, kernel: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv("MVM_FIRECRACKER", "/bin/true")  # exits at once: no API socket
+    spec = _spec(tmp_path, kernel)
+    with pytest.raises(LaunchError, match="Firecracker exited before its API socket was ready"):
+        FirecrackerBackend().launch(spec)
+    assert not (spec.run_dir / GUEST_DATA).exists() and _gone(spec.run_dir)
+    r = mvmctl("up", "--hypervisor", "firecracker", "--flake", str(HELLO), "--name", "fcn",
+               env={"MVM_FIRECRACKER": "/bin/true"})  # fmt: skip
+    assert r.returncode == 1 and r.stderr.startswith("mvmctl: error: Firecracker exited before")
+    assert _ls("fcn") is None

@@ -337,7 +337,7 @@ class FirecrackerBackend(Backend):
                     return
                 except BackendError:
                     pass
-            time.sleep(0.01)
+            time.sleep(0.002)
         raise BackendError(f"Firecracker's API socket did not answer within {SOCKET_TIMEOUT:.0f}s")
 
     def _start_relay(self, machine: FirecrackerMachine, jailed: Jail | None = None) -> int:
