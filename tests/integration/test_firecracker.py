@@ -425,3 +425,50 @@ def test_not_firecracker_is_a_clean_error(tmp_path: Path, kernel: Path,
                env={"MVM_FIRECRACKER": "/bin/true"})  # fmt: skip
     assert r.returncode == 1 and r.stderr.startswith("mvmctl: error: Firecracker exited before")
     assert _ls("fcn") is None
+
+
+@pytest.fixture
+def tap(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A host tap for one test (root only; removed afterwards): the NIC and MMDS calls."""
+    if os.geteuid() != 0 or not Path("/dev/net/tun").exists():
+        pytest.skip("creating a tap needs root and /dev/net/tun")
+    name = f"mvmfc{os.getpid() % 100000}"
+    r = subprocess.run(["ip", "tuntap", "add", "dev", name, "mode", "tap"],
+                       capture_output=True, text=True, check=False)  # fmt: skip
+    if r.returncode != 0:
+        pytest.skip(f"ip tuntap add failed: {r.stderr.strip()}")
+    monkeypatch.setenv("MVM_FIRECRACKER_TAP", name)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "tuntap", "del", "dev", name, "mode", "tap"], check=False)
+
+
+def test_nic_and_mmds_on_a_tap(tmp_path: Path, kernel: Path, unchecked: None, tap: str) -> None:
+    from mvm.backends.firecracker.machine import FirecrackerMachine
+    from mvm.backends.spec import NetworkSpec
+
+    spec = _spec(tmp_path, kernel, network=NetworkSpec(device=True))
+    m = FirecrackerBackend().launch(spec)
+    assert isinstance(m, FirecrackerMachine)
+    try:
+        m.pause()
+        cfg = m.api.vm_config()
+        (iface,) = cfg.network_interfaces
+        assert iface["iface_id"] == "eth0" and iface["host_dev_name"] == tap
+        assert cfg.mmds is not None and cfg.mmds["network_interfaces"] == ["eth0"]
+        assert cfg.mmds["version"] == "V2"
+        assert "mvm.net=1" in cfg.boot_source["boot_args"]
+        assert m.api.mmds()["mvm"]["name"] == "fc-contract"
+    finally:
+        m.kill()
+        m.close()
+    # a tap serves one Firecracker at a time: a VM without a network gets no NIC on it
+    spec2 = _spec(tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path, kernel)
+    m2 = FirecrackerBackend().launch(spec2)
+    try:
+        m2.pause()
+        assert m2.api.vm_config().network_interfaces == ()
+    finally:
+        m2.kill()
+        m2.close()

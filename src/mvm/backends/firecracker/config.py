@@ -10,7 +10,8 @@ thing by construction.  Firecracker-specific decisions live here:
   there is no fw_cfg/SMBIOS under Firecracker), named on the command line
   as ``mvm.guestdata=vdX``;
 * host channels over **hybrid vsock** (``mvm.channels=vsock``, docs/firecracker.md);
-* a NIC only on a host tap the user names (``MVM_FIRECRACKER_TAP``):
+* a NIC only on a host tap the user names (``MVM_FIRECRACKER_TAP``), for a VM
+  that wants a network (``--net``, or a snapshot-shaped one):
   Firecracker has no user-mode networking, so without one the VM has no
   network, and ``-p``/egress are refused;
 * MMDS: the data store carries non-secret metadata (VM name, mvm version);
@@ -72,6 +73,12 @@ def drive_letter(i: int) -> str:
     return "vd" + string.ascii_lowercase[i]
 
 
+def nic(spec: MachineSpec, opts: FcOptions) -> str | None:
+    """The tap the VM's NIC uses: only a VM that wants a network gets one (a tap
+    serves one Firecracker at a time)."""
+    return opts.tap if spec.network.enabled else None
+
+
 def kernel_cmdline(spec: MachineSpec, opts: FcOptions) -> str:
     parts = [BASE_CMDLINE]
     if spec.kaslr:
@@ -83,7 +90,7 @@ def kernel_cmdline(spec: MachineSpec, opts: FcOptions) -> str:
         parts.append(f"init={spec.init}")
     if not spec.rootfs.readonly:
         parts.append("mvm.rw=1")
-    if spec.network.enabled and opts.tap:
+    if nic(spec, opts):
         parts.append("mvm.net=1")
     parts.append("mvm.channels=vsock")
     if opts.guest_data is not None:
@@ -146,13 +153,14 @@ def plan(spec: MachineSpec, opts: FcOptions) -> list[ApiCall]:
             "drive_id": vd, "path_on_host": str(path), "is_root_device": False,
             "is_read_only": readonly,
         }))  # fmt: skip
-    if opts.tap:
+    tap = nic(spec, opts)
+    if tap:
         calls.append(ApiCall("PUT", f"/network-interfaces/{IFACE}", {
-            "iface_id": IFACE, "host_dev_name": opts.tap, "guest_mac": opts.mac,
+            "iface_id": IFACE, "host_dev_name": tap, "guest_mac": opts.mac,
         }))  # fmt: skip
     calls.append(ApiCall("PUT", "/vsock", {"guest_cid": GUEST_CID,
                                            "uds_path": str(opts.vsock_uds)}))  # fmt: skip
-    if opts.tap:
+    if tap:
         calls.append(ApiCall("PUT", "/mmds/config", {"version": "V2",
                                                      "network_interfaces": [IFACE]}))  # fmt: skip
     calls.append(ApiCall("PUT", "/mmds", {"mvm": dict(opts.metadata)}))
