@@ -360,12 +360,12 @@ def test_doctor_reports_firecracker() -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="the jailer needs root (chroot, mknod, cgroups)")
 def test_cli_jailer_uid_cgroup_seccomp(unchecked: None) -> None:
     cgroup_v1 = Path("/sys/fs/cgroup/cpu")
-    env = {"MVM_FIRECRACKER_JAILER": "1", "MVM_FIRECRACKER_UID": "65534",
-           "MVM_FIRECRACKER_GID": "65534"}  # fmt: skip
+    env = {"MVM_FIRECRACKER_UID": "65534", "MVM_FIRECRACKER_GID": "65534"}
     if (cgroup_v1 / "cpu.shares").exists():
         env["MVM_FIRECRACKER_CGROUP"] = "cpu.shares=512"
-    ok("up", "--hypervisor", "firecracker", "--flake", str(HELLO), "--name", "fcj",
+    ok("up", "--hypervisor", "firecracker", "--jailer", "--flake", str(HELLO), "--name", "fcj",
        "--credential", f"DB_PASS={SECRET}", env=env)  # fmt: skip
+    assert json.loads(ok("status", "fcj", "--json"))["settings"]["jailer"] == "cli"
     ok("pause", "fcj")
     rd = Path(os.environ["MVM_HOME"]) / "vms" / "fcj"
     root = rd / "jail" / "firecracker" / "fcj" / "root"
@@ -388,7 +388,7 @@ def test_cli_jailer_uid_cgroup_seccomp(unchecked: None) -> None:
     assert 'Put request on "/actions"' in (rd / "firecracker.log").read_text()
     if "MVM_FIRECRACKER_CGROUP" in env:
         assert (cgroup_v1 / "firecracker" / "fcj" / "cpu.shares").read_text().strip() == "512"
-    assert "fc_jailer:" in ok("doctor", env=env)
+    assert "fc_jailer:" in ok("doctor", env={**env, "MVM_FIRECRACKER_JAILER": "1"})
     ok("down", "fcj")
     assert not rd.exists() and _gone(rd)
     deadline = time.monotonic() + 5
@@ -464,8 +464,7 @@ def test_nic_and_mmds_on_a_tap(tmp_path: Path, kernel: Path, unchecked: None, ta
         m.kill()
         m.close()
     # a tap serves one Firecracker at a time: a VM without a network gets no NIC on it
-    spec2 = _spec(tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path, kernel)
-    m2 = FirecrackerBackend().launch(spec2)
+    m2 = FirecrackerBackend().launch(_spec(tmp_path, kernel))
     try:
         m2.pause()
         assert m2.api.vm_config().network_interfaces == ()

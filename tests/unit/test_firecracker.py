@@ -283,3 +283,65 @@ def test_relay_status_and_console(tmp_path: Path) -> None:
             os.waitpid(relay_pid, os.WNOHANG)
         time.sleep(0.05)
     assert not status_sock.exists() and not (rd / "console.sock").exists()
+
+
+# -- selection and the jailer setting in mvm.toml ---------------------------------------------
+
+
+def test_mvm_toml_firecracker_table_and_explicit_hypervisor(tmp_path: Path) -> None:
+    from mvm.config import load_project
+    from mvm.errors import ConfigError
+    from mvm.runtime.resolve import RuntimeDefaults
+
+    def load(body: str) -> RuntimeDefaults:
+        (tmp_path / "mvm.toml").write_text(
+            'name = "a"\n' + body + '[entrypoint]\ncommand = ["/x"]\n'
+        )
+        return RuntimeDefaults.from_spec(load_project(tmp_path).spec)
+
+    d = load('hypervisor = "firecracker"\n[firecracker]\njailer = true\n')
+    assert d.hypervisor == "firecracker" and d.jailer is True
+    d = load("")
+    assert d.hypervisor is None and d.jailer is None  # not set: the automatic choice
+    assert load('hypervisor = "qemu"\n').hypervisor == "qemu"  # explicit beats auto
+    with pytest.raises(ConfigError, match=r"firecracker\.jailer: must be true or false"):
+        load('[firecracker]\njailer = "yes"\n')
+    with pytest.raises(ConfigError, match=r"firecracker\.uid: unknown key"):
+        load("[firecracker]\nuid = 5\n")
+
+
+def test_jail_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from mvm.backends.firecracker import jail
+
+    monkeypatch.delenv("MVM_FIRECRACKER_JAILER", raising=False)
+    assert jail.settings(False) is None
+    fake = tmp_path / "jailer"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("MVM_JAILER", str(fake))
+    monkeypatch.setattr(jail.os, "geteuid", lambda: 1000)
+    with pytest.raises(BackendError, match="needs root"):
+        jail.settings(True)
+    monkeypatch.setattr(jail.os, "geteuid", lambda: 0)
+    monkeypatch.setenv("MVM_FIRECRACKER_UID", "65534")
+    monkeypatch.setenv("MVM_FIRECRACKER_CGROUP", "cpu.shares=512,memory.limit_in_bytes=1G")
+    j = jail.settings(True)
+    assert j is not None and j.uid == 65534 and j.gid == 0
+    argv = j.argv("/fc", "vm1", tmp_path, ["--api-sock", "/run/firecracker.sock"])
+    assert argv[:3] == [str(fake), "--id", "vm1"]
+    assert argv[argv.index("--chroot-base-dir") + 1] == str(tmp_path / "jail")
+    assert argv.count("--cgroup") == 2 and argv[-3:] == [
+        "--",
+        "--api-sock",
+        "/run/firecracker.sock",
+    ]
+    for bad, what in (("MVM_FIRECRACKER_UID", "x"), ("MVM_FIRECRACKER_CGROUP", "../x")):
+        monkeypatch.setenv(bad, what)
+        with pytest.raises(BackendError):
+            jail.settings(True)
+        monkeypatch.delenv(bad)
+    monkeypatch.setenv("MVM_FIRECRACKER_SECCOMP", "off")
+    assert jail.seccomp_args() == ["--no-seccomp"]
+    monkeypatch.setenv("MVM_FIRECRACKER_SECCOMP", "level2")
+    with pytest.raises(BackendError, match="use on or off"):
+        jail.seccomp_args()

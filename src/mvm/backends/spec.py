@@ -128,6 +128,8 @@ class MachineSpec:
     # memory left in the file for clones to map (docs/snapshots.md)
     ram_file: Path | None = None
     machine: str = "microvm"  # "microvm" | "q35" (a backend may refuse what it lacks)
+    # confine the hypervisor where the backend can (Firecracker: its jailer); else ignored
+    jail: bool = False
     # how credentials and network files reach a backend that has a choice: its own
     # transport (QEMU: fw_cfg/SMBIOS) or the guest-data drive (backends/guestdrive.py,
     # what Firecracker always uses; QEMU uses it to test that guest path under TCG)

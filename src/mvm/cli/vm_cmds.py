@@ -56,6 +56,9 @@ def _run_options(f: Any) -> Any:
                      default=None,
                      help="Hypervisor (default: mvm.toml's, else auto: Firecracker when "
                           "it is installed and KVM runs guests, else QEMU)."),
+        click.option("--jailer/--no-jailer", "jailer", default=None,
+                     help="Run Firecracker through its jailer (root: chroot, uid/gid, cgroups; "
+                          "default mvm.toml's [firecracker] jailer, else off)."),
         click.option("--show-command", is_flag=True,
                      help="Print the hypervisor command line that would run, and exit."),
     ]):  # fmt: skip
@@ -80,7 +83,8 @@ def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tupl
         credentials=[parse_credential(c, i) for i, c in enumerate(credentials, 1)],
         **_net_config(net or {}),
         machine=machine,
-        hypervisor=(net or {}).get("hypervisor"),  # --hypervisor (None: mvm.toml's, else auto)
+        hypervisor=(net or {}).get("hypervisor"),
+        jailer=(net or {}).get("jailer"),  # --hypervisor (None: mvm.toml's, else auto)
     )  # fmt: skip
 
 

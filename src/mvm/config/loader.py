@@ -52,7 +52,7 @@ MANIFEST = "mvm.toml"
 TOP_KEYS = {
     "name", "vcpus", "memory_mib", "hypervisor", "dev", "entrypoint", "services", "uids",
     "files", "packages", "copy", "kernel", "credentials", "ports", "network", "secrets", "flake",
-    "profile", "profiles", "image", "vars", "init", "machine",
+    "profile", "profiles", "image", "vars", "init", "machine", "firecracker",
 }  # fmt: skip
 PROFILE_KEYS = TOP_KEYS - {"name", "profiles", "profile", "flake"}
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, and these patterns
@@ -272,6 +272,15 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
     init = ctx.string(data.get("init", "busybox"), "init")
     if init not in INITS:
         raise ctx.err("init", f"{init!r} is not supported; allowed: {', '.join(INITS)}")
+    jailer = None
+    if "firecracker" in data:  # [firecracker]: settings only that backend reads
+        fc = ctx.table(data["firecracker"], "firecracker")
+        ctx.keys(fc, "firecracker", {"jailer"})
+        if "jailer" in fc:
+            if not isinstance(fc["jailer"], bool):
+                raise ctx.err("firecracker.jailer", f"must be true or false, got "
+                              f"{_tname(fc['jailer'])}")  # fmt: skip
+            jailer = fc["jailer"]
     machine = None
     if "machine" in data:
         machine = ctx.string(data["machine"], "machine")
@@ -318,6 +327,7 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
         explicit=frozenset(explicit),
         init=cast(GuestInit, init),
         machine=machine,
+        firecracker_jailer=jailer,
     )
 
 

@@ -202,6 +202,9 @@ class GuestSpec:
     exposed_ports: tuple[str, ...] = ()  # the image's ExposedPorts ("80/tcp"), never published
     init: GuestInit = "busybox"
     machine: str | None = None  # a runtime default (None: the backend's, microvm)
+    # [firecracker] jailer = true: run Firecracker through its jailer (a runtime default;
+    # QEMU ignores it)
+    firecracker_jailer: bool | None = None
     network_table: NetworkTable | None = None
     secrets: tuple[SecretSpec, ...] = ()
 

@@ -61,6 +61,7 @@ class RunConfig:
     secret_mode: str | None = None
     add_ca: str | None = None
     machine: str | None = None  # "microvm" (default) | "q35"
+    jailer: bool | None = None  # Firecracker's jailer (None: mvm.toml's [firecracker] jailer)
 
 
 def parse_port(spec: str) -> PortForward:

@@ -120,6 +120,7 @@ def machine_spec(
         scrub=att.scrub,
         kaslr=kinfo.kaslr is not False,
         machine=str(run.machine.value),
+        jail=bool(run.jailer.value),
         init=init,  # direct boot: the kernel runs it; else the initramfs switches to it
         guest_data=guest_data_transport(),
     )

@@ -100,6 +100,7 @@ class RuntimeDefaults:
     network: bool | None = None
     machine: str | None = None
     hypervisor: str | None = None  # set only when mvm.toml names one explicitly
+    jailer: bool | None = None  # [firecracker] jailer
     credentials: tuple[CredentialDecl, ...] = ()
     data_disk_mib: int | None = None
     template: str | None = None  # set for templates: its explicit settings win over mvm.toml
@@ -117,6 +118,7 @@ class RuntimeDefaults:
             origin="mvm.toml", vcpus=spec.vcpus, memory_mib=spec.memory_mib,
             ports=tuple(spec.ports), network=spec.network, machine=spec.machine,
             hypervisor=spec.hypervisor if "hypervisor" in spec.explicit else None,
+            jailer=spec.firecracker_jailer,
             credentials=tuple(CredentialDecl(c.name, c.file) for c in spec.credentials),
             var_credentials=tuple(spec.var_credentials),
             net=NetworkDecl.from_spec(spec),
@@ -181,6 +183,7 @@ class ResolvedRun:
     hypervisor: Setting
     trace: bool
     machine: Setting = Setting("microvm", "default")
+    jailer: Setting = Setting(False, "default")  # Firecracker's jailer (QEMU: ignored)
     sources: dict[str, str] = field(default_factory=dict)
     hypervisor_reason: str = ""  # why this hypervisor (the automatic choice says why)
 
@@ -244,6 +247,8 @@ def resolve(
     mapped = {(p.guest, p.proto) for p in given}
     ports = _dedupe(given + [p for p in map(parse_port, defaults.ports)
                              if (p.guest, p.proto) not in mapped])  # fmt: skip
+    jailer = pick("jailer", (run.jailer, who), (defaults.jailer, defaults.origin),
+                  (False, "default"))  # fmt: skip
     hypervisor_reason = f"{hypervisor.value} ({hypervisor.source})"
     if hypervisor.value == "auto":
         from mvm.backends.select import auto
@@ -252,6 +257,8 @@ def resolve(
                                          bool(egress.value))  # fmt: skip
         hypervisor = Setting(chosen, "auto")
         sources["hypervisor"] = "auto"
+    if hypervisor.value != "firecracker":  # only Firecracker has a jailer
+        sources.pop("jailer", None)
     if run.ports or defaults.ports:
         sources["ports"] = "+".join(
             o for o, present in ((who, run.ports), (defaults.origin, defaults.ports)) if present
@@ -298,7 +305,7 @@ def resolve(
         egress=egress, network=net, volumes=tuple(volumes), config_files=tuple(run.config_files),
         secret_files=tuple(run.secret_files), credentials=tuple(creds), attached=run.attached,
         hypervisor=hypervisor, machine=machine, trace=bool(os.environ.get("MVM_TRACE_BOOT")),
-        sources=sources, hypervisor_reason=hypervisor_reason,
+        sources=sources, hypervisor_reason=hypervisor_reason, jailer=jailer,
     )  # fmt: skip
 
 

@@ -1,10 +1,11 @@
 """Firecracker under its ``jailer``: chroot, uid/gid, cgroups, seccomp.
 
-Opt-in host hardening, read from the environment of the mvmctl that starts
-the VM (a host setting, not a project's):
+Opt-in hardening: ``--jailer`` on ``run``/``up``, ``[firecracker] jailer = true``
+in mvm.toml, or ``MVM_FIRECRACKER_JAILER=1`` in mvmctl's environment turns it
+on; how it confines is a host setting, read from that environment:
 
-* ``MVM_FIRECRACKER_JAILER=1`` — run through the jailer (``MVM_JAILER``, or
-  ``jailer`` next to the firecracker binary, or on PATH).  It needs root: it
+* the jailer binary: ``MVM_JAILER``, or
+  ``jailer`` next to the firecracker binary, or on PATH.  It needs root: it
   builds the chroot, creates ``/dev/kvm``, ``/dev/net/tun``… with mknod,
   joins cgroups, then drops to the uid/gid;
 * ``MVM_FIRECRACKER_UID`` / ``MVM_FIRECRACKER_GID`` (default 0): whom
@@ -99,22 +100,25 @@ class Jail:
                 os.chown(path, self.uid, self.gid)
 
 
-def settings() -> Jail | None:
-    """The jail to use, from the environment (None: run Firecracker directly)."""
-    if os.environ.get(ENABLE, "").strip().lower() not in ("1", "true", "yes", "on"):
+def settings(wanted: bool = False) -> Jail | None:
+    """The jail to use (None: run Firecracker directly): ``wanted`` (``--jailer``,
+    mvm.toml's ``[firecracker] jailer``) or ``MVM_FIRECRACKER_JAILER``; the uid, gid,
+    cgroups from the environment."""
+    env = os.environ.get(ENABLE, "").strip().lower() in ("1", "true", "yes", "on")
+    if not (wanted or env):
         return None
     from mvm.backends.firecracker.machine import jailer_binary
 
     jailer = jailer_binary()
     if jailer is None:
         raise BackendError(
-            f"{ENABLE} is set, but no jailer was found",
+            "the jailer was asked for, but none was found",
             hint="set MVM_JAILER=/path/to/jailer (it ships with Firecracker)",
         )
     if os.geteuid() != 0:
         raise BackendError(
-            f"{ENABLE} is set, but the jailer needs root (chroot, mknod, cgroups)",
-            hint=f"unset {ENABLE} or run mvmctl as root",
+            "the jailer was asked for, but it needs root (chroot, mknod, cgroups)",
+            hint=f"drop --jailer / [firecracker] jailer / {ENABLE}, or run mvmctl as root",
         )
     version = os.environ.get("MVM_FIRECRACKER_CGROUP_VERSION", "1").strip() or "1"
     if version not in ("1", "2"):

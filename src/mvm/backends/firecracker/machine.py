@@ -217,7 +217,7 @@ class FirecrackerBackend(Backend):
             binary = firecracker_binary()
         except HypervisorMissing:
             binary = FIRECRACKER
-        return self.argv(spec, binary, jail_mod.settings())
+        return self.argv(spec, binary, jail_mod.settings(spec.jail))
 
     def describe(self, spec: MachineSpec) -> str:
         """The process, then the API calls in order, one per line (``--show-command``)."""
@@ -225,7 +225,7 @@ class FirecrackerBackend(Backend):
 
     def launch(self, spec: MachineSpec, restore: RestoreSource | None = None) -> FirecrackerMachine:
         binary = firecracker_binary()
-        jailed = jail_mod.settings()
+        jailed = jail_mod.settings(spec.jail)
         if jailed is not None and restore is not None:
             raise BackendError("Firecracker: restoring a snapshot under the jailer is not "
                                "supported (unset MVM_FIRECRACKER_JAILER)")  # fmt: skip
