@@ -471,3 +471,18 @@ def test_nic_and_mmds_on_a_tap(tmp_path: Path, kernel: Path, unchecked: None, ta
     finally:
         m2.kill()
         m2.close()
+
+
+def test_cli_broken_record_still_finds_and_stops_firecracker(unchecked: None) -> None:
+    ok("up", "--hypervisor", "firecracker", "--flake", str(HELLO), "--name", "fcb")
+    ok("pause", "fcb")
+    rd = Path(os.environ["MVM_HOME"]) / "vms" / "fcb"
+    pid = int((rd / "firecracker.pid").read_text())
+    (rd / "vm.json").write_text("{not json")
+    row = _ls("fcb")
+    assert row is not None and row["state"] == "broken" and row["pid"] == pid
+    ok("down", "fcb")
+    assert not rd.exists() and _gone(rd)
+    assert (
+        not Path(f"/proc/{pid}/cmdline").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes()
+    )

@@ -42,7 +42,7 @@ def _machine(entry: Entry) -> Machine | None:
     pid = entry.live_pid()
     if pid is None:
         return None
-    hypervisor = entry.hypervisor if isinstance(entry, VmRecord) else "qemu"
+    hypervisor = entry.hypervisor  # a broken record: the backend that finds its process
     try:
         backend = get_backend(hypervisor)
     except MvmError:
@@ -175,7 +175,7 @@ def sweep(entry: Entry) -> None:
     hypervisor is either gone or already answering."""
     from mvm.drives.images import DRIVES_DIR
 
-    hypervisor = entry.hypervisor if isinstance(entry, VmRecord) else "qemu"
+    hypervisor = entry.hypervisor  # a broken record: the backend that finds its process
     try:
         backend = get_backend(hypervisor)
     except MvmError:

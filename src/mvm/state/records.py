@@ -185,7 +185,16 @@ class BrokenRecord:
 
     def live_pid(self) -> int | None:
         # the record is gone, so try every backend that can find its process
-        return _owned_pid("qemu", self.dir)
+        for name in FINDABLE:
+            pid = _owned_pid(name, self.dir)
+            if pid is not None:
+                return pid
+        return None
+
+    @property
+    def hypervisor(self) -> str:
+        """The backend whose process runs in the directory (QEMU when none does)."""
+        return next((n for n in FINDABLE if _owned_pid(n, self.dir) is not None), "qemu")
 
     def state(self) -> VmState:
         return VmState.BROKEN
@@ -195,6 +204,8 @@ class BrokenRecord:
 
 
 Entry = VmRecord | BrokenRecord
+# the backends whose processes a broken record's directory is searched for
+FINDABLE = ("qemu", "firecracker")
 
 
 def _owned_pid(hypervisor: str, run_dir: Path) -> int | None:
