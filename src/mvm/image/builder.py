@@ -261,6 +261,7 @@ def own_files(
         *(GuestFile(dest, guest_file(src), 0o644) for src, dest in EXTENSIONS.items()),
         GuestFile("/etc/mvm/rootops.sh", guest_file("rootops.sh"), 0o644),
         GuestFile("/etc/mvm/bin/mvm-reseed", guestbin.build("mvm-reseed"), 0o755),
+        GuestFile("/etc/mvm/bin/mvm-vsock", guestbin.build("mvm-vsock"), 0o755),
     ]
     files += [GuestFile(f"/lib/modules/mvm/{n}.ko", data) for n, data in late]
     files.append(GuestFile("/etc/mvm/modules.late", (" ".join(n for n, _ in late) + "\n").encode()))
