@@ -161,3 +161,21 @@ def test_reproducible_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert guestbin.build("mvm-vsock") == a
     assert os.path.getsize(tmp_path / "fresh-cache" / "guestbin" / guestbin.cache_key()
                            / "mvm-vsock") == len(a)  # fmt: skip
+
+
+def test_image_carries_the_vsock_helper_and_modules() -> None:
+    """The builder installs mvm-vsock and channels.sh; a modular kernel's vsock
+    transport goes to modules.vsock (loaded instead of virtio_console under vsock)."""
+    from mvm.config.schema import Entrypoint, GuestSpec, Uids
+    from mvm.image.builder import own_files
+
+    spec = GuestSpec("a", Entrypoint("command", command=("/x",)), uids=Uids(990, 1000))
+    late = [("virtio_console", b"\x7fELF1")]
+    vsock = [("vsock", b"\x7fELF2"), ("vmw_vsock_virtio_transport", b"\x7fELF3")]
+    files = {f.path: f for f in own_files(spec, late, None, vsock)}
+    assert files["/etc/mvm/bin/mvm-vsock"].content == guestbin.build("mvm-vsock")
+    assert files["/etc/mvm/lib/channels.sh"].content == guest_file("channels.sh")
+    assert files["/etc/mvm/modules.late"].content == b"virtio_console\n"
+    assert files["/etc/mvm/modules.vsock"].content == b"vsock vmw_vsock_virtio_transport\n"
+    assert files["/lib/modules/mvm/vsock.ko"].content == b"\x7fELF2"
+    assert "/etc/mvm/modules.vsock" not in {f.path for f in own_files(spec, late)}  # built in

@@ -145,7 +145,8 @@ start_workload
 # --- after the entrypoint started: channels to the host, at low priority so
 # the entrypoint keeps the CPU; PID 1 reads the port paths back before it reports.
 channels() {
-    for m in $(cat /etc/mvm/modules.late 2>/dev/null); do insmod "/lib/modules/mvm/$m.ko" 2>/dev/null; done
+    late=/etc/mvm/modules.late; [ "$MVM_CHANNELS" = vsock ] && late=/etc/mvm/modules.vsock
+    for m in $(cat "$late" 2>/dev/null); do insmod "/lib/modules/mvm/$m.ko" 2>/dev/null; done
     STATUS="" CONTROL="" AGENT=""
     tries=200  # the host announces ports asynchronously after the driver loads: wait ≤ 2 s
     if [ "$MVM_CHANNELS" = vsock ]; then
