@@ -116,7 +116,7 @@ def machine_spec(
         memory_mib=int(run.memory_mib.value),
         network=netplan.prepare(run.network, run_dir, name, run.ports, materialise=materialise),
         credentials=tuple(c.for_guest() for c in run.credentials),
-        cmdline=(*(("mvm.trace=1",) if run.trace else ()), *att.cmdline),
+        cmdline=(*(("mvm.trace=1",) if run.trace else ()), *att.cmdline, *channels_override()),
         scrub=att.scrub,
         kaslr=kinfo.kaslr is not False,
         machine=str(run.machine.value),
@@ -135,6 +135,19 @@ def guest_data_transport() -> GuestDataTransport:
     transport for credentials (QEMU: fw_cfg) uses the guest-data drive instead, the
     one Firecracker needs, so that guest path boots under QEMU too."""
     return "drive" if os.environ.get(GUEST_DATA_ENV, "").strip() == "drive" else "fw_cfg"
+
+
+GUEST_CHANNELS_ENV = "MVM_GUEST_CHANNELS"
+
+
+def channels_override() -> tuple[str, ...]:
+    """``MVM_GUEST_CHANNELS=vsock`` (internal, for tests): ask the guest for its vsock
+    channels (``mvm.channels=vsock``, what the Firecracker backend sets) under a backend
+    that has none, so /init's vsock path runs in a real boot; the host then gets no exit
+    status, no agent and no control channel, by design."""
+    return (
+        ("mvm.channels=vsock",) if os.environ.get(GUEST_CHANNELS_ENV, "").strip() == "vsock" else ()
+    )
 
 
 SYSTEMD = "/lib/systemd/systemd"
