@@ -71,6 +71,9 @@ def check(run: ResolvedRun) -> Prepared:
     if drive and "guestdata" not in meta.features:
         raise CredentialError(f"image {meta.name} was built by an mvm without guest-data "
                               "drive support; rebuild the image or template")  # fmt: skip
+    if run.hypervisor.value == "firecracker" and "vsock" not in meta.features:
+        raise ConfigError(f"image {meta.name} was built by an mvm without vsock channels, "
+                          "which Firecracker needs; rebuild the image or template")  # fmt: skip
     uid = meta.uids.entrypoint
     if plan.data and not image.accessible:
         # an OCI image's home is the image's (not recorded; only /tmp is sure to be a tmpfs)
