@@ -210,13 +210,9 @@ def _connect(
 ) -> socket.socket:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if os.path.exists(path):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(os.fspath(path))
-                return s
-            except OSError:
-                s.close()
+        s = _try_unix(path) if os.path.exists(path) else None
+        if s is not None:
+            return s
         if not alive():
             raise BackendError(f"the hypervisor exited before its {what} was ready")
         time.sleep(0.003)
@@ -254,9 +250,13 @@ def open_agent(agent: os.PathLike[str], transport: str) -> socket.socket | None:
             return vsock_connect(agent, AGENT_PORT, timeout=1.0)
         except BackendError:
             return None
+    return _try_unix(agent)
+
+
+def _try_unix(path: os.PathLike[str]) -> socket.socket | None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        s.connect(os.fspath(agent))
+        s.connect(os.fspath(path))
         return s
     except OSError:
         s.close()

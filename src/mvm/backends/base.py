@@ -19,6 +19,7 @@ import abc
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ class Machine(abc.ABC):
         self.pid = pid
         self.pid_start = pid_start
         self._scrub: list[Path] = []
+        # the process object when this mvmctl spawned it (its exit status; no pid reuse)
+        self.popen: subprocess.Popen[bytes] | None = None
 
     # -- what every backend provides ---------------------------------------------------------
 
@@ -113,6 +116,8 @@ class Machine(abc.ABC):
     # -- shared lifecycle ----------------------------------------------------------------------
 
     def alive(self) -> bool:
+        if self.popen is not None and self.popen.poll() is not None:
+            return False
         return pid_alive(self.pid, self.pid_start)
 
     def wait_ready(self, timeout: float = 15.0) -> None:
@@ -167,6 +172,11 @@ class Machine(abc.ABC):
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the process to end; its exit status if we are its parent, else 0."""
+        if self.popen is not None:
+            try:
+                return self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.alive():
             if deadline is not None and time.monotonic() >= deadline:

@@ -140,19 +140,6 @@ class FirecrackerMachine(Machine):
     def close(self) -> None:
         self.api.close()
 
-    def wait(self, timeout: float | None = None) -> int | None:
-        if self.popen is not None:
-            try:
-                return self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return None
-        return super().wait(timeout)
-
-    def alive(self) -> bool:
-        if self.popen is not None and self.popen.poll() is not None:
-            return False
-        return pid_alive(self.pid, self.pid_start)
-
     def launch_error(self, message: str) -> LaunchError:
         return LaunchError(f"Firecracker: {message}", command=self.command,
                            log_tail=_tail(self.run_dir / LOG))  # fmt: skip

@@ -147,19 +147,6 @@ class QemuMachine(Machine):
     def close(self) -> None:
         self.session.close()
 
-    def wait(self, timeout: float | None = None) -> int | None:
-        if self.popen is not None:
-            try:
-                return self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return None
-        return super().wait(timeout)
-
-    def alive(self) -> bool:
-        if self.popen is not None and self.popen.poll() is not None:
-            return False
-        return pid_alive(self.pid, self.pid_start)
-
     def launch_error(self, message: str) -> LaunchError:
         tail = ""
         with contextlib.suppress(OSError):
