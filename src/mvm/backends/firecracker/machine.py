@@ -46,7 +46,8 @@ API_SOCK = "firecracker.sock"
 VSOCK = "vsock.sock"
 PIDFILE = "firecracker.pid"
 LOG = "firecracker.log"
-METRICS = "metrics.json"
+METRICS = "metrics.json"  # the latest metrics record, kept by the relay
+METRICS_FIFO = "metrics.fifo"  # where Firecracker writes them (a file would grow forever)
 GUEST_DATA = "guestdata.img"
 SOCKET_TIMEOUT = 5.0
 STATE_MAP: dict[str, RunStatus] = {"Running": "running", "Paused": "paused"}
@@ -145,6 +146,11 @@ class FirecrackerMachine(Machine):
                            log_tail=_tail(self.run_dir / LOG))  # fmt: skip
 
 
+def _mkfifo(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    os.mkfifo(path, 0o600)
+
+
 def memory_path(state: Path) -> Path:
     return state.with_name("memory")
 
@@ -183,7 +189,7 @@ class FirecrackerBackend(Backend):
         return [
             fc, "--api-sock", str(rd / API_SOCK), "--id", spec.name,
             "--log-path", str(rd / LOG), "--level", "Info",
-            "--metrics-path", str(rd / METRICS), *jail_mod.seccomp_args(),
+            "--metrics-path", str(rd / METRICS_FIFO), *jail_mod.seccomp_args(),
         ]  # fmt: skip
 
     def options(self, spec: MachineSpec, guest_data: bool) -> fcconfig.FcOptions:
@@ -217,8 +223,10 @@ class FirecrackerBackend(Backend):
             raise BackendError("Firecracker: restoring a snapshot under the jailer is not "
                                "supported (unset MVM_FIRECRACKER_JAILER)")  # fmt: skip
         rd = spec.run_dir
-        for name in (LOG, METRICS, "console.log"):  # private, before Firecracker opens them
+        for name in (LOG, "console.log"):  # private, before Firecracker opens them
             os.close(os.open(rd / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        if jailed is None:
+            _mkfifo(rd / METRICS_FIFO)
         machine = self._spawn(spec, binary, jailed)
         try:
             self._wait_socket(machine)
@@ -274,9 +282,12 @@ class FirecrackerBackend(Backend):
                 machine._scrub.append(root / name)
         self._write_guest_data(machine, spec, root / GUEST_DATA)
         jailed.own(root / GUEST_DATA)
-        for name in (LOG, METRICS):
+        for name in (LOG, METRICS_FIFO):
             f = root / name
-            os.close(os.open(f, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            if name == METRICS_FIFO:
+                _mkfifo(f)
+            else:
+                os.close(os.open(f, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             jailed.own(f)
             (spec.run_dir / name).unlink(missing_ok=True)
             (spec.run_dir / name).symlink_to(f)
@@ -286,7 +297,7 @@ class FirecrackerBackend(Backend):
                        guest_data=Path("/") / GUEST_DATA)  # fmt: skip
         return [
             fcconfig.ApiCall("PUT", "/logger", {"log_path": f"/{LOG}", "level": "Info"}),
-            fcconfig.ApiCall("PUT", "/metrics", {"metrics_path": f"/{METRICS}"}),
+            fcconfig.ApiCall("PUT", "/metrics", {"metrics_path": f"/{METRICS_FIFO}"}),
             *fcconfig.plan(inside, opts),
         ]
 

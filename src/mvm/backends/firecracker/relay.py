@@ -12,6 +12,9 @@ arrive before it listens) does the rest for the life of the VM:
 * appends what the guest sends on the status port to ``status`` (the file
   :func:`mvm.channels.exit_code` reads, so the runtime's view is the same
   as under QEMU);
+* reads Firecracker's metrics from the FIFO ``metrics.fifo`` and keeps only the
+  latest record in ``metrics.json`` (a metrics *file* would grow by a record a
+  minute for as long as the VM runs);
 * serves ``console.sock``: the first client gets the console output from the
   first byte, later ones from the moment they connected (output only:
   Firecracker's serial input is its stdin).
@@ -43,6 +46,9 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ, what)
     clients: list[socket.socket] = []
+    metrics = Metrics(run_dir)
+    if metrics.fd is not None:
+        sel.register(metrics.fd, selectors.EVENT_READ, "metrics")
     log = run_dir / "console.log"
     status = run_dir / "status"
     written = 0
@@ -55,6 +61,9 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
         if gone_at is not None and time.monotonic() - gone_at > 0.5:
             break
         for key, _ in sel.select(POLL):
+            if key.data == "metrics":
+                metrics.read()
+                continue
             sock = key.fileobj
             assert isinstance(sock, socket.socket)
             if key.data == "status-listen":
@@ -107,6 +116,50 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
                 pos = log.stat().st_size
     for c in clients:
         c.close()
+    metrics.close()
+
+
+class Metrics:
+    """The metrics FIFO's reader: complete JSON lines in, the last one kept in
+    ``metrics.json`` (0600, replaced atomically)."""
+
+    MAX_LINE = 1 << 20
+
+    def __init__(self, run_dir: Path) -> None:
+        self.out = run_dir / "metrics.json"
+        self.buf = b""
+        try:  # O_RDWR: never EOF while Firecracker has not opened it yet, never blocks
+            self.fd: int | None = os.open(run_dir / "metrics.fifo",
+                                          os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)  # fmt: skip
+        except OSError:
+            self.fd = None
+
+    def read(self) -> None:
+        assert self.fd is not None
+        try:
+            self.buf += os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            return
+        *lines, self.buf = self.buf.split(b"\n")
+        if len(self.buf) > self.MAX_LINE:
+            self.buf = b""
+        last = next((ln for ln in reversed(lines) if ln.strip()), None)
+        if last is None:
+            return
+        tmp = self.out.with_name(".metrics.json.tmp")
+        with contextlib.suppress(OSError):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, last + b"\n")
+            finally:
+                os.close(fd)
+            tmp.rename(self.out)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 def main(argv: list[str]) -> int:
