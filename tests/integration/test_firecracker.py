@@ -57,6 +57,8 @@ def _fc_env(fc_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MVM_JAILER", str(fc_dir / "jailer"))
     monkeypatch.delenv("MVM_FIRECRACKER_TAP", raising=False)
     monkeypatch.delenv("MVM_FIRECRACKER_KVM", raising=False)
+    # every API request (path and body) in the log: what the secret checks read
+    monkeypatch.setenv("MVM_FIRECRACKER_LOG_LEVEL", "Info")
 
 
 @pytest.fixture(autouse=True)

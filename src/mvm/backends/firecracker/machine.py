@@ -78,6 +78,19 @@ def jailer_binary() -> str | None:
     return path if path and os.access(path, os.X_OK) else None
 
 
+LOG_LEVELS = ("Error", "Warning", "Info", "Debug")
+
+
+def log_level() -> str:
+    """Firecracker's log level: ``Warning`` by default (at ``Info`` it logs every API
+    request with its body, two lines per ``ls``/``status`` of the VM, and the file grows
+    for the VM's life); ``MVM_FIRECRACKER_LOG_LEVEL`` to debug."""
+    raw = os.environ.get("MVM_FIRECRACKER_LOG_LEVEL", "Warning").strip().capitalize()
+    if raw not in LOG_LEVELS:
+        raise BackendError(f"MVM_FIRECRACKER_LOG_LEVEL={raw!r}: use one of {', '.join(LOG_LEVELS)}")
+    return raw
+
+
 def tap_device() -> str | None:
     """A host tap the user lets mvm use (``MVM_FIRECRACKER_TAP``), if it exists."""
     name = os.environ.get("MVM_FIRECRACKER_TAP", "").strip()
@@ -188,7 +201,7 @@ class FirecrackerBackend(Backend):
             return jailed.argv(fc, spec.name, rd, args)
         return [
             fc, "--api-sock", str(rd / API_SOCK), "--id", spec.name,
-            "--log-path", str(rd / LOG), "--level", "Info",
+            "--log-path", str(rd / LOG), "--level", log_level(),
             "--metrics-path", str(rd / METRICS_FIFO), *jail_mod.seccomp_args(),
         ]  # fmt: skip
 
@@ -296,7 +309,7 @@ class FirecrackerBackend(Backend):
         opts = replace(self.options(spec, True), vsock_uds=Path("/") / VSOCK,
                        guest_data=Path("/") / GUEST_DATA)  # fmt: skip
         return [
-            fcconfig.ApiCall("PUT", "/logger", {"log_path": f"/{LOG}", "level": "Info"}),
+            fcconfig.ApiCall("PUT", "/logger", {"log_path": f"/{LOG}", "level": log_level()}),
             fcconfig.ApiCall("PUT", "/metrics", {"metrics_path": f"/{METRICS_FIFO}"}),
             *fcconfig.plan(inside, opts),
         ]
