@@ -497,3 +497,42 @@ def test_cli_broken_record_still_finds_and_stops_firecracker(unchecked: None) ->
     assert (
         not Path(f"/proc/{pid}/cmdline").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes()
     )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the jailer needs root (chroot, mknod, cgroups)")
+def test_jailed_snapshot_loads_in_another_jail(tmp_path: Path, kernel: Path,
+                                               unchecked: None) -> None:  # fmt: skip
+    """Every jail has the same layout, so a snapshot taken in one (which names in-jail
+    paths) loads in another run directory: what clones need (unjailed, Firecracker 1.12
+    would reopen the first VM's absolute paths)."""
+    from mvm.backends.firecracker.machine import FirecrackerMachine
+
+    spec = _spec(tmp_path, kernel, jail=True)
+    m = FirecrackerBackend().launch(spec)
+    assert isinstance(m, FirecrackerMachine)
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    try:
+        m.pause()
+        m.snapshot(snap / "state", memory_mib=spec.memory_mib, shared_ram=False)
+    finally:
+        m.kill()
+        m.close()
+    assert memory_path(snap / "state").stat().st_size == spec.memory_mib << 20
+    clone_dir = tmp_path / "clone"
+    clone_dir.mkdir(mode=0o700)
+    clone_spec = _spec(tmp_path, kernel, run_dir=clone_dir, name="fc-clone", jail=True,
+                       credentials=(GuestCredential("DB_PASS", b"the clone's own"),))  # fmt: skip
+    c = FirecrackerBackend().launch(clone_spec, RestoreSource(snap / "state",
+                                                              memory_path(snap / "state")))  # fmt: skip
+    try:
+        c.wait_restored(spec.memory_mib)
+        assert c.status() == "paused" and c.api.instance().id == "clone"  # the jail id
+        cfg = c.api.vm_config()
+        # (after a load /vm/config lists the drives in another order)
+        assert sorted(d["path_on_host"] for d in cfg.drives) == [f"/{GUEST_DATA}", "/vda.img"]
+        assert cfg.vsock is not None and cfg.vsock["uds_path"] == "/vsock.sock"
+        assert (clone_dir / "vsock.sock").resolve().parent.parent.parent.parent.parent == clone_dir
+    finally:
+        c.kill()
+        c.close()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,16 @@ from mvm.errors import BackendError
 
 ENABLE = "MVM_FIRECRACKER_JAILER"
 BASE = "jail"
+
+
+def jail_id(run_dir: Path) -> str:
+    """The jail's id is the run directory's name (a VM name), so the jail is found
+    from the run directory alone (attach, snapshot, the relay's cgroup cleanup)."""
+    name = run_dir.name
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", name):
+        raise BackendError(f"jailer: the run directory name {name!r} is not a jail id "
+                           "(1-64 of A-Z, a-z, 0-9, -)")  # fmt: skip
+    return name
 
 
 def seccomp_args() -> list[str]:

@@ -49,6 +49,7 @@ LOG = "firecracker.log"
 METRICS = "metrics.json"  # the latest metrics record, kept by the relay
 METRICS_FIFO = "metrics.fifo"  # where Firecracker writes them (a file would grow forever)
 GUEST_DATA = "guestdata.img"
+SNAP_STATE, SNAP_MEMORY = "snapshot.state", "snapshot.mem"  # in a jail
 SOCKET_TIMEOUT = 5.0
 STATE_MAP: dict[str, RunStatus] = {"Running": "running", "Paused": "paused"}
 INSTALL_HINT = (
@@ -131,9 +132,21 @@ class FirecrackerMachine(Machine):
 
     def snapshot(self, state: Path, *, memory_mib: int, shared_ram: bool) -> None:
         """Pause, then write the device state to ``state`` and the guest memory next
-        to it (``memory``): a clone maps that file copy-on-write (``restore``)."""
-        for call in fcconfig.snapshot_plan(state, memory_path(state)):
+        to it (``memory``): a clone maps that file copy-on-write (``restore``).  A
+        jailed Firecracker writes inside its jail; the files are then moved out."""
+        root = Jail.root(self.run_dir, self.run_dir.name)
+        jailed = (self.run_dir / BASE).is_dir()
+        paths = ((Path("/") / SNAP_STATE, Path("/") / SNAP_MEMORY) if jailed
+                 else (state, memory_path(state)))  # fmt: skip
+        for call in fcconfig.snapshot_plan(*paths):
             self.api.request(call.method, call.path, call.body, timeout=120.0)
+        if jailed:
+            try:
+                for inside, dest in zip(paths, (state, memory_path(state)), strict=True):
+                    shutil.move(root / inside.name, dest)
+            except OSError as exc:
+                raise BackendError(f"Firecracker: moving the snapshot out of the jail: "
+                                   f"{exc.strerror or exc}") from exc  # fmt: skip
 
     def wait_restored(self, memory_mib: int) -> None:
         info = self.api.instance(5.0)
@@ -198,7 +211,7 @@ class FirecrackerBackend(Backend):
         fc = binary or FIRECRACKER
         if jailed is not None:
             args = ["--api-sock", f"/run/{API_SOCK}", *jail_mod.seccomp_args()]
-            return jailed.argv(fc, spec.name, rd, args)
+            return jailed.argv(fc, jail_mod.jail_id(rd), rd, args)
         return [
             fc, "--api-sock", str(rd / API_SOCK), "--id", spec.name,
             "--log-path", str(rd / LOG), "--level", log_level(),
@@ -232,9 +245,6 @@ class FirecrackerBackend(Backend):
     def launch(self, spec: MachineSpec, restore: RestoreSource | None = None) -> FirecrackerMachine:
         binary = firecracker_binary()
         jailed = jail_mod.settings(spec.jail)
-        if jailed is not None and restore is not None:
-            raise BackendError("Firecracker: restoring a snapshot under the jailer is not "
-                               "supported (unset MVM_FIRECRACKER_JAILER)")  # fmt: skip
         rd = spec.run_dir
         for name in (LOG, "console.log"):  # private, before Firecracker opens them
             os.close(os.open(rd / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
@@ -244,7 +254,7 @@ class FirecrackerBackend(Backend):
         try:
             self._wait_socket(machine)
             if jailed is not None:
-                calls = self._stage_jail(machine, spec, jailed)
+                calls = self._stage_jail(machine, spec, jailed, restore)
             elif restore is not None:
                 memory = restore.ram or memory_path(restore.state)
                 calls = fcconfig.restore_plan(restore.state, memory)
@@ -279,11 +289,15 @@ class FirecrackerBackend(Backend):
         machine._scrub.append(path)
         guestdrive.write(path, spec.credentials, spec.network.guest_config or None)
 
-    def _stage_jail(self, machine: FirecrackerMachine, spec: MachineSpec,
-                    jailed: Jail) -> list[fcconfig.ApiCall]:  # fmt: skip
+    def _stage_jail(self, machine: FirecrackerMachine, spec: MachineSpec, jailed: Jail,
+                    restore: RestoreSource | None = None) -> list[fcconfig.ApiCall]:  # fmt: skip
         """Put what Firecracker opens into its jail (the jailer has built it by the
-        time the API answers) and return the calls, with in-jail paths."""
-        root = Jail.root(spec.run_dir, spec.name)
+        time the API answers) and return the calls, with in-jail paths.
+
+        Every jail has the same layout (``/vda.img``…, ``/guestdata.img``,
+        ``/vsock.sock``), so a snapshot taken in one jail — which names those paths —
+        loads in another: the way Firecracker clones get their own files."""
+        root = Jail.root(spec.run_dir, jail_mod.jail_id(spec.run_dir))
         kernel = jailed.place(spec.kernel, root, "kernel")
         initrd = jailed.place(spec.initramfs, root, "initrd") if spec.initramfs else None
         disks = []
@@ -308,11 +322,15 @@ class FirecrackerBackend(Backend):
         inside = replace(spec, kernel=kernel, initramfs=initrd, disks=tuple(disks))
         opts = replace(self.options(spec, True), vsock_uds=Path("/") / VSOCK,
                        guest_data=Path("/") / GUEST_DATA)  # fmt: skip
-        return [
+        setup = [
             fcconfig.ApiCall("PUT", "/logger", {"log_path": f"/{LOG}", "level": log_level()}),
             fcconfig.ApiCall("PUT", "/metrics", {"metrics_path": f"/{METRICS_FIFO}"}),
-            *fcconfig.plan(inside, opts),
         ]
+        if restore is not None:
+            state = jailed.place(restore.state, root, SNAP_STATE)
+            memory = jailed.place(restore.ram or memory_path(restore.state), root, SNAP_MEMORY)
+            return [*setup, *fcconfig.restore_plan(state, memory)]
+        return [*setup, *fcconfig.plan(inside, opts)]
 
     def _spawn(self, spec: MachineSpec, binary: str, jailed: Jail | None) -> FirecrackerMachine:
         rd = spec.run_dir
@@ -321,7 +339,7 @@ class FirecrackerBackend(Backend):
             (rd / stale).unlink(missing_ok=True)
         if jailed is not None:  # the run directory's names lead into the jail
             (rd / BASE).mkdir(mode=0o700, exist_ok=True)
-            (rd / API_SOCK).symlink_to(Jail.root(rd, spec.name) / "run" / API_SOCK)
+            (rd / API_SOCK).symlink_to(Jail.root(rd, jail_mod.jail_id(rd)) / "run" / API_SOCK)
         out = os.open(rd / "console.log", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         err = os.open(rd / LOG, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
