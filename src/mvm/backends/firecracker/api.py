@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from mvm.errors import BackendError
+
+if TYPE_CHECKING:  # httpx costs ~90 ms to import: only a call to Firecracker pays it
+    import httpx
 
 # the host part is ignored over a Unix socket; Firecracker wants a Host header
 BASE = "http://localhost"
@@ -107,6 +108,8 @@ class ApiClient:
         self._client: httpx.Client | None = None
 
     def _http(self) -> httpx.Client:
+        import httpx
+
         if self._client is None:
             transport = httpx.HTTPTransport(uds=str(self.sock))
             self._client = httpx.Client(transport=transport, base_url=BASE, timeout=self.timeout)
@@ -116,6 +119,8 @@ class ApiClient:
         self, method: str, path: str, body: Any = None, timeout: float | None = None
     ) -> Any:
         """Send one call; the decoded JSON reply (None for 204); ``BackendError`` on a fault."""
+        import httpx
+
         what = f"{method} {path}"
         try:
             resp = self._http().request(
