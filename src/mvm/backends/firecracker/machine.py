@@ -172,6 +172,15 @@ class FirecrackerMachine(Machine):
                            log_tail=_tail(self.run_dir / LOG))  # fmt: skip
 
 
+def _in_jail(spec: MachineSpec) -> MachineSpec:
+    """``spec`` with the file names every jail uses: ``/kernel``, ``/initrd``, ``/vdX.img``."""
+    root = Path("/")
+    disks = tuple(replace(d, path=root / f"{fcconfig.drive_letter(i)}.img")
+                  for i, d in enumerate(spec.disks))  # fmt: skip
+    return replace(spec, kernel=root / "kernel",
+                   initramfs=root / "initrd" if spec.initramfs else None, disks=disks)  # fmt: skip
+
+
 def _mkfifo(path: Path) -> None:
     path.unlink(missing_ok=True)
     os.mkfifo(path, 0o600)
@@ -228,6 +237,8 @@ class FirecrackerBackend(Backend):
         )  # fmt: skip
 
     def plan(self, spec: MachineSpec) -> list[fcconfig.ApiCall]:
+        if jail_mod.settings(spec.jail) is not None:
+            return self.jailed_plan(spec)
         return fcconfig.plan(spec, self.options(spec, True))
 
     def command(self, spec: MachineSpec) -> list[str]:
@@ -298,15 +309,14 @@ class FirecrackerBackend(Backend):
         ``/vsock.sock``), so a snapshot taken in one jail — which names those paths —
         loads in another: the way Firecracker clones get their own files."""
         root = Jail.root(spec.run_dir, jail_mod.jail_id(spec.run_dir))
-        kernel = jailed.place(spec.kernel, root, "kernel")
-        initrd = jailed.place(spec.initramfs, root, "initrd") if spec.initramfs else None
-        disks = []
-        for i, d in enumerate(spec.disks):
-            name = f"{fcconfig.drive_letter(i)}.img"
-            disks.append(replace(d, path=jailed.place(d.path, root, name,
-                                                       writable=not d.readonly)))  # fmt: skip
+        inside = _in_jail(spec)
+        jailed.place(spec.kernel, root, inside.kernel.name)
+        if spec.initramfs is not None and inside.initramfs is not None:
+            jailed.place(spec.initramfs, root, inside.initramfs.name)
+        for d, j in zip(spec.disks, inside.disks, strict=True):
+            jailed.place(d.path, root, j.path.name, writable=not d.readonly)
             if d.path in spec.scrub:  # a secret drive's link in the jail goes with it
-                machine._scrub.append(root / name)
+                machine._scrub.append(root / j.path.name)
         self._write_guest_data(machine, spec, root / GUEST_DATA)
         jailed.own(root / GUEST_DATA)
         for name in (LOG, METRICS_FIFO):
@@ -319,18 +329,24 @@ class FirecrackerBackend(Backend):
             (spec.run_dir / name).unlink(missing_ok=True)
             (spec.run_dir / name).symlink_to(f)
         (spec.run_dir / VSOCK).symlink_to(root / VSOCK)
-        inside = replace(spec, kernel=kernel, initramfs=initrd, disks=tuple(disks))
-        opts = replace(self.options(spec, True), vsock_uds=Path("/") / VSOCK,
-                       guest_data=Path("/") / GUEST_DATA)  # fmt: skip
+        if restore is not None:
+            jailed.place(restore.state, root, SNAP_STATE)
+            jailed.place(restore.ram or memory_path(restore.state), root, SNAP_MEMORY)
+        return self.jailed_plan(spec, restore is not None)
+
+    def jailed_plan(self, spec: MachineSpec, restore: bool = False) -> list[fcconfig.ApiCall]:
+        """The calls for a jailed Firecracker: the logger and metrics, then the plan
+        (or the snapshot load) with every path inside the jail (pure)."""
         setup = [
             fcconfig.ApiCall("PUT", "/logger", {"log_path": f"/{LOG}", "level": log_level()}),
             fcconfig.ApiCall("PUT", "/metrics", {"metrics_path": f"/{METRICS_FIFO}"}),
         ]
-        if restore is not None:
-            state = jailed.place(restore.state, root, SNAP_STATE)
-            memory = jailed.place(restore.ram or memory_path(restore.state), root, SNAP_MEMORY)
-            return [*setup, *fcconfig.restore_plan(state, memory)]
-        return [*setup, *fcconfig.plan(inside, opts)]
+        if restore:
+            return [*setup, *fcconfig.restore_plan(Path("/") / SNAP_STATE,
+                                                    Path("/") / SNAP_MEMORY)]  # fmt: skip
+        opts = replace(self.options(spec, True), vsock_uds=Path("/") / VSOCK,
+                       guest_data=Path("/") / GUEST_DATA)  # fmt: skip
+        return [*setup, *fcconfig.plan(_in_jail(spec), opts)]
 
     def _spawn(self, spec: MachineSpec, binary: str, jailed: Jail | None) -> FirecrackerMachine:
         rd = spec.run_dir
