@@ -14,6 +14,7 @@ KVM reports an internal error, seconds later: tests pause right after ``up``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -343,7 +344,8 @@ def test_cli_supervision_and_no_secret_anywhere(unchecked: None) -> None:
     ok("resume", "fc1")
     _wait_state("fc1", "running")
     # a Firecracker that dies under us is a crashed VM; `down` then removes everything
-    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # KVM's own internal error may be first
+        os.kill(pid, signal.SIGKILL)
     _wait_state("fc1", "crashed")
     assert _gone(rd)  # the relay follows its Firecracker
     assert "was crashed" in ok("down", "fc1")
