@@ -158,7 +158,7 @@ def doctor() -> str:
     except BackendError as exc:
         return f"{jailer}: misconfigured: {exc.message}"
     if jail is None:
-        return f"{jailer}: usable, off (set {ENABLE}=1)"
+        return f"{jailer}: usable, off (--jailer, [firecracker] jailer = true or {ENABLE}=1)"
     return f"{jailer}: on (uid {jail.uid}, gid {jail.gid}, cgroup v{jail.cgroup_version})"
 
 
