@@ -538,3 +538,22 @@ def test_jailed_snapshot_loads_in_another_jail(tmp_path: Path, kernel: Path,
     finally:
         c.kill()
         c.close()
+
+
+def test_vsock_handshake_through_real_firecracker_is_bounded(
+    machine: tuple[object, MachineSpec],
+) -> None:
+    """No guest listens here (it never runs): Firecracker keeps a CONNECT pending, so
+    every host end must give up on its own — the agent connect, poweroff, control."""
+    from mvm import channels
+
+    _, spec = machine
+    ch = FirecrackerBackend().channels(spec.run_dir)
+    t0 = time.monotonic()
+    with pytest.raises(Exception, match="vsock port 1024"):
+        channels.vsock_connect(ch.agent, channels.AGENT_PORT, timeout=1.0)
+    assert not channels.request_poweroff(ch)
+    with pytest.raises(Exception, match="vsock port 1025"):
+        channels.control_requests(ch, [("ping", ())], timeout=1.0)
+    assert channels.open_agent(ch.agent, ch.transport) is None
+    assert time.monotonic() - t0 < 10
