@@ -298,3 +298,24 @@ def test_a_callers_forward_of_a_guest_port_replaces_mvm_tomls(
     assert [str(p) for p in r.ports] == ["9000:80"]
     r = run_of(image, ports=["9000:80/udp"])  # another protocol: mvm.toml's tcp forward stays
     assert sorted(str(p) for p in r.ports) == ["18080:80", "9000:80/udp"]
+
+
+def test_auto_hypervisor_yields_to_snapshots(image: tuple[Image, RuntimeDefaults],
+                                             tmp_path: Path) -> None:  # fmt: skip
+    """An automatic Firecracker never meets a QEMU snapshot: a restore runs under the
+    snapshot's hypervisor, a VM to be snapshotted under QEMU; an explicit choice stays."""
+    from dataclasses import replace
+
+    from mvm.runtime.resolve import Setting
+    from mvm.runtime.restore import Restore
+    from mvm.runtime.snapshots import Snapshot
+
+    auto = replace(run_of(image), hypervisor=Setting("firecracker", "auto"))
+    restore = Restore(Snapshot(tmp_path, {"hypervisor": "qemu"}))
+    r = start._snapshot_hypervisor(auto, restore, None)
+    assert r.hypervisor == Setting("qemu", "auto") and "saved by qemu" in r.hypervisor_reason
+    r = start._snapshot_hypervisor(auto, None, tmp_path)
+    assert r.hypervisor.value == "qemu" and "snapshotted" in r.hypervisor_reason
+    assert start._snapshot_hypervisor(auto, None, None) is auto
+    explicit = replace(auto, hypervisor=Setting("firecracker", "cli"))
+    assert start._snapshot_hypervisor(explicit, restore, tmp_path) is explicit

@@ -13,6 +13,7 @@ record is broken.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from mvm.log import get_logger
 from mvm.network import plan as netplan
 from mvm.runtime import lifecycle, prepare, topology
 from mvm.runtime import restore as restore_mod
-from mvm.runtime.resolve import ResolvedRun
+from mvm.runtime.resolve import ResolvedRun, Setting
 from mvm.runtime.restore import Restore
 from mvm.runtime.snapshots import create_ram_file
 from mvm.state.atomic import locked
@@ -154,6 +155,7 @@ def start(
     directory that will hold a snapshot of this VM; its RAM lives there (shared), and
     it gets the snapshot topology (:func:`mvm.runtime.topology.shape`).
     """
+    run = _snapshot_hypervisor(run, restore, snapshot_source)
     backend: Backend = get_backend(str(run.hypervisor.value))
     paths.validate_name(run.name, "VM name")
     check_ports(run.ports)
@@ -223,6 +225,29 @@ def start(
             record.phase = Phase.RUNNING.value
             record.save()
     return Started(record, machine, console, spec, timings)
+
+
+def _snapshot_hypervisor(
+    run: ResolvedRun, restore: Restore | None, snapshot_source: Path | None
+) -> ResolvedRun:
+    """An automatic choice yields to snapshots: a restore (template, fork) runs under the
+    hypervisor that saved the snapshot, and a VM to be snapshotted under one whose VMs the
+    runtime can snapshot (Firecracker's cannot yet: docs/firecracker.md)."""
+    if run.hypervisor.source != "auto":
+        return run
+    want, why = None, ""
+    if restore is not None:
+        saved = restore.snapshot.meta.get("hypervisor")
+        if isinstance(saved, str) and saved != run.hypervisor.value:
+            want, why = saved, f"auto: the snapshot was saved by {saved}"
+    elif (
+        snapshot_source is not None
+        and not get_backend(str(run.hypervisor.value)).capabilities.snapshots
+    ):
+        want, why = "qemu", "auto: the VM is to be snapshotted (QEMU snapshots it)"
+    if want is None:
+        return run
+    return dataclasses.replace(run, hypervisor=Setting(want, "auto"), hypervisor_reason=why)
 
 
 @contextlib.contextmanager
