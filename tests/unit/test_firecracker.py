@@ -253,9 +253,12 @@ def test_relay_status_and_console(tmp_path: Path) -> None:
     rd.mkdir()
     (rd / "console.log").write_bytes(b"early boot line\n")
     stand_in = subprocess.Popen(["sleep", "30"])
+    console_r, console_w = os.pipe()  # as Firecracker's stdin: the serial console's input
     try:
-        m = SimpleNamespace(run_dir=rd, pid=stand_in.pid, pid_start=proc_start_time(stand_in.pid))
+        m = SimpleNamespace(run_dir=rd, pid=stand_in.pid, pid_start=proc_start_time(stand_in.pid),
+                            console_w=console_w)  # fmt: skip
         relay_pid = FirecrackerBackend()._start_relay(m)  # type: ignore[arg-type]
+        assert m.console_w is None  # handed to the relay (and closed here)
         status_sock = rd / f"vsock.sock_{channels.STATUS_PORT}"
         with socket.socket(socket.AF_UNIX) as s:  # what Firecracker does for the guest
             s.connect(str(status_sock))
@@ -269,6 +272,9 @@ def test_relay_status_and_console(tmp_path: Path) -> None:
             while b"later line\n" not in got:
                 got += c.recv(4096)
             assert got == b"early boot line\nlater line\n"
+            c.sendall(b"ls /\n")  # typed keys reach the serial input
+            os.set_blocking(console_r, True)
+            assert os.read(console_r, 100) == b"ls /\n"
         deadline = time.monotonic() + 5
         while channels.exit_code(fc_channels(rd)) is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -278,11 +284,14 @@ def test_relay_status_and_console(tmp_path: Path) -> None:
         stand_in.kill()
         stand_in.wait()
     deadline = time.monotonic() + 5
+    os.set_blocking(console_r, False)
     while Path(f"/proc/{relay_pid}").exists() and time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(relay_pid, os.WNOHANG)
         time.sleep(0.05)
     assert not status_sock.exists() and not (rd / "console.sock").exists()
+    assert os.read(console_r, 10) == b""  # the relay's write end closed with it: EOF
+    os.close(console_r)
 
 
 # -- selection and the jailer setting in mvm.toml ---------------------------------------------

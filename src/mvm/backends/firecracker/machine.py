@@ -114,6 +114,7 @@ class FirecrackerMachine(Machine):
         self.popen = popen
         self.command = command or []
         self.api = ApiClient(run_dir / API_SOCK)
+        self.console_w: int | None = None  # the console input's write end, for the relay
 
     def status(self, timeout: float = 1.0) -> RunStatus:
         if not self.alive():
@@ -166,6 +167,9 @@ class FirecrackerMachine(Machine):
 
     def close(self) -> None:
         self.api.close()
+        if self.console_w is not None:  # a launch that failed before the relay started
+            os.close(self.console_w)
+            self.console_w = None
 
     def launch_error(self, message: str) -> LaunchError:
         return LaunchError(f"Firecracker: {message}", command=self.command,
@@ -358,17 +362,25 @@ class FirecrackerBackend(Backend):
             (rd / API_SOCK).symlink_to(Jail.root(rd, jail_mod.jail_id(rd)) / "run" / API_SOCK)
         out = os.open(rd / "console.log", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         err = os.open(rd / LOG, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        # the serial console's input: a pipe whose write end the relay holds (console.sock)
+        console_in, console_w = os.pipe2(os.O_CLOEXEC)
         try:
-            popen = proc.spawn(argv, stdout=out, stderr=err, cwd=rd, error=BackendError,
-                               what="starting Firecracker")  # fmt: skip
+            popen = proc.spawn(argv, stdin=console_in, stdout=out, stderr=err, cwd=rd,
+                               error=BackendError, what="starting Firecracker")  # fmt: skip
+        except BaseException:
+            os.close(console_w)
+            raise
         finally:
             os.close(out)
             os.close(err)
+            os.close(console_in)
         pid_start = proc_start_time(popen.pid)
         tmp = rd / f".{PIDFILE}.tmp"
         tmp.write_text(f"{popen.pid}\n")
         tmp.rename(rd / PIDFILE)
-        return FirecrackerMachine(self, rd, popen.pid, pid_start, popen=popen, command=argv)
+        machine = FirecrackerMachine(self, rd, popen.pid, pid_start, popen=popen, command=argv)
+        machine.console_w = console_w
+        return machine
 
     def _wait_socket(self, machine: FirecrackerMachine) -> None:
         deadline = time.monotonic() + SOCKET_TIMEOUT
@@ -420,18 +432,23 @@ class FirecrackerBackend(Backend):
                 s.close()
             raise BackendError(f"Firecracker: cannot listen for the guest: "
                                f"{exc.strerror or exc}") from exc  # fmt: skip
+        console_w, machine.console_w = machine.console_w, None
         try:
             fds = tuple(s.fileno() for s in listeners)
+            extra = () if console_w is None else (console_w,)
             popen = proc.spawn(
                 [sys.executable, "-m", "mvm.backends.firecracker.relay", str(rd),
                  str(machine.pid), str(machine.pid_start) if machine.pid_start else "-",
-                 *map(str, fds)],
-                cwd=Path("/"), pass_fds=fds, error=BackendError, what="starting the relay",
+                 *map(str, fds), str(console_w) if console_w is not None else "-"],
+                cwd=Path("/"), pass_fds=fds + extra, error=BackendError,
+                what="starting the relay",
             )  # fmt: skip
             return popen.pid
         finally:
             for s in listeners:
                 s.close()
+            if console_w is not None:  # the relay has its own copy now
+                os.close(console_w)
 
     def _check_kvm(self, spec: MachineSpec) -> None:
         from mvm.backends import kvm

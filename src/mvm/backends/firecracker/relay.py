@@ -5,7 +5,8 @@ socket).  Firecracker offers less: the guest's status channel is a hybrid
 vsock connection *from* the guest, which Firecracker turns into a connect
 to ``vsock.sock_1026`` on the host, and its serial console is just its
 stdout (``console.log``).  This small process (``python -m
-mvm.backends.firecracker.relay RUN_DIR PID START STATUS_FD CONSOLE_FD``, started by the backend
+mvm.backends.firecracker.relay RUN_DIR PID START STATUS_FD CONSOLE_FD CONSOLE_IN_FD``,
+started by the backend
 with both listening sockets already bound, so nothing the guest sends can
 arrive before it listens) does the rest for the life of the VM:
 
@@ -16,8 +17,9 @@ arrive before it listens) does the rest for the life of the VM:
   latest record in ``metrics.json`` (a metrics *file* would grow by a record a
   minute for as long as the VM runs);
 * serves ``console.sock``: the first client gets the console output from the
-  first byte, later ones from the moment they connected (output only:
-  Firecracker's serial input is its stdin).
+  first byte, later ones from the moment they connected; what clients send goes
+  to Firecracker's stdin (the serial console's input), a pipe whose write end
+  the relay holds.
 
 It exits (removing its sockets, and a jailed VM's cgroups) once the
 Firecracker process is gone.
@@ -40,7 +42,7 @@ POLL = 0.1
 
 
 def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
-          pid: int, start: int | None) -> None:  # fmt: skip
+          pid: int, start: int | None, console_in: int | None = None) -> None:  # fmt: skip
     sel = selectors.DefaultSelector()
     for s, what in ((status_l, "status-listen"), (console_l, "console-listen")):
         s.setblocking(False)
@@ -78,6 +80,20 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
                     conn.settimeout(1.0)
                     clients.append(conn)
                     served = True
+                    sel.register(conn, selectors.EVENT_READ, "console-client")
+            elif key.data == "console-client":  # keys typed: Firecracker's serial input
+                try:
+                    data = sock.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(sock)
+                    if sock in clients:
+                        clients.remove(sock)
+                    sock.close()
+                elif console_in is not None:
+                    with contextlib.suppress(OSError):  # a full pipe drops keys, never blocks
+                        os.write(console_in, data)
             else:
                 try:
                     data = sock.recv(4096)
@@ -110,6 +126,8 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
                         c.sendall(chunk)
                     except OSError:  # a client that stopped reading is dropped
                         clients.remove(c)
+                        with contextlib.suppress(KeyError, ValueError):
+                            sel.unregister(c)
                         c.close()
         elif served:
             with contextlib.suppress(OSError):
@@ -163,18 +181,22 @@ class Metrics:
 
 
 def main(argv: list[str]) -> int:
-    """Arguments: RUN_DIR PID START STATUS_FD CONSOLE_FD (the inherited listening sockets)."""
-    if len(argv) != 5:
+    """Arguments: RUN_DIR PID START STATUS_FD CONSOLE_FD CONSOLE_IN_FD: the inherited
+    listening sockets and the console input's write end ("-": none)."""
+    if len(argv) != 6:
         print("usage: python -m mvm.backends.firecracker.relay RUN_DIR PID START STATUS_FD "
-              "CONSOLE_FD", file=sys.stderr)  # fmt: skip
+              "CONSOLE_FD CONSOLE_IN_FD", file=sys.stderr)  # fmt: skip
         return 2
     run_dir, pid = Path(argv[0]), int(argv[1])
     start = None if argv[2] == "-" else int(argv[2])
     jailed = (run_dir / "jail").is_dir()  # now: `down` removes the run directory first
     status_l = socket.socket(fileno=int(argv[3]))
     console_l = socket.socket(fileno=int(argv[4]))
+    console_in = None if argv[5] == "-" else int(argv[5])
+    if console_in is not None:
+        os.set_blocking(console_in, False)
     try:
-        serve(run_dir, status_l, console_l, pid, start)
+        serve(run_dir, status_l, console_l, pid, start, console_in)
     finally:
         for name in ("vsock.sock_1026", "console.sock"):
             with contextlib.suppress(OSError):
