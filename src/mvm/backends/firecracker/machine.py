@@ -34,6 +34,8 @@ from mvm.backends.firecracker import config as fcconfig
 from mvm.backends.firecracker import jail as jail_mod
 from mvm.backends.firecracker.api import ApiClient
 from mvm.backends.firecracker.jail import BASE, Jail
+from mvm.backends.kvm import KvmVerdict
+from mvm.backends.kvm import verdict as kvm_verdict
 from mvm.backends.spec import HostChannels, MachineSpec, RestoreSource
 from mvm.errors import BackendError, HypervisorMissing
 from mvm.log import get_logger
@@ -260,6 +262,9 @@ class FirecrackerBackend(Backend):
     def launch(self, spec: MachineSpec, restore: RestoreSource | None = None) -> FirecrackerMachine:
         binary = firecracker_binary()
         jailed = jail_mod.settings(spec.jail)
+        # decided before the launch (a first probe boots a QEMU guest under KVM: not while
+        # a Firecracker guest runs), reported after InstanceStart (the contract is tested)
+        verdict = kvm_verdict(spec.kernel) if restore is None else None
         rd = spec.run_dir
         for name in (LOG, "console.log"):  # private, before Firecracker opens them
             os.close(os.open(rd / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
@@ -281,8 +286,8 @@ class FirecrackerBackend(Backend):
             relay = self._start_relay(machine, jailed)
             for call in calls:
                 machine.api.request(call.method, call.path, call.body, timeout=30.0)
-            if restore is None:
-                self._check_kvm(spec)
+            if verdict is not None:
+                self._check_kvm(verdict)
             log.debug("firecracker %s configured (relay %s)", spec.name, relay)
         except BaseException as exc:
             machine.kill()
@@ -450,10 +455,7 @@ class FirecrackerBackend(Backend):
             if console_w is not None:  # the relay has its own copy now
                 os.close(console_w)
 
-    def _check_kvm(self, spec: MachineSpec) -> None:
-        from mvm.backends import kvm
-
-        verdict = kvm.verdict(spec.kernel)
+    def _check_kvm(self, verdict: KvmVerdict) -> None:
         if not verdict.usable:
             raise BackendError(
                 "Firecracker accepted the configuration and InstanceStart, but KVM cannot "
