@@ -67,3 +67,51 @@ def test_vsock_mode_guest_side(tmp_path_factory: pytest.TempPathFactory) -> None
     assert r.returncode != 0 and "without reporting an exit status" in r.stderr, r.stderr
     assert took < 120
     assert SECRET not in r.stdout + r.stderr
+
+
+SD_CHECK = r"""#!/bin/sh
+n=0; while [ $n -lt 300 ]; do
+    ps -o args | grep -q '[m]vm-vsock listen' && ps -o args | grep -q '[m]vm-guest-agent' && break
+    sleep 0.1; n=$((n + 1))
+done
+echo BEGIN-CHECK
+echo "pid1 $(cat /proc/1/comm)"
+for f in "$CREDENTIALS_DIRECTORY"/*; do echo "cred ${f##*/} $(sha256sum < "$f" | cut -d' ' -f1)"; done
+ps -o args | grep '[m]vm-vsock listen' | sed 's/^/proc /'
+for d in /proc/[0-9]*; do
+    a=$(tr '\0' ' ' < $d/cmdline 2>/dev/null)
+    case "$a" in /usr/local/bin/mvm-guest-agent\ *) echo "agent $a" ;; esac
+done
+echo "addr $(cat /run/mvm/status-addr)"
+echo END-CHECK
+exit 5
+"""
+SD_PROJECT = f"""name = "sdvsock"
+init = "systemd"
+[entrypoint]
+command = ["/bin/sh", "/opt/check.sh"]
+[files."/opt/check.sh"]
+content = '''{SD_CHECK}'''
+"""
+
+
+def test_systemd_guest_in_vsock_mode(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A systemd guest: credentials from the guest-data drive (imported by the
+    initramfs), the agent unit on vsock:1024, control.sh listening on 1025."""
+    root = tmp_path_factory.mktemp("sdvsock")
+    home = root / "home"
+    project = write_project(root / "proj", SD_PROJECT)
+    env = env_for(home, MVM_GUEST_DATA="drive", MVM_GUEST_CHANNELS="vsock")
+    b = mvmctl("build", str(project), env=env, timeout=900)
+    assert b.returncode == 0, b.stderr
+    r = mvmctl("run", "--attached", str(project), "--credential", f"TOKEN={SECRET}",
+               "--credential", f"{'L' * 80}=x", env=env, timeout=420)  # fmt: skip
+    g = parse(r.stdout)
+    assert g["pid1"] == ["systemd"], r.stdout[-3000:]
+    creds = dict(line.split() for line in g["cred"])
+    assert creds["TOKEN"] == sha(SECRET) and creds["L" * 80] == sha("x")
+    assert g["proc"] == ["/etc/mvm/bin/mvm-vsock listen vsock:1025"]
+    assert len(g["agent"]) == 1 and g["agent"][0].split()[-1] == "vsock:1024", g["agent"]
+    assert g["addr"] == ["vsock:1026"]
+    assert r.returncode != 0 and "without reporting an exit status" in r.stderr, r.stderr
+    assert SECRET not in r.stdout + r.stderr
