@@ -33,6 +33,9 @@ CREDS = (
     GuestCredential("bin", bytes(range(256)) * 3),
     GuestCredential("n" * 200, b"long name"),
     GuestCredential("empty", b""),
+    GuestCredential(".hidden", b"dot"),
+    GuestCredential("..dots", b"two dots"),
+    GuestCredential("-dash", b"dash"),
 )
 
 
@@ -63,8 +66,9 @@ def test_drive_to_credentials_dir(tmp_path: Path) -> None:
     r = sh(tmp_path, 'mvm_guestdata_unpack drive gd && MVM_GUESTDATA=gd && mvm_have_credentials '
                      '&& mvm_unpack_credentials creds && echo ok')  # fmt: skip
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
-    assert tree(tmp_path / "gd") == {"meta", "network", "credentials",
+    assert tree(tmp_path / "gd") == {"meta", "network", "credentials", ".drive", ".drive.list",
                                      *(f"credentials/{c.name}" for c in CREDS)}  # fmt: skip
+    assert {p.name for p in (tmp_path / "creds").iterdir()} == {c.name for c in CREDS}
     for c in CREDS:
         p = tmp_path / "creds" / c.name
         assert p.read_bytes() == c.value
@@ -101,6 +105,11 @@ HOSTILE = {
     "device": [cpio.Entry("credentials/dev", stat.S_IFCHR | 0o600)],
     "other-name": [cpio.file("etc/passwd", b"x")],
     "nested-cred": [cpio.file("credentials/a/b", b"x")],
+    # a newline in a name: two entry-looking lines, unpacked as nested directories
+    "newline-top": [cpio.file("meta\n-r--r--r-- 0/0 1 1970-01-01 00:00:00 network", b"x")],
+    "newline-cred": [
+        cpio.file("credentials/a\n-r-------- 0/0 1 1970-01-01 00:00:00 credentials/b", b"x")
+    ],
     "mtime": [],  # built below: a regular file with a non-zero mtime
 }
 
@@ -159,6 +168,24 @@ def test_network_archive_names_checked(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(data)
         r = sh(tmp_path, check, ARC=name)
         assert r.stdout == f"{want}\n", r.stderr
-        assert not (tmp_path / f"{name}.list").exists()
     assert b"_mvm_net_name" in guest_file("network.sh")  # network.sh uses this check
     assert b"mvm_cpio_safe" in guest_file("network.sh")
+
+
+def test_newline_in_a_name_refused(tmp_path: Path) -> None:
+    """A name with a newline lists as two lines, the second not an entry line: the
+    whole drive is refused (nothing unpacked, nothing imported)."""
+    work = tmp_path / "w"
+    work.mkdir()
+    data = archive([cpio.file("credentials/ok", b"fine"),
+                    cpio.file("credentials/a\n-r-------- 0/0 1 1970-01-01 00:00:00 credentials/b",
+                              b"x")])  # fmt: skip
+    (work / "drive").write_bytes(data)
+    (work / "gd").mkdir()
+    (work / "creds").mkdir()
+    sh(work, "true")
+    before = tree(tmp_path)
+    r = sh(work, "mvm_guestdata_unpack drive gd && echo unpacked; MVM_GUESTDATA=gd; "
+                 "mvm_unpack_credentials creds")  # fmt: skip
+    assert "unpacked" not in r.stdout and "refused" in r.stderr
+    assert tree(tmp_path) == before

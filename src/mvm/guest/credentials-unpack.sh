@@ -33,16 +33,15 @@ mvm_guestdata_dev() {
 }
 # mvm_cpio_safe ARCHIVE CHECK: true when every entry of the newc archive ARCHIVE is a
 # regular file with mtime 0 whose name the function CHECK accepts (busybox cpio -i
-# itself writes "../x" outside its directory: names must be checked first).
+# itself writes "../x" outside its directory: names must be checked first).  The
+# listing is left in ARCHIVE.list (beside it, in the caller's private directory,
+# which the caller wipes: one exec less under TCG).
 mvm_cpio_safe() {
-    $B cpio -t -v < "$1" > "$1.list" 2>/dev/null || { $B rm -f "$1.list"; return 1; }
-    _mvm_ok=0
+    $B cpio -t -v < "$1" > "$1.list" 2>/dev/null || return 1
     while IFS= read -r _mvm_l; do
-        case "$_mvm_l" in -*" 1970-01-01 00:00:00 "*) ;; *) _mvm_ok=1; break ;; esac
-        "$2" "${_mvm_l#*" 1970-01-01 00:00:00 "}" || { _mvm_ok=1; break; }
+        case "$_mvm_l" in -*" 1970-01-01 00:00:00 "*) ;; *) return 1 ;; esac
+        "$2" "${_mvm_l#*" 1970-01-01 00:00:00 "}" || return 1
     done < "$1.list"
-    $B rm -f "$1.list"
-    return $_mvm_ok
 }
 _mvm_guestdata_name() {
     case "$1" in
@@ -57,21 +56,35 @@ _mvm_guestdata_name() {
 # unpacked; an archive that does not end within them is refused); every entry must
 # be a regular file named meta, network or credentials/NAME (no directories,
 # symlinks, devices, absolute paths, "..", other names).  On any refusal DIR is
-# emptied and the status is 1, with one line on stderr that names no value.
+# emptied and the status is 1, with one line on stderr that names no value.  The copy
+# (.drive) and its listing stay in DIR: the caller wipes DIR after the import.
 MVM_GUESTDATA_MAX=4194304
 mvm_guestdata_unpack() (
     _mvm_src=$1 _mvm_dir=$2
     umask 0077
     _mvm_fail() {
         echo "mvm: guest-data drive $_mvm_src refused: $1" >&2
-        $B rm -rf "$_mvm_dir"/* "$_mvm_dir"/.drive "$_mvm_dir"/.drive.list
+        $B rm -rf "$_mvm_dir"/* "$_mvm_dir"/.[!.]* "$_mvm_dir"/..?*
         exit 1
     }
     $B head -c "$MVM_GUESTDATA_MAX" "$_mvm_src" > "$_mvm_dir/.drive" 2>/dev/null ||
         _mvm_fail "unreadable"
     mvm_cpio_safe "$_mvm_dir/.drive" _mvm_guestdata_name || _mvm_fail "unexpected entries"
     (cd "$_mvm_dir" && $B cpio -i -d --quiet < .drive) 2>/dev/null || _mvm_fail "cannot unpack"
-    $B rm -f "$_mvm_dir/.drive"
+    # a name with a newline lists as two plausible lines: what was unpacked must be
+    # exactly what the names allow (builtins only)
+    for _mvm_f in "$_mvm_dir"/* "$_mvm_dir"/.[!.]* "$_mvm_dir"/..?*; do
+        [ -e "$_mvm_f" ] || [ -L "$_mvm_f" ] || continue
+        case "${_mvm_f##*/}" in
+            meta|network|.drive|.drive.list) [ -f "$_mvm_f" ] && [ ! -L "$_mvm_f" ] ;;
+            credentials) [ -d "$_mvm_f" ] && [ ! -L "$_mvm_f" ] ;;
+            *) false ;;
+        esac || _mvm_fail "unexpected entries"
+    done
+    for _mvm_f in "$_mvm_dir"/credentials/* "$_mvm_dir"/credentials/.[!.]* "$_mvm_dir"/credentials/..?*; do
+        [ -e "$_mvm_f" ] || [ -L "$_mvm_f" ] || continue
+        [ -f "$_mvm_f" ] && [ ! -L "$_mvm_f" ] || _mvm_fail "unexpected entries"
+    done
 )
 mvm_unpack_credentials() (
     _mvm_dir=$1
@@ -86,11 +99,11 @@ mvm_unpack_credentials() (
     if [ -d "$_mvm_fw/mvm/credentials" ]; then
         $B cat "$_mvm_fw"/mvm/credentials/*/raw | (cd "$_mvm_dir" && $B cpio -i -d --quiet)
     fi
-    if [ -n "$MVM_GUESTDATA" ]; then
-        for _mvm_c in "$MVM_GUESTDATA"/credentials/*; do
-            [ -f "$_mvm_c" ] && [ ! -L "$_mvm_c" ] || continue
-            $B cat "$_mvm_c" > "$_mvm_dir/${_mvm_c##*/}"
-        done
+    if [ -n "$MVM_GUESTDATA" ] && [ -d "$MVM_GUESTDATA/credentials" ]; then
+        # one cp for all (regular files only: the archive had nothing else; a directory
+        # left by a crafted name is skipped); new files, so umask makes them 0400
+        set -- "$MVM_GUESTDATA"/credentials
+        $B cp "$1"/* "$1"/.[!.]* "$1"/..?* "$_mvm_dir/" 2>/dev/null  # unmatched: ignored
     fi
     for _mvm_c in /sys/firmware/dmi/entries/11-*/raw; do  # 4-byte header, count, strings
         [ -r "$_mvm_c" ] || continue
