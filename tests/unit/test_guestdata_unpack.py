@@ -189,3 +189,24 @@ def test_newline_in_a_name_refused(tmp_path: Path) -> None:
                  "mvm_unpack_credentials creds")  # fmt: skip
     assert "unpacked" not in r.stdout and "refused" in r.stderr
     assert tree(tmp_path) == before
+
+
+@pytest.mark.skipif(not Path("/bin/dash").exists(), reason="dash not installed")
+def test_rootfs_shell_with_gnu_tools_on_path(tmp_path: Path) -> None:
+    """In a rootfs $B is empty and an image's packages may put dash and GNU cpio on
+    PATH: the check and the unpack still use busybox's cpio (its listing format)."""
+    (tmp_path / "drive").write_bytes(guestdrive.image(CREDS, None))
+    (tmp_path / "gd").mkdir()
+    (tmp_path / "creds").mkdir()
+    lib = tmp_path / "credentials-unpack.sh"
+    lib.write_bytes(guest_file("credentials-unpack.sh"))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "busybox").symlink_to(BUSYBOX)
+    script = (f'. "{lib}"; umask 022; mvm_guestdata_unpack drive gd && MVM_GUESTDATA=gd && '
+              "mvm_unpack_credentials creds && echo ok")  # fmt: skip
+    r = subprocess.run(["/bin/dash", "-c", script], env={"PATH": f"{bindir}:/usr/bin:/bin"},
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert r.stdout == "ok\n", r.stderr
+    for c in CREDS:
+        assert (tmp_path / "creds" / c.name).read_bytes() == c.value

@@ -37,7 +37,8 @@ mvm_guestdata_dev() {
 # listing is left in ARCHIVE.list (beside it, in the caller's private directory,
 # which the caller wipes: one exec less under TCG).
 mvm_cpio_safe() {
-    $B cpio -t -v < "$1" > "$1.list" 2>/dev/null || return 1
+    # busybox's cpio always (its listing format; an image's packages may bring GNU cpio)
+    ${B:-busybox} cpio -t -v < "$1" > "$1.list" 2>/dev/null || return 1
     while IFS= read -r _mvm_l; do
         case "$_mvm_l" in -*" 1970-01-01 00:00:00 "*) ;; *) return 1 ;; esac
         "$2" "${_mvm_l#*" 1970-01-01 00:00:00 "}" || return 1
@@ -70,7 +71,8 @@ mvm_guestdata_unpack() (
     $B head -c "$MVM_GUESTDATA_MAX" "$_mvm_src" > "$_mvm_dir/.drive" 2>/dev/null ||
         _mvm_fail "unreadable"
     mvm_cpio_safe "$_mvm_dir/.drive" _mvm_guestdata_name || _mvm_fail "unexpected entries"
-    (cd "$_mvm_dir" && $B cpio -i -d --quiet < .drive) 2>/dev/null || _mvm_fail "cannot unpack"
+    (cd "$_mvm_dir" && ${B:-busybox} cpio -i -d --quiet < .drive) 2>/dev/null ||
+        _mvm_fail "cannot unpack"
     # a name with a newline lists as two plausible lines: what was unpacked must be
     # exactly what the names allow (builtins only)
     for _mvm_f in "$_mvm_dir"/* "$_mvm_dir"/.[!.]* "$_mvm_dir"/..?*; do
