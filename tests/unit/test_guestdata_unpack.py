@@ -76,6 +76,16 @@ def test_drive_to_credentials_dir(tmp_path: Path) -> None:
     assert (tmp_path / "gd" / "network").read_bytes() == b"NET"
 
 
+def test_only_a_dot_named_credential(tmp_path: Path) -> None:
+    (tmp_path / "drive").write_bytes(guestdrive.image((GuestCredential(".only", b"v"),), None))
+    (tmp_path / "gd").mkdir()
+    (tmp_path / "creds").mkdir()
+    r = sh(tmp_path, "mvm_guestdata_unpack drive gd && MVM_GUESTDATA=gd && mvm_have_credentials "
+                     "&& mvm_unpack_credentials creds")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "creds" / ".only").read_bytes() == b"v"
+
+
 def test_no_credentials_on_the_drive(tmp_path: Path) -> None:
     (tmp_path / "drive").write_bytes(guestdrive.image((), b"NET"))
     (tmp_path / "gd").mkdir()

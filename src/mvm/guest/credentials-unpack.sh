@@ -17,7 +17,7 @@ mvm_have_credentials() {
     _mvm_fw=/sys/firmware/qemu_fw_cfg/by_name/opt
     set -- /sys/firmware/dmi/entries/11-*/raw
     [ -d "$_mvm_fw/io.systemd.credentials" ] || [ -d "$_mvm_fw/mvm/credentials" ] || [ -r "$1" ] ||
-        { set -- "$MVM_GUESTDATA"/credentials/*; [ -n "$MVM_GUESTDATA" ] && [ -f "$1" ]; }
+        { [ -n "$MVM_GUESTDATA" ] && [ -d "$MVM_GUESTDATA/credentials" ]; }  # only if one came
 }
 # mvm_guestdata_dev CMDLINE: the guest-data drive's device name (vdX) from the kernel
 # command line (mvm.guestdata=vdX) in $_mvm_gd; false when there is none or it is
