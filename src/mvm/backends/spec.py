@@ -148,6 +148,9 @@ class HostChannels:
     console: Path  # a Unix socket: the serial console
     console_log: Path
     control_reply: Path | None = None  # where the guest answers control requests (a FIFO)
+    # "virtio-serial": agent is a socket and control a FIFO (QEMU); "vsock": agent and
+    # control are Firecracker's hybrid vsock Unix socket, reached with ``CONNECT <port>``
+    transport: Literal["virtio-serial", "vsock"] = "virtio-serial"
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,8 @@ def check(run: ResolvedRun) -> Prepared:
     if run.credentials and "credentials" not in meta.features:
         raise CredentialError(f"image {meta.name} was built by an mvm without credential "
                               "support; rebuild the image or template")  # fmt: skip
-    if guest_data_transport() == "drive" and "guestdata" not in meta.features:
+    drive = guest_data_transport() == "drive" or run.hypervisor.value == "firecracker"
+    if drive and "guestdata" not in meta.features:
         raise CredentialError(f"image {meta.name} was built by an mvm without guest-data "
                               "drive support; rebuild the image or template")  # fmt: skip
     uid = meta.uids.entrypoint
