@@ -17,14 +17,12 @@ import pytest
 from mvm.guest import read as guest_file
 from mvm.image import guestbin
 from mvm.image.initramfs import BUSYBOX
+from tests.unit.guestbin_support import install
 
 
 @pytest.fixture(scope="module")
 def vsock_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("vsock-bin") / "mvm-vsock"
-    path.write_bytes(guestbin.build("mvm-vsock"))
-    path.chmod(0o755)
-    return path
+    return install(tmp_path_factory.mktemp("vsock-bin"), "mvm-vsock")
 
 
 def sh(tmp: Path, script: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -26,8 +26,8 @@ import pytest
 from mvm import channels
 from mvm.agent.client import AgentClient
 from mvm.backends.spec import HostChannels
-from mvm.image import guestbin
 from mvm.state.procs import proc_start_time
+from tests.unit.guestbin_support import install
 
 
 def pump(a: socket.socket, b: socket.socket) -> None:
@@ -92,11 +92,7 @@ def vm(tmp_path: Path) -> Iterator[tuple[HostChannels, subprocess.Popen[bytes], 
     run, guest = tmp_path / "run", tmp_path / "guest"
     run.mkdir()
     guest.mkdir()
-    bins = {}
-    for name in ("mvm-guest-agent", "mvm-vsock"):
-        bins[name] = guest / name
-        bins[name].write_bytes(guestbin.build(name))
-        bins[name].chmod(0o755)
+    bins = {name: install(guest, name) for name in ("mvm-guest-agent", "mvm-vsock")}
     uid = 65534 if os.getuid() == 0 else os.getuid()
     agent = subprocess.Popen([str(bins["mvm-guest-agent"]), "-a", str(uid), "-e", str(uid),
                               "-h", "/", f"unix:{guest / 'agent'}"])  # fmt: skip
@@ -171,9 +167,7 @@ def test_status_through_the_backend_relay(tmp_path: Path) -> None:
     """The guest's ``mvm-vsock connect vsock:1026`` (Firecracker turns it into a
     connect to ``<uds>_1026``) reaches the backend's relay, and the host reads the
     exit code as under QEMU."""
-    vsock = tmp_path / "mvm-vsock"
-    vsock.write_bytes(guestbin.build("mvm-vsock"))
-    vsock.chmod(0o755)
+    vsock = install(tmp_path, "mvm-vsock")
     run = tmp_path / "run"
     run.mkdir(mode=0o700)
     status_l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
