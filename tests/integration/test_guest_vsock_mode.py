@@ -25,7 +25,7 @@ n=0; while [ ! -s /run/mvm/ports ] && [ $n -lt 200 ]; do sleep 0.1; n=$((n + 1))
 n=0; while ! ps -o args | grep -q '[m]vm-guest-agent' && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 echo BEGIN-CHECK
 echo "ports $(cat /run/mvm/ports)"
-ps -o args | grep '[m]vm-vsock' | sed 's/^/proc /'
+ps -o nice,args | grep '[m]vm-vsock' | sed 's/^ */proc /'
 for d in /proc/[0-9]*; do
     a=$(tr '\0' ' ' < $d/cmdline 2>/dev/null)
     case "$a" in /usr/local/bin/mvm-guest-agent\ *) echo "agent $a" ;; esac
@@ -57,7 +57,8 @@ def test_vsock_mode_guest_side(tmp_path_factory: pytest.TempPathFactory) -> None
     took = time.monotonic() - t0
     g = parse(r.stdout)
     assert g["ports"] == ["STATUS=vsock:1026"], r.stdout[-3000:]
-    assert g["proc"] == ["/etc/mvm/bin/mvm-vsock listen vsock:1025"]
+    # the control relay runs at normal priority (the channels' setup runs at nice 19)
+    assert g["proc"] == ["0 /etc/mvm/bin/mvm-vsock listen vsock:1025"], g["proc"]
     assert len(g["agent"]) == 1 and g["agent"][0].split()[-1] == "vsock:1024", g["agent"]
     assert g["fifos"] == ["yes"]
     # the agent bound its vsock listener (it logs "started" after that) and is still there
