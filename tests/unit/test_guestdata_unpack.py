@@ -149,7 +149,7 @@ def test_oversize_and_truncated_refused(tmp_path: Path) -> None:
     big = guestdrive.image((GuestCredential("big", b"v" * 6000),), None)
     (tmp_path / "drive").write_bytes(big)
     (tmp_path / "gd").mkdir()
-    r = sh(tmp_path, "MVM_GUESTDATA_MAX=4096; mvm_guestdata_unpack drive gd")
+    r = sh(tmp_path, "_mvm_gd_max=4096; mvm_guestdata_unpack drive gd")
     assert r.returncode == 1 and "refused" in r.stderr
     assert list((tmp_path / "gd").iterdir()) == []  # not even the partial credential
     (tmp_path / "drive").write_bytes(big[:3000])
@@ -220,3 +220,8 @@ def test_rootfs_shell_with_gnu_tools_on_path(tmp_path: Path) -> None:
     assert r.stdout == "ok\n", r.stderr
     for c in CREDS:
         assert (tmp_path / "creds" / c.name).read_bytes() == c.value
+
+
+def test_guest_cap_is_the_hosts_limit() -> None:
+    """The guest reads exactly as much as the host may write."""
+    assert f"\n_mvm_gd_max={guestdrive.MAX_SIZE}\n".encode() in guest_file("credentials-unpack.sh")

@@ -53,13 +53,13 @@ _mvm_guestdata_name() {
 }
 # mvm_guestdata_unpack DEV DIR: unpack the guest-data drive DEV (one newc cpio archive,
 # host-written but untrusted here) into DIR, an empty private directory (0700, in RAM).
-# At most MVM_GUESTDATA_MAX bytes are read (into a copy: what is checked is what is
+# At most $_mvm_gd_max bytes are read (into a copy: what is checked is what is
 # unpacked; an archive that does not end within them is refused); every entry must
 # be a regular file named meta, network or credentials/NAME (no directories,
 # symlinks, devices, absolute paths, "..", other names).  On any refusal DIR is
 # emptied and the status is 1, with one line on stderr that names no value.  The copy
 # (.drive) and its listing stay in DIR: the caller wipes DIR after the import.
-MVM_GUESTDATA_MAX=4194304
+_mvm_gd_max=4194304
 mvm_guestdata_unpack() (
     _mvm_src=$1 _mvm_dir=$2
     umask 0077
@@ -68,7 +68,7 @@ mvm_guestdata_unpack() (
         $B rm -rf "$_mvm_dir"/* "$_mvm_dir"/.[!.]* "$_mvm_dir"/..?*
         exit 1
     }
-    $B head -c "$MVM_GUESTDATA_MAX" "$_mvm_src" > "$_mvm_dir/.drive" 2>/dev/null ||
+    $B head -c "$_mvm_gd_max" "$_mvm_src" > "$_mvm_dir/.drive" 2>/dev/null ||
         _mvm_fail "unreadable"
     mvm_cpio_safe "$_mvm_dir/.drive" _mvm_guestdata_name || _mvm_fail "unexpected entries"
     (cd "$_mvm_dir" && ${B:-busybox} cpio -i -d --quiet < .drive) 2>/dev/null ||
@@ -102,8 +102,8 @@ mvm_unpack_credentials() (
         $B cat "$_mvm_fw"/mvm/credentials/*/raw | (cd "$_mvm_dir" && $B cpio -i -d --quiet)
     fi
     if [ -n "$MVM_GUESTDATA" ] && [ -d "$MVM_GUESTDATA/credentials" ]; then
-        # one cp for all (regular files only: the archive had nothing else; a directory
-        # left by a crafted name is skipped); new files, so umask makes them 0400
+        # one cp for all (regular files only: mvm_guestdata_unpack checked); new files,
+        # so the umask makes them 0400
         set -- "$MVM_GUESTDATA"/credentials
         $B cp "$1"/* "$1"/.[!.]* "$1"/..?* "$_mvm_dir/" 2>/dev/null  # unmatched: ignored
     fi
