@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 CHECK = r"""#!/bin/sh
 n=0; while [ ! -s /run/mvm/ports ] && [ $n -lt 200 ]; do sleep 0.1; n=$((n + 1)); done
-n=0; while ! ps -o args | grep -q '[m]vm-guest-agent' && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+n=0; while ! ps -o args | grep -q '[m]vm-guest-agent' && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
 echo BEGIN-CHECK
 echo "ports $(cat /run/mvm/ports)"
 ps -o nice,args | grep '[m]vm-vsock' | sed 's/^ */proc /'
