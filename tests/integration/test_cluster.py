@@ -143,11 +143,25 @@ def test_pack_fills_one_host_and_the_sdk_lands_beside(cl: dict[str, str]) -> Non
 
     os.environ["MVM_CLUSTER_ADDRESS"] = cl["MVM_CLUSTER_ADDRESS"]
     try:
-        with mvm.cluster.Sandbox.create(TEMPLATE) as sb:
+        secret = f"tok-{uuid.uuid4().hex}"
+        with mvm.cluster.Sandbox.create(TEMPLATE, secrets=[f"TOKEN={secret}:api.example.com"],
+                                        allow=["api.example.com"]) as sb:  # fmt: skip
             assert sb.host == host  # packing: the cached host with the least room left
             r = sb.exec("echo from-$(cat /tmp/w/index.html); exit 3")
             assert (r.exit_code, r.stdout) == (3, "from-clweb-ok\n")
             assert sb.info()["state"] == "running"
+            # the guest sees a placeholder; the value is in no listing, log or state file
+            inside = sb.exec("env; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'")
+            assert inside.exit_code == 0 and secret not in inside.stdout
+            status = json.loads(ok("status", sb.name, "--json", env=node_env(cl, host)))
+            assert "TOKEN" in json.dumps(status["network"]) and secret not in json.dumps(status)
+            assert secret not in ok("cluster", "ls", "--json", env=cl)
+            assert secret not in ok("cluster", "hosts", "--json", env=cl)
+            state = json.loads((Path(cl["MVM_HOME"]) / "cluster" / "local.json").read_text())
+            for root in (Path(state["temp_dir"]), Path(cl["MVM_HOME"])):
+                for f in root.rglob("*"):
+                    if f.is_file() and not f.is_symlink() and f.stat().st_size < 50 << 20:
+                        assert secret.encode() not in f.read_bytes(), f
             name = sb.name
         assert name not in {v["name"] for v in cls(cl)}
     finally:

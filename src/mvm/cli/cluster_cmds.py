@@ -108,16 +108,22 @@ def stop_cmd() -> None:
     metavar="KEY[=VALUE|@FILE]:HOST[,HOST][:HEADER]",
     help="Bind a secret to hosts, as `mvmctl up --secret` (repeatable).",
 )
+@click.option("--network-preset", type=click.Choice(["none", "dev", "agent", "open"]),
+              default=None, help="Egress policy preset, as for `mvmctl up`.")  # fmt: skip
+@click.option("--network-allow", "allow", multiple=True, metavar="HOST[:PORT]",
+              help="Allow egress to HOST (repeatable).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True)
 @ADDRESS
 def up_cmd(template: str, replicas: int, cpus: int | None, mem: int | None, spread: bool,
-           accel: str | None, ports: tuple[str, ...], secrets: tuple[str, ...], as_json: bool,
+           accel: str | None, ports: tuple[str, ...], secrets: tuple[str, ...],
+           network_preset: str | None, allow: tuple[str, ...], as_json: bool,
            address: str | None) -> None:  # fmt: skip
     """Place REPLICAS VMs of TEMPLATE on the cluster's hosts and start them."""
     from mvm.cluster import client
 
     placed = client.up(template, replicas=replicas, cpus=cpus, mem=mem, ports=ports,
-                       spread=spread, accel=accel, secrets=secrets, address=address)  # fmt: skip
+                       spread=spread, accel=accel, secrets=secrets, network=network_preset,
+                       allow=allow, address=address)  # fmt: skip
     if as_json:
         emit_json(placed)
         return

@@ -39,7 +39,8 @@ def seal_secrets(secrets: Sequence[str]) -> Sealed | None:
 
 def up(template: str, *, replicas: int = 1, cpus: int | None = None, mem: int | None = None,
        ports: Sequence[str] = (), spread: bool = False, accel: str | None = None,
-       secrets: Sequence[str] = (), address: str | None = None,
+       secrets: Sequence[str] = (), network: str | None = None,
+       allow: Sequence[str] = (), address: str | None = None,
        timeout: float = engine.START_TIMEOUT + 60) -> list[dict[str, Any]]:  # fmt: skip
     """Place ``replicas`` VMs of ``template`` and start them; their records."""
     paths.validate_name(template, "template name")
@@ -47,9 +48,15 @@ def up(template: str, *, replicas: int = 1, cpus: int | None = None, mem: int | 
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi):
             raise ConfigError(f"{what} must be an integer from 1 to {hi}")
     check_ports(list(ports))
+    from mvm.network.policy import PRESETS
+
+    if network is not None and network not in PRESETS:
+        raise ConfigError(f"invalid network {network!r}: use one of {', '.join(PRESETS)}")
     sealed = seal_secrets(list(secrets))
     ray, ctl = _controller(address)
-    ref = ctl.up.remote(template, replicas, cpus, mem, list(ports), spread, accel, sealed)
+    ref = ctl.up.remote(
+        template, replicas, cpus, mem, list(ports), spread, accel, sealed, network, list(allow)
+    )
     out: list[dict[str, Any]] = engine.get(ray, ref, timeout, f"cluster up {template}")
     return out
 

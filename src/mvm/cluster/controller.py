@@ -49,6 +49,8 @@ class Group:
     ports: list[str]
     spread: bool
     accel: str | None = None
+    network_preset: str | None = None
+    network_allow: list[str] = field(default_factory=list)
     starting: bool = True
     retry_at: float = 0.0
 
@@ -148,7 +150,8 @@ class Controller:
 
     def up(self, template: str, replicas: int, cpus: int | None, mem_mib: int | None,
            ports: list[str], spread: bool, accel: str | None,
-           secrets: Sealed | None = None) -> list[dict[str, Any]]:  # fmt: skip
+           secrets: Sealed | None = None, network_preset: str | None = None,
+           network_allow: Sequence[str] = ()) -> list[dict[str, Any]]:  # fmt: skip
         """Place and start a group; all its VMs run when this returns, or none does."""
         nodes = [n for n in self._nodes() if n.alive]
         if not nodes:
@@ -162,8 +165,18 @@ class Controller:
         chosen = place(hosts, req)
         with self._lock:
             self._counter += 1
-            group = Group(f"g{self._counter}", template, replicas, cpus, mem_mib, list(ports),
-                          spread, accel)  # fmt: skip
+            group = Group(
+                f"g{self._counter}",
+                template,
+                replicas,
+                cpus,
+                mem_mib,
+                list(ports),
+                spread,
+                accel,
+                network_preset,
+                list(network_allow),
+            )
             self._groups[group.id] = group
             if secrets:
                 self._secrets[group.id] = secrets
@@ -233,7 +246,8 @@ class Controller:
         for p in placed:
             w = self._worker(nodes[p.host])
             refs.append(w.start.remote(p.name, group.template, group.cpus, group.mem_mib,
-                                       group.ports, secrets))  # fmt: skip
+                                       group.ports, secrets, group.network_preset,
+                                       group.network_allow))  # fmt: skip
         errors: list[str] = []
         for p, ref in zip(placed, refs, strict=True):
             try:

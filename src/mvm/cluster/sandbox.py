@@ -36,13 +36,16 @@ class Sandbox:
     @classmethod
     def create(cls, template: str, *, cpus: int | None = None, mem: int | None = None,
                ports: Sequence[str] = (), secrets: Sequence[str] = (), spread: bool = False,
+               network: str | None = None, allow: Sequence[str] = (),
                address: str | None = None, timeout: float | None = None,
                call_timeout: float | None = None) -> Sandbox:  # fmt: skip
         """Place one VM of ``template`` (pack by default) and start it; ``ports`` as
-        ``-p`` (``0:GUEST`` picks a free port on the chosen host)."""
+        ``-p`` (``0:GUEST`` picks a free port on the chosen host); ``secrets``,
+        ``network`` and ``allow`` as for :meth:`mvm.Sandbox.create`."""
         t = check_timeout(timeout, engine.START_TIMEOUT + 60)
         placed = client.up(template, replicas=1, cpus=cpus, mem=mem, ports=ports,
-                           secrets=secrets, spread=spread, address=address, timeout=t)  # fmt: skip
+                           secrets=secrets, spread=spread, network=network, allow=allow,
+                           address=address, timeout=t)  # fmt: skip
         p = placed[0]
         return cls(p["name"], p["host"], p["ports"], address=address, timeout=call_timeout)
 

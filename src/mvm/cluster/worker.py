@@ -25,6 +25,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -38,6 +39,7 @@ PREFIX = "cl"
 ZERO_PORT_RE = re.compile(r"(?:(\d{1,3}(?:\.\d{1,3}){3}):)?0:(\d{1,5})(/(?:tcp|udp))?")
 
 Result = tuple[Any, ...]
+PULL_FRESH = 10.0  # seconds a pull counts as current (one `cluster up` asks many times)
 
 
 class Sealed:
@@ -131,6 +133,7 @@ class HostWorker:
         self.host_id, self.node_ip = host_id, node_ip
         self.mem_mib, self.vcpus, self.accel = host_capacity(resources)
         self._pull_locks: dict[str, threading.Lock] = {}
+        self._pulled: dict[str, float] = {}  # template → when it was last made current
         self._guard = threading.Lock()
 
     # -- what this host has --
@@ -204,6 +207,8 @@ class HostWorker:
 
         paths.validate_name(template, "template name")
         with self._lock(template):
+            if time.monotonic() - self._pulled.get(template, -PULL_FRESH) < PULL_FRESH:
+                return  # the replicas of one `cluster up` pull once per host
             try:
                 registry = from_env()
                 try:
@@ -216,12 +221,15 @@ class HostWorker:
                 # the registry is unreachable or lacks it: this host's verified copy runs
                 get_logger(__name__).warning("%s: using the local %s: %s", self.host_id,
                                              template, exc.message)  # fmt: skip
+            self._pulled[template] = time.monotonic()
 
     # -- VMs --
 
     @answer
     def start(self, name: str, template: str, cpus: int | None, mem_mib: int | None,
-              ports: Sequence[str], secrets: Sealed | None = None) -> dict[str, Any]:  # fmt: skip
+              ports: Sequence[str], secrets: Sealed | None = None,
+              network_preset: str | None = None,
+              network_allow: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
         """Start VM ``name`` from ``template`` (pulled first) as ``mvmctl up --template``."""
         from mvm import paths
         from mvm.runtime.config import RunConfig
@@ -231,6 +239,7 @@ class HostWorker:
         self._pull(template)
         run = RunConfig(name=name, cpus=cpus, memory_mib=mem_mib, ports=resolve_ports(ports),
                         secrets=secrets.reveal() if secrets else [],
+                        network_preset=network_preset, network_allow=list(network_allow),
                         forward_host_credentials=False)  # fmt: skip
         vm = up(f"template:{template}", run)
         return next(v for v in self._vms() if v["name"] == vm.name)
