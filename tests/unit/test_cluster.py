@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,7 @@ def test_local_start_checks_its_arguments(tmp_path: Path, monkeypatch: pytest.Mo
 
 BLOCK_RAY = """
 import sys
+import time
 class NoRay:
     def find_spec(self, name, path=None, target=None):
         if name == "ray" or name.startswith("ray."):
@@ -139,6 +141,20 @@ def test_no_cluster_to_connect_to_is_one_line(tmp_path: Path) -> None:
     r = subprocess.run([MVMCTL, "cluster", "ls"], capture_output=True, text=True, env=env,
                        timeout=60)  # fmt: skip
     assert r.returncode == 1 and r.stderr.startswith("mvmctl: error: no cluster to connect to")
+
+
+@pytest.mark.parametrize(("address", "says"), [
+    ("127.0.0.1:1", "mvmctl: error: cannot reach the cluster at 127.0.0.1:1"),
+    ("nonsense", "mvmctl: error: invalid cluster address 'nonsense'"),
+])  # fmt: skip
+def test_an_unreachable_or_bad_address_fails_fast(tmp_path: Path, address: str,
+                                                  says: str) -> None:  # fmt: skip
+    env = {**os.environ, "MVM_HOME": str(tmp_path), "MVM_CLUSTER_ADDRESS": address}
+    t = time.monotonic()
+    r = subprocess.run([MVMCTL, "cluster", "hosts"], capture_output=True, text=True, env=env,
+                       timeout=60)  # fmt: skip
+    assert r.returncode != 0 and r.stderr.startswith(says), r.stderr
+    assert time.monotonic() - t < 20 and "Traceback" not in r.stderr
 
 
 def test_help_and_the_cluster_commands_module_do_not_import_ray() -> None:

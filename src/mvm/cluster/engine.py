@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from mvm.errors import ClusterError, MvmError
+from mvm.errors import ClusterError, ConfigError, MvmError
 
 NAMESPACE = "mvm"
 HOST_PREFIX = "mvm-host-"
@@ -59,6 +59,7 @@ def connect(address: str | None = None) -> Any:
         raise ClusterError("no cluster to connect to",
                            hint=f"start one with `mvmctl cluster start --nodes 3`, or give "
                                 f"--address / {ADDRESS_ENV}")  # fmt: skip
+    _reachable(addr)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     _quiet(ray)
     try:
@@ -67,6 +68,23 @@ def connect(address: str | None = None) -> Any:
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError…
         raise ClusterError(f"cannot connect to the cluster at {addr}: {_short(exc)}") from None
     return ray
+
+
+def _reachable(addr: str, timeout: float = 5.0) -> None:
+    """Fail in one line, within ``timeout``, when nothing listens at ``addr``: Ray's
+    own connect retries for minutes and logs every attempt to stderr."""
+    import socket
+
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"invalid cluster address {addr!r}: use HOST:PORT (the Ray GCS)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the cluster at {addr}: {exc.strerror or exc}",
+                           hint="is it running? (`mvmctl cluster start`, or the "
+                                "address `ray start --head` printed)") from None  # fmt: skip
 
 
 def _quiet(ray: Any) -> None:
