@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMPS  := .cache/stamps
 
-.PHONY: setup system venv kernel demo test unit integration check bench clean
+.PHONY: setup system venv kernel firecracker demo test unit integration check bench clean
 
 setup: system venv kernel
 	@# PYTHONDONTWRITEBYTECODE may be set: compile once so every mvmctl start skips it
@@ -28,12 +28,17 @@ kernel: venv
 	@# the Debian kernel stays covered by tests (kernel = "debian")
 	@$(BIN)/mvmctl kernel fetch
 
+firecracker: venv
+	@$(BIN)/python scripts/fetch-firecracker.py
+
 demo: setup
 	$(BIN)/mvmctl run --attached examples/hello
 	@echo "mvmctl is $(BIN)/mvmctl; \`. $(BIN)/activate\` puts it on PATH"
 
 test: setup
 	@bash scripts/setup-test.sh
+	@# the real Firecracker binary for the contract tests (pinned, sha256-checked, cached)
+	@$(BIN)/python scripts/fetch-firecracker.py >/dev/null
 	$(BIN)/pytest -q
 
 unit: venv

@@ -16,6 +16,14 @@ is what reads and writes them, so the guest protocol lives here once:
 * **agent** — a stream socket the host connects to whenever it likes (the
   agent tolerates late connections and reconnects);
 * **console** — the serial console socket (``run --attached``, ``logs``).
+
+Under Firecracker (``HostChannels.transport == "vsock"``) agent and control
+are ports of the guest's vsock device, reached through Firecracker's hybrid
+vsock Unix socket: connect, send ``CONNECT <port>\\n``, read ``OK <n>\\n``,
+then the stream is the guest's (:func:`vsock_connect`).  The guest listens
+on :data:`AGENT_PORT` and :data:`CONTROL_PORT` (the control protocol is the
+same lines, answered on the same connection); it connects to the host for
+:data:`STATUS_PORT`, which the backend's relay appends to the status file.
 """
 
 from __future__ import annotations
@@ -29,6 +37,42 @@ from collections.abc import Callable
 
 from mvm.backends.spec import HostChannels
 from mvm.errors import BackendError
+
+AGENT_PORT = 1024
+CONTROL_PORT = 1025
+STATUS_PORT = 1026
+HANDSHAKE_MAX = 64  # "OK 1073741824\n" is 14 bytes; anything longer is not Firecracker
+
+
+def vsock_connect(uds: os.PathLike[str], port: int, timeout: float = 2.0) -> socket.socket:
+    """A stream to guest vsock ``port`` through a hybrid vsock Unix socket.
+
+    The answer line is read one byte at a time so not a byte of the guest's
+    stream is consumed.  Refused (no listener in the guest yet, or the socket
+    is not Firecracker's): ``BackendError``.
+    """
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        s.connect(os.fspath(uds))
+        s.sendall(f"CONNECT {port}\n".encode())
+        line = b""
+        while not line.endswith(b"\n"):
+            b = s.recv(1)
+            if not b or len(line) >= HANDSHAKE_MAX:
+                break
+            line += b
+        words = line.split()
+        if len(words) != 2 or words[0] != b"OK" or not words[1].isdigit():
+            raise BackendError(f"vsock port {port}: no guest listener (handshake refused)")
+        s.settimeout(None)
+        return s
+    except OSError as exc:
+        s.close()
+        raise BackendError(f"vsock port {port}: {exc.strerror or exc}") from exc
+    except BaseException:
+        s.close()
+        raise
 
 
 def exit_code(ch: HostChannels) -> int | None:
@@ -48,6 +92,13 @@ def exit_code(ch: HostChannels) -> int | None:
 
 def request_poweroff(ch: HostChannels) -> bool:
     """Ask the guest to stop its services, sync and power off; False if nobody listens."""
+    if ch.transport == "vsock":
+        try:
+            with vsock_connect(ch.control, CONTROL_PORT, timeout=1.0) as s:
+                s.sendall(b"poweroff\n")
+            return True
+        except (BackendError, OSError):
+            return False
     try:
         fd = os.open(ch.control, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:  # no FIFO, or no hypervisor holds it open (ENXIO)
@@ -81,7 +132,7 @@ def control_requests(
     Lines with other ids (answers nobody waited for) are skipped.  The first
     failure raises (the verbs after it may still have run).
     """
-    if ch.control_reply is None:
+    if ch.control_reply is None and ch.transport != "vsock":
         raise BackendError("this hypervisor has no control reply channel")
     ids: dict[str, str] = {}
     lines = []
@@ -96,13 +147,25 @@ def control_requests(
         lines.append(" ".join((verb, rid, *args)) + "\n")
     answered: dict[str, float] = {}
     t0 = time.monotonic()
-    rfd = os.open(ch.control_reply, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    sock: socket.socket | None = None
+    if ch.transport == "vsock":  # one connection: requests out, answers back
+        sock = vsock_connect(ch.control, CONTROL_PORT, timeout=min(timeout, 5.0))
+        sock.setblocking(False)
+        rfd = sock.fileno()
+    else:
+        assert ch.control_reply is not None
+        rfd = os.open(ch.control_reply, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        wfd = os.open(ch.control, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            os.write(wfd, "".join(lines).encode())
-        finally:
-            os.close(wfd)
+        if sock is not None:
+            sock.setblocking(True)
+            sock.sendall("".join(lines).encode())
+            sock.setblocking(False)
+        else:
+            wfd = os.open(ch.control, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                os.write(wfd, "".join(lines).encode())
+            finally:
+                os.close(wfd)
         deadline = t0 + timeout
         buf = b""
         while len(answered) < len(ids):
@@ -118,6 +181,8 @@ def control_requests(
             except BlockingIOError:
                 continue
             if not chunk:  # no writer right now (QEMU holds it open O_RDWR; be patient)
+                if sock is not None:
+                    raise BackendError("the guest closed the control connection")
                 time.sleep(0.01)
                 continue
             buf += chunk
@@ -133,7 +198,10 @@ def control_requests(
     except OSError as exc:
         raise BackendError(f"control request: {exc.strerror or exc}") from exc
     finally:
-        os.close(rfd)
+        if sock is not None:
+            sock.close()
+        else:
+            os.close(rfd)
     return answered
 
 
@@ -164,4 +232,32 @@ def connect_console(
 def connect_agent(
     ch: HostChannels, alive: Callable[[], bool], timeout: float = 15.0
 ) -> socket.socket:
+    if ch.transport == "vsock":
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return vsock_connect(ch.agent, AGENT_PORT)
+            except BackendError:
+                if not alive():
+                    raise BackendError("the hypervisor exited before its agent was ready") from None
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.05)
     return _connect(ch.agent, alive, timeout, "agent")
+
+
+def open_agent(agent: os.PathLike[str], transport: str) -> socket.socket | None:
+    """One attempt at the agent channel's host end ``agent`` (``HostChannels.agent``
+    of that ``transport``); the sidecar retries.  None if it is not up."""
+    if transport == "vsock":
+        try:
+            return vsock_connect(agent, AGENT_PORT, timeout=1.0)
+        except BackendError:
+            return None
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(os.fspath(agent))
+        return s
+    except OSError:
+        s.close()
+        return None

@@ -77,7 +77,8 @@ def test_invalid_vm_name_and_port() -> None:
 def test_unavailable_hypervisor_is_refused(tmp_path: Path) -> None:
     project = write_project(tmp_path / "p", 'name = "fc"\nhypervisor = "firecracker"\n'
                             '[entrypoint]\ncommand = ["/bin/true"]\n')  # fmt: skip
-    assert_clean_error(mvmctl("run", str(project)), "hypervisor 'firecracker' is not available")
+    res = mvmctl("run", str(project), env={"MVM_FIRECRACKER": "/nonexistent/firecracker"})
+    assert_clean_error(res, "/nonexistent/firecracker not found")
     assert home_is_empty_of_vms(Path(os.environ["MVM_HOME"]))
 
 

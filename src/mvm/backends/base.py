@@ -38,7 +38,7 @@ RunStatus = Literal["running", "paused", "io-error", "shutdown", "gone", "unknow
 class Capabilities:
     smbios: bool  # credentials as SMBIOS type 11 OEM strings
     fw_cfg: bool
-    snapshots: bool
+    snapshots: bool  # the runtime may snapshot, restore and fork its VMs
     agent_transport: str  # "virtio-serial" | "vsock"
 
 
@@ -202,6 +202,12 @@ class Backend(abc.ABC):
     def command(self, spec: MachineSpec) -> list[str]:
         """What would be run for ``spec`` (pure; ``--show-command`` prints it)."""
 
+    def describe(self, spec: MachineSpec) -> str:
+        """:meth:`command` as text for a person (``--show-command``)."""
+        from mvm.proc import printable
+
+        return printable(self.command(spec))
+
     @abc.abstractmethod
     def launch(self, spec: MachineSpec, restore: RestoreSource | None = None) -> Machine:
         """Write the hypervisor's inputs into ``spec.run_dir`` and start it (not waiting).
@@ -248,8 +254,14 @@ def _qemu() -> Backend:
     return QemuBackend()
 
 
+def _firecracker() -> Backend:
+    from mvm.backends.firecracker.machine import FirecrackerBackend
+
+    return FirecrackerBackend()
+
+
 # name -> factory; tests register a fake backend here (the one seam for runtime unit tests)
-FACTORIES: dict[str, Callable[[], Backend]] = {"qemu": _qemu}
+FACTORIES: dict[str, Callable[[], Backend]] = {"qemu": _qemu, "firecracker": _firecracker}
 
 
 def get_backend(name: str) -> Backend:

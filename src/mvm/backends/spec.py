@@ -22,7 +22,8 @@ from typing import Literal
 
 from mvm.errors import ConfigError
 
-DiskRole = Literal["rootfs", "config", "secrets", "data", "placeholder"]
+DiskRole = Literal["rootfs", "config", "secrets", "data", "placeholder", "guestdata"]
+GuestDataTransport = Literal["fw_cfg", "drive"]
 Proto = Literal["tcp", "udp"]
 # the guest's ends of the host channels; each backend maps them to its transport
 CHANNELS: tuple[str, ...] = ("status", "control", "agent")
@@ -127,6 +128,10 @@ class MachineSpec:
     # memory left in the file for clones to map (docs/snapshots.md)
     ram_file: Path | None = None
     machine: str = "microvm"  # "microvm" | "q35" (a backend may refuse what it lacks)
+    # how credentials and network files reach a backend that has a choice: its own
+    # transport (QEMU: fw_cfg/SMBIOS) or the guest-data drive (backends/guestdrive.py,
+    # what Firecracker always uses; QEMU uses it to test that guest path under TCG)
+    guest_data: GuestDataTransport = "fw_cfg"
 
     @property
     def rootfs(self) -> Disk:
@@ -143,6 +148,9 @@ class HostChannels:
     console: Path  # a Unix socket: the serial console
     console_log: Path
     control_reply: Path | None = None  # where the guest answers control requests (a FIFO)
+    # "virtio-serial": agent is a socket and control a FIFO (QEMU); "vsock": agent and
+    # control are Firecracker's hybrid vsock Unix socket, reached with ``CONNECT <port>``
+    transport: Literal["virtio-serial", "vsock"] = "virtio-serial"
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,10 @@ def _run_options(f: Any) -> Any:
         click.option("--machine", type=click.Choice(["microvm", "q35"]), default=None,
                      help="Machine type (default: mvm.toml's, else microvm). q35 gives the "
                           "guest SMBIOS: credentials travel as type 11 OEM strings."),
+        click.option("--hypervisor", type=click.Choice(["qemu", "firecracker", "auto"]),
+                     default=None,
+                     help="Hypervisor (default: mvm.toml's, else auto: Firecracker when "
+                          "it is installed and KVM runs guests, else QEMU)."),
         click.option("--show-command", is_flag=True,
                      help="Print the hypervisor command line that would run, and exit."),
     ]):  # fmt: skip
@@ -76,6 +80,7 @@ def _run_config(name: str | None, cpus: int | None, mem: int | None, ports: tupl
         credentials=[parse_credential(c, i) for i, c in enumerate(credentials, 1)],
         **_net_config(net or {}),
         machine=machine,
+        hypervisor=(net or {}).get("hypervisor"),  # --hypervisor (None: mvm.toml's, else auto)
     )  # fmt: skip
 
 
@@ -116,9 +121,7 @@ def _launch(resolved: Any, show_command: bool, cold: bool = True) -> Any:
     from mvm.runtime import start
 
     if show_command:
-        from mvm.proc import printable
-
-        click.echo(printable(start.show_command(resolved)))
+        click.echo(start.show_text(resolved))
         sys.exit(0)
     restore = None
     if not cold:
@@ -276,7 +279,8 @@ def status(name: str, as_json: bool) -> None:
             click.echo(f"{key + ':':<14}{'-' if info[key] is None else info[key]}")
         click.echo(f"hint: `mvmctl down {name}` stops its hypervisor (if any) and removes it")
         return
-    for key in ("name", "state", "mode", "hypervisor", "accel", "accel_reason", "pid", "revision",
+    for key in ("name", "state", "mode", "hypervisor", "hypervisor_reason", "accel",
+                "accel_reason", "pid", "revision",
                 "source", "boot", "image_ref", "entrypoint", "accessible", "vcpus", "memory_mib",
                 "ports", "forwards", "exposed_ports", "volumes", "credentials", "network", "proxy",
                 "exit_code"):  # fmt: skip
@@ -285,7 +289,8 @@ def status(name: str, as_json: bool) -> None:
             value = ", ".join(value) or None
         src = info["settings"].get(key)
         suffix = f"  ({src})" if src else ""
-        click.echo(f"{key + ':':<14}{'-' if value is None else value}{suffix}")
+        label = "why:" if key == "hypervisor_reason" else key + ":"
+        click.echo(f"{label:<14}{'-' if value is None else value}{suffix}")
     click.echo(f"{'uptime:':<14}{duration(info['uptime_s'])}")
     if info["services"] is None:
         if info["state"] == "running":

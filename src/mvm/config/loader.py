@@ -229,7 +229,7 @@ def parse_spec(raw: Mapping[str, Any], manifest: Path, profile: str | None = Non
     image = None
     if "image" in data:
         image = parse_image_ref(data["image"], root, confine=True, what=f"{manifest}: image")
-    explicit: set[str] = {k for k in ("entrypoint", "dev") if k in data}
+    explicit: set[str] = {k for k in ("entrypoint", "dev", "hypervisor") if k in data}
     if isinstance(data.get("uids"), dict) and "entrypoint" in data["uids"]:
         explicit.add("uid")
     if "entrypoint" not in data and image is not None:

@@ -6,15 +6,73 @@
 #   - fw_cfg opt/mvm/credentials/00, 01…: pieces of one newc cpio archive with the
 #     credentials whose names are too long for fw_cfg or values too big to read fast
 #     (see mvm/backends/qemu/guestdata.py);
-#   - SMBIOS type 11 strings io.systemd.credential[.binary]:NAME=VALUE (q35).
+#   - SMBIOS type 11 strings io.systemd.credential[.binary]:NAME=VALUE (q35);
+#   - the guest-data drive (hypervisors without fw_cfg: Firecracker), named on the
+#     kernel command line as mvm.guestdata=vdX and unpacked by mvm_guestdata_unpack
+#     into $MVM_GUESTDATA (credentials/NAME there; see mvm/backends/guestdrive.py).
 # Values are copied with cat/cpio/base64 only: never echoed, never traced.  Functions
 # and _mvm_* variables only (sourced into PID 1 shells).  $B is busybox in the
 # initramfs (which has no applet links) and empty in the rootfs.
 mvm_have_credentials() {
     _mvm_fw=/sys/firmware/qemu_fw_cfg/by_name/opt
     set -- /sys/firmware/dmi/entries/11-*/raw
-    [ -d "$_mvm_fw/io.systemd.credentials" ] || [ -d "$_mvm_fw/mvm/credentials" ] || [ -r "$1" ]
+    [ -d "$_mvm_fw/io.systemd.credentials" ] || [ -d "$_mvm_fw/mvm/credentials" ] || [ -r "$1" ] ||
+        { set -- "$MVM_GUESTDATA"/credentials/*; [ -n "$MVM_GUESTDATA" ] && [ -f "$1" ]; }
 }
+# mvm_guestdata_dev CMDLINE: the guest-data drive's device name (vdX) from the kernel
+# command line (mvm.guestdata=vdX) in $_mvm_gd; false when there is none or it is
+# malformed (only vda..vdz is accepted: the value becomes a path under /dev).
+mvm_guestdata_dev() {
+    _mvm_gd=""
+    for _mvm_kv in $1; do
+        case "$_mvm_kv" in mvm.guestdata=*) _mvm_gd=${_mvm_kv#*=} ;; esac
+    done
+    case "$_mvm_gd" in vd[a-z]) return 0 ;; esac
+    _mvm_gd=""
+    return 1
+}
+# mvm_cpio_safe ARCHIVE CHECK: true when every entry of the newc archive ARCHIVE is a
+# regular file with mtime 0 whose name the function CHECK accepts (busybox cpio -i
+# itself writes "../x" outside its directory: names must be checked first).
+mvm_cpio_safe() {
+    $B cpio -t -v < "$1" > "$1.list" 2>/dev/null || { $B rm -f "$1.list"; return 1; }
+    _mvm_ok=0
+    while IFS= read -r _mvm_l; do
+        case "$_mvm_l" in -*" 1970-01-01 00:00:00 "*) ;; *) _mvm_ok=1; break ;; esac
+        "$2" "${_mvm_l#*" 1970-01-01 00:00:00 "}" || { _mvm_ok=1; break; }
+    done < "$1.list"
+    $B rm -f "$1.list"
+    return $_mvm_ok
+}
+_mvm_guestdata_name() {
+    case "$1" in
+        meta|network) return 0 ;;
+        credentials/*) case "${1#credentials/}" in ''|.|..|*/*) return 1 ;; esac; return 0 ;;
+    esac
+    return 1
+}
+# mvm_guestdata_unpack DEV DIR: unpack the guest-data drive DEV (one newc cpio archive,
+# host-written but untrusted here) into DIR, an empty private directory (0700, in RAM).
+# At most MVM_GUESTDATA_MAX bytes are read (into a copy: what is checked is what is
+# unpacked; an archive that does not end within them is refused); every entry must
+# be a regular file named meta, network or credentials/NAME (no directories,
+# symlinks, devices, absolute paths, "..", other names).  On any refusal DIR is
+# emptied and the status is 1, with one line on stderr that names no value.
+MVM_GUESTDATA_MAX=4194304
+mvm_guestdata_unpack() (
+    _mvm_src=$1 _mvm_dir=$2
+    umask 0077
+    _mvm_fail() {
+        echo "mvm: guest-data drive $_mvm_src refused: $1" >&2
+        $B rm -rf "$_mvm_dir"/* "$_mvm_dir"/.drive "$_mvm_dir"/.drive.list
+        exit 1
+    }
+    $B head -c "$MVM_GUESTDATA_MAX" "$_mvm_src" > "$_mvm_dir/.drive" 2>/dev/null ||
+        _mvm_fail "unreadable"
+    mvm_cpio_safe "$_mvm_dir/.drive" _mvm_guestdata_name || _mvm_fail "unexpected entries"
+    (cd "$_mvm_dir" && $B cpio -i -d --quiet < .drive) 2>/dev/null || _mvm_fail "cannot unpack"
+    $B rm -f "$_mvm_dir/.drive"
+)
 mvm_unpack_credentials() (
     _mvm_dir=$1
     _mvm_fw=/sys/firmware/qemu_fw_cfg/by_name/opt
@@ -27,6 +85,12 @@ mvm_unpack_credentials() (
     done
     if [ -d "$_mvm_fw/mvm/credentials" ]; then
         $B cat "$_mvm_fw"/mvm/credentials/*/raw | (cd "$_mvm_dir" && $B cpio -i -d --quiet)
+    fi
+    if [ -n "$MVM_GUESTDATA" ]; then
+        for _mvm_c in "$MVM_GUESTDATA"/credentials/*; do
+            [ -f "$_mvm_c" ] && [ ! -L "$_mvm_c" ] || continue
+            $B cat "$_mvm_c" > "$_mvm_dir/${_mvm_c##*/}"
+        done
     fi
     for _mvm_c in /sys/firmware/dmi/entries/11-*/raw; do  # 4-byte header, count, strings
         [ -r "$_mvm_c" ] || continue

@@ -15,8 +15,10 @@ umask 022
 [ -e /proc/self ] || mount -t proc proc /proc
 [ -d /sys/kernel ] || mount -t sysfs sys /sys
 . /etc/mvm/spec.sh
+. /etc/mvm/lib/channels.sh  # virtio-serial or vsock (mvm.channels=vsock: Firecracker)
 [ -r /etc/mvm/rootops.sh ] && . /etc/mvm/rootops.sh  # the control port's root operations
 read -r CMDLINE < /proc/cmdline
+mvm_channels_transport "$CMDLINE"
 NET=0
 t() { :; }
 case " $CMDLINE " in *" mvm.trace=1 "*) t() { read -r U < /proc/uptime; echo "mvm-trace ${U%% *} init $1"; } ;; esac
@@ -105,7 +107,7 @@ finish() {
         case "$_opts" in rw,*) case "$_dev" in /dev/vd[d-z]) mount -o remount,ro "$_mnt" ;; esac ;; esac
     done < /proc/mounts
     sync
-    [ -n "$STATUS" ] && echo "exit $1" > "$STATUS"
+    [ -n "$STATUS" ] && mvm_report_status "$STATUS" "$1"
     reboot -f
 }
 STOPPING=0
@@ -143,10 +145,21 @@ start_workload
 # --- after the entrypoint started: channels to the host, at low priority so
 # the entrypoint keeps the CPU; PID 1 reads the port paths back before it reports.
 channels() {
-    for m in $(cat /etc/mvm/modules.late 2>/dev/null); do insmod "/lib/modules/mvm/$m.ko" 2>/dev/null; done
+    late=/etc/mvm/modules.late; [ "$MVM_CHANNELS" = vsock ] && late=/etc/mvm/modules.vsock
+    for m in $(cat "$late" 2>/dev/null); do insmod "/lib/modules/mvm/$m.ko" 2>/dev/null; done
     STATUS="" CONTROL="" AGENT=""
     tries=200  # the host announces ports asynchronously after the driver loads: wait ≤ 2 s
-    while [ -z "$STATUS" ] || [ -z "$CONTROL" ] || [ -z "$AGENT" ]; do
+    if [ "$MVM_CHANNELS" = vsock ]; then
+        # no ports to find: the agent listens itself; control requests come through
+        # mvm-vsock on two FIFOs (requests in, answers out); status connects at the end
+        STATUS=vsock:$MVM_PORT_STATUS AGENT=vsock:$MVM_PORT_AGENT tries=0
+        if mkfifo -m 0600 /run/mvm/control.in /run/mvm/control.out; then
+            "$MVM_VSOCK" listen "vsock:$MVM_PORT_CONTROL" 0<> /run/mvm/control.out \
+                1<> /run/mvm/control.in &
+            CONTROL=/run/mvm/control.in
+        fi
+    fi
+    while [ $tries -gt 0 ] && { [ -z "$STATUS" ] || [ -z "$CONTROL" ] || [ -z "$AGENT" ]; }; do
         for p in /sys/class/virtio-ports/*; do
             [ -r "$p/name" ] && [ -c "/dev/${p##*/}" ] || continue
             read -r n < "$p/name"
@@ -161,7 +174,7 @@ channels() {
         [ -n "$STATUS" ] && [ -n "$CONTROL" ] && [ -n "$AGENT" ] || usleep 10000
     done
     echo "STATUS=$STATUS" > /run/mvm/ports
-    # control_op VERB A1 A2: run one request, answer on the port (fd 3)
+    # control_op VERB A1 A2: run one request, answer on the port (fd 7)
     control_op() {
         case "$1" in
             ping) r=0; out="" ;;
@@ -171,10 +184,10 @@ channels() {
                 n=600; while [ ! -e /run/mvm/restarted ] && [ $n -gt 0 ]; do usleep 50000; n=$((n - 1)); done
                 if [ -e /run/mvm/restarted ]; then r=0; out=""; else r=1; out="restart timed out"; fi ;;
             *)  # in this shell, output to a file: no $(…) fork (tens of ms under TCG)
-                mvm_op_"$1" "$2" "$3" > /run/mvm/op.out 2>&1 3>&-; r=$?
+                mvm_op_"$1" "$2" "$3" > /run/mvm/op.out 2>&1 3>&- 7>&-; r=$?
                 out=""; read -r out < /run/mvm/op.out ;;
         esac
-        if [ $r = 0 ]; then echo "$id ok" >&3; else echo "$id err ${out:-failed}" >&3; fi
+        if [ $r = 0 ]; then echo "$id ok" >&7; else echo "$id err ${out:-failed}" >&7; fi
     }
     if [ -n "$CONTROL" ]; then
         # the host end is a pipe that is always connected: read() blocks until a request
@@ -189,7 +202,9 @@ channels() {
             while :; do
                 # requests: "poweroff", or "VERB ID ARGS…" answered by "ID ok" or
                 # "ID err REASON" (docs/snapshots.md); one open, read and write
+                # fd 3 requests, fd 7 answers: the same port, or (vsock) mvm-vsock's FIFOs
                 exec 3<> "$CONTROL"
+                if [ "$MVM_CHANNELS" = vsock ]; then exec 7<> /run/mvm/control.out; else exec 7>&3; fi
                 while read -r verb id a1 a2 _rest <&3; do
                     case "$verb" in
                         poweroff) kill -TERM 1; continue ;;
@@ -199,13 +214,13 @@ channels() {
                     case "$id" in ''|*[!A-Za-z0-9]*) continue ;; esac
                     control_op "$verb" "$a1" "$a2" < /dev/null
                 done
-                exec 3>&-
+                exec 3>&- 7>&-
                 usleep 200000  # only if the port was ever closed under us
             done
         ) &
     fi
     if [ -n "$AGENT" ]; then
-        chown "$MVM_AGENT_UID" "$AGENT"; chmod 0600 "$AGENT"
+        case "$AGENT" in /dev/*) chown "$MVM_AGENT_UID" "$AGENT"; chmod 0600 "$AGENT" ;; esac
         : > /run/mvm/agent.log; chown "$MVM_AGENT_UID" /run/mvm/agent.log
         # started as root with no-new-privs: the agent drops to the agent uid keeping only
         # CAP_SETUID/SETGID/KILL (to run and signal commands as the entrypoint uid); a sealed image's

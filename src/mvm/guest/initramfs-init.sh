@@ -44,6 +44,13 @@ if [ -e /newroot/etc/mvm/systemd/finish.sh ]; then
     # PID 1, finding $CREDENTIALS_DIRECTORY set, takes them as the imported ones.
     # systemd keeps a /run that is already mounted.
     . /etc/credentials-unpack.sh
+    # the guest-data drive (mvm.guestdata=vdX: no fw_cfg, e.g. Firecracker), checked and
+    # unpacked into this RAM-only root, imported below, then wiped
+    if mvm_guestdata_dev "$CMDLINE"; then
+        MVM_GUESTDATA=/guestdata
+        $B mkdir -m 0700 $MVM_GUESTDATA && mvm_guestdata_unpack "/dev/$_mvm_gd" $MVM_GUESTDATA ||
+            echo "mvm: cannot read the guest data on /dev/$_mvm_gd" >&2
+    fi
     if mvm_have_credentials; then
         D=/newroot/run/credentials/@system
         $B mount -t tmpfs -o mode=0755,nosuid,nodev run /newroot/run &&
@@ -51,6 +58,7 @@ if [ -e /newroot/etc/mvm/systemd/finish.sh ]; then
             mvm_unpack_credentials $D && $B mount -o remount,ro $D &&
             export CREDENTIALS_DIRECTORY=/run/credentials/@system
     fi
+    [ -n "$MVM_GUESTDATA" ] && $B rm -rf $MVM_GUESTDATA
     t credentials-imported
 fi
 $B mount --move /dev /newroot/dev

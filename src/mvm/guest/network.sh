@@ -4,8 +4,22 @@
 # (DNS over TCP: QEMU's guest forwards are TCP only), the CA of a VM with
 # secret bindings joins the trust store, and env.sh (proxy variables and the
 # secrets' placeholders) is sourced by every launcher (env.d/60-network.sh).
+# On the guest-data drive (guestdata.sh) the same archive is the file "network";
+# its entries are checked first (mvm_cpio_safe: busybox cpio -i follows "../").
 _mvm_net=/sys/firmware/qemu_fw_cfg/by_name/opt/mvm/network/raw
-if [ -r "$_mvm_net" ]; then
+_mvm_net_name() {
+    case "$1" in resolv.conf|hosts|env.sh|secrets-manifest.json|ca.pem) return 0 ;; esac
+    return 1
+}
+if [ -n "$MVM_GUESTDATA" ] && [ -f "$MVM_GUESTDATA/network" ]; then
+    _mvm_net=$MVM_GUESTDATA/network
+    if ! mvm_cpio_safe "$_mvm_net" _mvm_net_name; then
+        echo "mvm: the guest data's network files were refused" >&2
+        MVM_KIND=failed
+        _mvm_net=""
+    fi
+fi
+if [ -n "$_mvm_net" ] && [ -r "$_mvm_net" ]; then
     mkdir -p /run/mvm/net
     (cd /run/mvm/net && cpio -i -d --quiet < "$_mvm_net")
     mount -o bind /run/mvm/net/resolv.conf /etc/resolv.conf

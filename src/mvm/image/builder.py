@@ -240,7 +240,10 @@ def packages(spec: GuestSpec) -> tuple[str, ...]:
 
 
 def own_files(
-    spec: GuestSpec, late: list[tuple[str, bytes]], base: dict[str, bytes] | None = None
+    spec: GuestSpec,
+    late: list[tuple[str, bytes]],
+    base: dict[str, bytes] | None = None,
+    vsock: list[tuple[str, bytes]] | None = None,
 ) -> list[GuestFile]:
     """Every file mvm itself writes into the rootfs (after the project's files, so
     they win; :data:`mvm.config.guestpaths.MVM_FILES` lists where they go).  An OCI
@@ -261,9 +264,15 @@ def own_files(
         *(GuestFile(dest, guest_file(src), 0o644) for src, dest in EXTENSIONS.items()),
         GuestFile("/etc/mvm/rootops.sh", guest_file("rootops.sh"), 0o644),
         GuestFile("/etc/mvm/bin/mvm-reseed", guestbin.build("mvm-reseed"), 0o755),
+        GuestFile("/etc/mvm/bin/mvm-vsock", guestbin.build("mvm-vsock"), 0o755),
     ]
     files += [GuestFile(f"/lib/modules/mvm/{n}.ko", data) for n, data in late]
     files.append(GuestFile("/etc/mvm/modules.late", (" ".join(n for n, _ in late) + "\n").encode()))
+    if vsock:  # a modular kernel's vsock transport, loaded instead under mvm.channels=vsock
+        names = {n for n, _ in late}
+        files += [GuestFile(f"/lib/modules/mvm/{n}.ko", d) for n, d in vsock if n not in names]
+        files.append(GuestFile("/etc/mvm/modules.vsock",
+                               (" ".join(n for n, _ in vsock) + "\n").encode()))  # fmt: skip
     if spec.init == "systemd":
         files += systemd_units(spec)[0]
     return files
@@ -344,7 +353,8 @@ def _build(
                 path = st.write(f.path, f.content.encode(), f.mode)
                 _guard(spec, f"files.{f.path!r}")(path, "")
                 owners[path] = (uid, uid)
-            own = own_files(spec, initramfs.late_modules(kernel), base)
+            vsock = initramfs.late_modules(kernel, initramfs.VSOCK_MODULES, required=False)
+            own = own_files(spec, initramfs.late_modules(kernel), base, vsock)
             for g in own:  # an image file mvm replaces does not keep the image's owner
                 owners.pop(st.resolve(g.path), None)
             owners.update(rootfs.write_files(st, own))

@@ -1,4 +1,4 @@
-"""Compile the guest's static programs (the agent, mvm-reseed) on the host, reproducibly.
+"""Compile the guest's static programs (the agent, mvm-reseed, mvm-vsock) on the host, reproducibly.
 
 The agent is C (``mvm/guest/agent/*.c``) built with the host's ``gcc -static
 -Os``: no guest toolchain, no packages in the image.  The output is cached in
@@ -32,7 +32,12 @@ CFLAGS = (
     "-static", "-Os", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
     "-fno-ident", "-ffile-prefix-map=/mvm-src=.", "-Wl,--build-id=none", "-s",
 )  # fmt: skip
-PROGRAMS = {"mvm-guest-agent": ("agent.c", "json.c"), "mvm-reseed": ("reseed.c",)}
+PROGRAMS = {
+    "mvm-guest-agent": ("agent.c", "json.c"),
+    "mvm-reseed": ("reseed.c",),
+    # /init's status and control channels over vsock (Firecracker; busybox has no vsock)
+    "mvm-vsock": ("vsock.c",),
+}
 # per-program flags: mvm-reseed is freestanding (no libc: one syscall wrapper, ~1 KiB)
 EXTRA_FLAGS = {
     "mvm-reseed": (

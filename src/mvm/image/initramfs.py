@@ -19,6 +19,9 @@ from mvm.image.kernel import Kernel
 BASE_MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk")
 # loaded by the rootfs /init after the entrypoint has started (host channels)
 LATE_MODULES = ("virtio_console",)
+# instead of those when the host channels are vsock (mvm.channels=vsock: Firecracker);
+# optional: a kernel without virtio-vsock just cannot talk to Firecracker
+VSOCK_MODULES = ("vmw_vsock_virtio_transport",)
 NET_MODULES = ("failover", "net_failover", "virtio_net")
 FWCFG_MODULES = ("qemu_fw_cfg",)
 # -M q35: virtio over PCI (mvm.pci=1), loaded after the base set (drivers bind late)
@@ -98,15 +101,17 @@ def build(kernel: Kernel, dest: Path, *, epoch: int = 0) -> None:
         cpio.write(out, entries, mtime=epoch)
 
 
-def late_modules(kernel: Kernel) -> list[tuple[str, bytes]]:
+def late_modules(
+    kernel: Kernel, names: tuple[str, ...] = LATE_MODULES, *, required: bool = True
+) -> list[tuple[str, bytes]]:
     """Modules the rootfs loads itself, in load order, minus the initramfs' base set."""
     base: dict[str, bytes] = {}
     for name in BASE_MODULES:
         _collect(kernel, name, base, [], required=True)
     late = dict(base)
     order: list[str] = []
-    for name in LATE_MODULES:
-        _collect(kernel, name, late, order, required=True)
+    for name in names:
+        _collect(kernel, name, late, order, required=required)
     return [(n, late[n]) for n in order]
 
 

@@ -1,4 +1,5 @@
-"""Host report for `mvmctl doctor`: QEMU, accelerator and why, kernel, disk."""
+"""Host report for `mvmctl doctor`: QEMU, accelerator and why, Firecracker (KVM,
+jailer, tap) and the automatic hypervisor choice with its reason, kernel, disk."""
 
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ def report(project: Project | None = None) -> dict[str, Any]:
     qemu = get_backend("qemu").doctor(kernel_image)
     info["qemu"] = qemu.pop("version")
     info.update(qemu)
+    fc = get_backend("firecracker").doctor(kernel_image)
+    info["firecracker"] = fc.pop("version")
+    info.update({f"fc_{k}": v for k, v in fc.items()})
+    from mvm.backends.select import auto
+
+    info["hypervisor"], info["hv_reason"] = auto(kernel_image)
     usage = shutil.disk_usage(paths.home() if paths.home().exists() else paths.home().parent)
     info["free_disk"] = f"{usage.free / (1 << 30):.1f} GiB"
     return info

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from mvm import paths
-from mvm.errors import ConflictError, StateError
+from mvm.errors import ConflictError, SnapshotError, StateError
 from mvm.runtime import lifecycle
 from mvm.runtime.config import RunConfig
 from mvm.runtime.restore import Restore
@@ -47,6 +47,10 @@ def fork(name: str, new: str, ports: tuple[str, ...] = ()) -> Started:
         machine = _machine(rec)
         if machine is None:
             raise ConflictError(f"VM {name} is not running")
+        if not machine.backend.capabilities.snapshots:
+            machine.close()
+            raise SnapshotError(f"VM {name} runs under {machine.backend.name}, whose VMs "
+                                "cannot be forked yet (docs/firecracker.md)")  # fmt: skip
         image_dir = Path(rec.image)
         try:
             snap = fork_snapshot(machine, rec.dir, snapshots_dir(), kernel=image_dir / "kernel",

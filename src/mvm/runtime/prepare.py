@@ -13,11 +13,12 @@ the secret-holding files once its hypervisor has opened them
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mvm import drives
-from mvm.backends.spec import Disk, MachineSpec
+from mvm.backends.spec import Disk, GuestDataTransport, MachineSpec
 from mvm.errors import ConfigError, CredentialError, DriveError, NetworkError
 from mvm.image.render import APP_USER
 from mvm.network import plan as netplan
@@ -66,6 +67,10 @@ def check(run: ResolvedRun) -> Prepared:
     if run.credentials and "credentials" not in meta.features:
         raise CredentialError(f"image {meta.name} was built by an mvm without credential "
                               "support; rebuild the image or template")  # fmt: skip
+    drive = guest_data_transport() == "drive" or run.hypervisor.value == "firecracker"
+    if drive and "guestdata" not in meta.features:
+        raise CredentialError(f"image {meta.name} was built by an mvm without guest-data "
+                              "drive support; rebuild the image or template")  # fmt: skip
     uid = meta.uids.entrypoint
     if plan.data and not image.accessible:
         # an OCI image's home is the image's (not recorded; only /tmp is sure to be a tmpfs)
@@ -111,13 +116,37 @@ def machine_spec(
         memory_mib=int(run.memory_mib.value),
         network=netplan.prepare(run.network, run_dir, name, run.ports, materialise=materialise),
         credentials=tuple(c.for_guest() for c in run.credentials),
-        cmdline=(*(("mvm.trace=1",) if run.trace else ()), *att.cmdline),
+        cmdline=(*(("mvm.trace=1",) if run.trace else ()), *att.cmdline, *channels_override()),
         scrub=att.scrub,
         kaslr=kinfo.kaslr is not False,
         machine=str(run.machine.value),
         init=init,  # direct boot: the kernel runs it; else the initramfs switches to it
+        guest_data=guest_data_transport(),
     )
     return spec, att
+
+
+GUEST_DATA_ENV = "MVM_GUEST_DATA"
+
+
+def guest_data_transport() -> GuestDataTransport:
+    """``MVM_GUEST_DATA=drive`` (internal, for tests): a backend that has its own
+    transport for credentials (QEMU: fw_cfg) uses the guest-data drive instead, the
+    one Firecracker needs, so that guest path boots under QEMU too."""
+    return "drive" if os.environ.get(GUEST_DATA_ENV, "").strip() == "drive" else "fw_cfg"
+
+
+GUEST_CHANNELS_ENV = "MVM_GUEST_CHANNELS"
+
+
+def channels_override() -> tuple[str, ...]:
+    """``MVM_GUEST_CHANNELS=vsock`` (internal, for tests): ask the guest for its vsock
+    channels (``mvm.channels=vsock``, what the Firecracker backend sets) under a backend
+    that has none, so /init's vsock path runs in a real boot; the host then gets no exit
+    status, no agent and no control channel, by design."""
+    return (
+        ("mvm.channels=vsock",) if os.environ.get(GUEST_CHANNELS_ENV, "").strip() == "vsock" else ()
+    )
 
 
 SYSTEMD = "/lib/systemd/systemd"

@@ -99,6 +99,7 @@ class RuntimeDefaults:
     ports: tuple[str, ...] = ()
     network: bool | None = None
     machine: str | None = None
+    hypervisor: str | None = None  # set only when mvm.toml names one explicitly
     credentials: tuple[CredentialDecl, ...] = ()
     data_disk_mib: int | None = None
     template: str | None = None  # set for templates: its explicit settings win over mvm.toml
@@ -115,6 +116,7 @@ class RuntimeDefaults:
         return cls(
             origin="mvm.toml", vcpus=spec.vcpus, memory_mib=spec.memory_mib,
             ports=tuple(spec.ports), network=spec.network, machine=spec.machine,
+            hypervisor=spec.hypervisor if "hypervisor" in spec.explicit else None,
             credentials=tuple(CredentialDecl(c.name, c.file) for c in spec.credentials),
             var_credentials=tuple(spec.var_credentials),
             net=NetworkDecl.from_spec(spec),
@@ -180,6 +182,7 @@ class ResolvedRun:
     trace: bool
     machine: Setting = Setting("microvm", "default")
     sources: dict[str, str] = field(default_factory=dict)
+    hypervisor_reason: str = ""  # why this hypervisor (the automatic choice says why)
 
     def provenance(self) -> dict[str, str]:
         """setting -> where its value came from (stored in the record, shown by status)."""
@@ -223,8 +226,12 @@ def resolve(
             raise ConfigError(f"invalid {key} {v!r} ({setting.source}): must be {lo}..{hi}")
     net = resolve_network(run, defaults, who, sources)
     egress = Setting(net.policy.egress or bool(net.bindings), sources["network"])
+    # an image's recorded "qemu" is mvm.toml's default as often as a choice: only an
+    # explicit hypervisor (CLI/API, mvm.toml's key, another recorded one) beats "auto"
+    recorded = meta.backend if meta.backend != "qemu" else None
     hypervisor = pick("hypervisor", (run.hypervisor, who),
-                      (meta.backend, "image"))  # fmt: skip
+                      (defaults.hypervisor, defaults.origin), (recorded, "image"),
+                      ("auto", "default"))  # fmt: skip
     machine = pick("machine", (run.machine, who), (defaults.machine, defaults.origin),
                    ("microvm", "default"))  # fmt: skip
     if machine.value not in MACHINES:
@@ -237,6 +244,14 @@ def resolve(
     mapped = {(p.guest, p.proto) for p in given}
     ports = _dedupe(given + [p for p in map(parse_port, defaults.ports)
                              if (p.guest, p.proto) not in mapped])  # fmt: skip
+    hypervisor_reason = f"{hypervisor.value} ({hypervisor.source})"
+    if hypervisor.value == "auto":
+        from mvm.backends.select import auto
+
+        chosen, hypervisor_reason = auto(lambda: image.kernel, needs_user_net=bool(ports) or
+                                         bool(egress.value))  # fmt: skip
+        hypervisor = Setting(chosen, "auto")
+        sources["hypervisor"] = "auto"
     if run.ports or defaults.ports:
         sources["ports"] = "+".join(
             o for o, present in ((who, run.ports), (defaults.origin, defaults.ports)) if present
@@ -283,7 +298,7 @@ def resolve(
         egress=egress, network=net, volumes=tuple(volumes), config_files=tuple(run.config_files),
         secret_files=tuple(run.secret_files), credentials=tuple(creds), attached=run.attached,
         hypervisor=hypervisor, machine=machine, trace=bool(os.environ.get("MVM_TRACE_BOOT")),
-        sources=sources,
+        sources=sources, hypervisor_reason=hypervisor_reason,
     )  # fmt: skip
 
 

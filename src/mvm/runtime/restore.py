@@ -67,6 +67,9 @@ def restore_rootfs(spec: MachineSpec, snap: Snapshot) -> None:
 
 
 def check(r: Restore, backend: Backend, spec: MachineSpec) -> None:
+    if not backend.capabilities.snapshots:
+        raise SnapshotError(f"the {backend.name} backend cannot restore snapshots into a new "
+                            "VM yet (docs/firecracker.md); use --cold")  # fmt: skip
     check_compatible(r.snapshot, hypervisor=backend.name, version=backend.version(),
                      topology=of(spec, backend, r.snapshot), kernel=spec.kernel,
                      kernel_sha256=r.kernel_sha256)  # fmt: skip

@@ -56,9 +56,12 @@ class Sidecar:
     """``agent`` is the host end of the agent channel (the backend's
     ``HostChannels.agent``); ``pid`` the hypervisor this sidecar lives as long as."""
 
-    def __init__(self, run_dir: Path, agent: Path, pid: int | None) -> None:
+    def __init__(
+        self, run_dir: Path, agent: Path, pid: int | None, transport: str = "virtio-serial"
+    ) -> None:
         self.run_dir = run_dir
         self.agent = agent
+        self.transport = transport  # "vsock": Firecracker's hybrid vsock (CONNECT handshake)
         self.sel = selectors.DefaultSelector()
         self.guest: Conn | None = None
         self.hello: dict[str, Any] | None = None
@@ -82,11 +85,10 @@ class Sidecar:
     # -- guest side --
 
     def connect_guest(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(str(self.agent))
-        except OSError:
-            s.close()
+        from mvm.channels import open_agent
+
+        s = open_agent(self.agent, self.transport)
+        if s is None:
             return
         s.setblocking(False)
         self.guest = Conn(s)
@@ -304,8 +306,9 @@ class Sidecar:
                     self.update_interest(c)
 
 
-def _hypervisor(run_dir: Path) -> tuple[Path, int | None]:
-    """The agent channel's host end and the hypervisor's pid, from the VM's backend."""
+def _hypervisor(run_dir: Path) -> tuple[Path, int | None, str]:
+    """The agent channel's host end, the hypervisor's pid and the channel transport,
+    from the VM's backend."""
     from mvm.backends.base import get_backend
     from mvm.state.atomic import read_json
 
@@ -315,7 +318,8 @@ def _hypervisor(run_dir: Path) -> tuple[Path, int | None]:
         if isinstance(rec, dict) and isinstance(rec.get("hypervisor"), str):
             hypervisor = rec["hypervisor"]
     backend = get_backend(hypervisor)
-    return backend.channels(run_dir).agent, backend.owned_pid(run_dir)
+    ch = backend.channels(run_dir)
+    return ch.agent, backend.owned_pid(run_dir), ch.transport
 
 
 def main(argv: list[str]) -> int:

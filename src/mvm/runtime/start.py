@@ -135,6 +135,15 @@ def show_command(run: ResolvedRun) -> list[str]:
     return backend.command(spec)
 
 
+def show_text(run: ResolvedRun) -> str:
+    """What ``--show-command`` prints: the backend's own rendering of :func:`show_command`
+    (QEMU: one shell-quoted line; Firecracker: its argv, then one API call per line)."""
+    backend = get_backend(str(run.hypervisor.value))
+    prep = prepare.check(run)
+    spec, _ = prepare.machine_spec(prep, run.name, paths.vm_dir(run.name), materialise=False)
+    return backend.describe(spec)
+
+
 def start(
     run: ResolvedRun, *, restore: Restore | None = None, snapshot_source: Path | None = None
 ) -> Started:
@@ -153,6 +162,7 @@ def start(
     with _reserved(run.name, run.name_explicit) as record:
         record.mode = (Mode.ATTACHED if run.attached else Mode.DETACHED).value
         record.hypervisor = backend.name
+        record.hypervisor_reason = run.hypervisor_reason
         record.source = run.source
         record.image = str(image.path)
         record.image_hash = image.input_hash
@@ -190,7 +200,9 @@ def start(
         with _owned(machine, att):
             record.pid, record.pid_start = machine.pid, machine.pid_start
             accel = getattr(machine, "accel", None)
-            if accel is not None:
+            if backend.name == "firecracker":  # KVM or nothing
+                record.accel, record.accel_reason = "kvm", "Firecracker runs on KVM only"
+            elif accel is not None:
                 record.accel, record.accel_reason = accel.accel, accel.reason
             record.started_at = time.time()
             record.save()

@@ -112,6 +112,7 @@ class Vm:
             "state": self.run_state(),
             "mode": r.mode,
             "hypervisor": r.hypervisor,
+            "hypervisor_reason": r.hypervisor_reason or None,
             "accel": r.accel,
             "accel_reason": r.accel_reason,
             "pid": r.live_pid(),

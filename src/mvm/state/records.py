@@ -73,6 +73,7 @@ class VmRecord:
     entrypoint_kind: str = "command"
     accel: str = "tcg"
     accel_reason: str = ""
+    hypervisor_reason: str = ""  # why this hypervisor (the automatic choice's reason)
     vcpus: int = 1
     memory_mib: int = 256
     ports: list[str] = field(default_factory=list)
@@ -252,7 +253,8 @@ def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
 _FIELD_TYPES: dict[str, Any] = {
     "name": str, "phase": str, "mode": str, "hypervisor": str, "source": str, "image": str,
     "image_hash": str, "revision": str, "accessible": bool, "entrypoint_kind": str,
-    "accel": str, "accel_reason": str, "vcpus": int, "memory_mib": int, "ports": list,
+    "accel": str, "accel_reason": str, "hypervisor_reason": str, "vcpus": int,
+    "memory_mib": int, "ports": list,
     "volumes": list, "credentials": list, "network": list, "forwards": list,
     "proxy_pid": (int, None), "settings": dict, "owner_pid": (int, None),
     "owner_start": (int, None), "pid": (int, None), "pid_start": (int, None),

@@ -54,7 +54,7 @@ def choose(kernel: Path, qemu: str) -> AccelChoice:
         raise ConfigError(f"MVM_ACCEL={forced!r} is not one of {', '.join(ACCELS)}")
     if forced == "tcg":
         return AccelChoice("tcg", "forced by MVM_ACCEL=tcg")
-    choice = _kvm_verdict(kernel, qemu)
+    choice = kvm_verdict(kernel, qemu)
     if forced == "kvm":
         if choice.accel != "kvm":
             raise BackendError(
@@ -65,11 +65,14 @@ def choose(kernel: Path, qemu: str) -> AccelChoice:
     return choice
 
 
-def _kvm_verdict(kernel: Path, qemu: str) -> AccelChoice:
-    if not os.path.exists("/dev/kvm"):
-        return AccelChoice("tcg", "/dev/kvm does not exist")
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return AccelChoice("tcg", "/dev/kvm is not readable and writable by this user")
+def kvm_verdict(kernel: Path, qemu: str) -> AccelChoice:
+    """KVM or TCG for ``qemu`` on this host boot (probed once, then cached); also the
+    answer :mod:`mvm.backends.kvm` gives every backend."""
+    from mvm.backends.kvm import device_verdict
+
+    dev = device_verdict()
+    if dev is not None:
+        return AccelChoice("tcg", dev.reason)
     cache = paths.cache_dir() / "accel.json"
     key = f"{_boot_id()}:{qemu}"
     try:

@@ -19,12 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from mvm import proc
+from mvm.backends import guestdrive
 from mvm.backends.base import Backend, Capabilities, LaunchError, Machine, RunStatus
 from mvm.backends.qemu import accel as accel_mod
 from mvm.backends.qemu import guestdata
 from mvm.backends.qemu.argv import MACHINE, NETDEV, QEMU, QemuOptions, build_argv
 from mvm.backends.qemu.qmp import QmpSession
-from mvm.backends.spec import HostChannels, MachineSpec, PortForward, RestoreSource
+from mvm.backends.spec import Disk, HostChannels, MachineSpec, PortForward, RestoreSource
 from mvm.errors import BackendError, HypervisorMissing
 from mvm.log import get_logger
 from mvm.state.procs import pid_alive, proc_start_time
@@ -173,6 +174,20 @@ class QemuMachine(Machine):
         return LaunchError(text, command=self.command, log_tail=tail[-2000:] or None)
 
 
+GUEST_DRIVE = "guestdata.img"
+
+
+def with_guest_drive(spec: MachineSpec) -> tuple[MachineSpec, guestdata.GuestData]:
+    """``spec`` with the guest-data drive as its last disk and ``mvm.guestdata=vdX`` on
+    its command line, and the drive file to write (0600, in the credentials directory
+    that is scrubbed once QEMU has opened it): no fw_cfg, no SMBIOS."""
+    path = spec.run_dir / guestdata.CREDS_DIR / GUEST_DRIVE
+    content = guestdrive.image(spec.credentials, spec.network.guest_config or None)
+    spec = replace(spec, disks=(*spec.disks, Disk(path, "guestdata", readonly=True)),
+                   cmdline=(*spec.cmdline, guestdrive.cmdline(len(spec.disks))))  # fmt: skip
+    return spec, guestdata.GuestData(files=((path, content),))
+
+
 class QemuBackend(Backend):
     name = "qemu"
     machine_type = MACHINE  # recorded with snapshots (a restore needs the same machine)
@@ -232,8 +247,11 @@ class QemuBackend(Backend):
         incoming_fd: int | None = None,
     ) -> tuple[list[str], guestdata.GuestData, accel_mod.AccelChoice]:
         choice = self.accel(spec)
-        data = guestdata.plan(spec.credentials, spec.run_dir, smbios=spec.machine == "q35")
-        data = guestdata.with_network(data, spec.network.guest_config, spec.run_dir)
+        if spec.guest_data == "drive":
+            spec, data = with_guest_drive(spec)
+        else:
+            data = guestdata.plan(spec.credentials, spec.run_dir, smbios=spec.machine == "q35")
+            data = guestdata.with_network(data, spec.network.guest_config, spec.run_dir)
         opts = self.options(spec, choice)
         if spec.ram_file is not None:
             opts = replace(opts, mem_path=spec.ram_file, mem_share=True)

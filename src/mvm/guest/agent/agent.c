@@ -21,7 +21,17 @@
  * Host connection: virtio-serial reports a disconnected host as POLLHUP and
  * reads return 0; the agent then kills every session it ran for that host,
  * drops its buffers, and sleeps until SIGIO says a host connected again.  A
- * (re)connected host sends hello; the agent scans for the magic to resync. */
+ * (re)connected host sends hello; the agent scans for the magic to resync.
+ *
+ * Transports (the PORT argument; the stream code is the same for all three):
+ *   /dev/vportNpM   the virtio-serial port (QEMU);
+ *   vsock:PORT      listen on AF_VSOCK PORT (Firecracker's hybrid vsock: the host
+ *                   connects through its Unix socket with "CONNECT PORT"); only
+ *                   the host (CID 2) is accepted;
+ *   unix:PATH       listen on a Unix socket (debug and tests: the real agent on
+ *                   the host, driven by the host client over the real protocol).
+ * A listening agent serves one connection at a time; when it ends (the sessions
+ * it ran are killed, as for a virtio-serial disconnect) the next is accepted. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -46,7 +56,9 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <linux/vm_sockets.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -85,6 +97,7 @@ typedef struct {
 } sess_t;
 
 static int port = -1, connected = 0, sealed = 0;
+static int listen_fd = -1; /* vsock:/unix: transports; port is then the accepted connection */
 static uid_t agent_uid = 990, entry_uid = 1000;
 static char home[PATH_MAX] = "/";
 static buf_t in, out;
@@ -915,6 +928,79 @@ static void set_connected(int c) {
     if (c) hello(-1);
 }
 
+/* ---- transports ---- */
+
+enum { T_DEVICE, T_VSOCK, T_UNIX, T_BAD };
+
+/* which transport PORT names, and its address (vsock port / unix path); pure */
+static int transport_of(const char *spec, unsigned *vport, const char **path) {
+    if (!strncmp(spec, "vsock:", 6)) {
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(spec + 6, &end, 10);
+        if (errno || end == spec + 6 || *end || v == 0 || v >= 0xffffffffu) return T_BAD;
+        *vport = (unsigned)v;
+        return T_VSOCK;
+    }
+    if (!strncmp(spec, "unix:", 5)) {
+        *path = spec + 5;
+        if (!**path || strlen(*path) >= sizeof((struct sockaddr_un *)0)->sun_path) return T_BAD;
+        return T_UNIX;
+    }
+    *path = spec;
+    return *spec ? T_DEVICE : T_BAD;
+}
+
+static int open_listener(int kind, unsigned vport, const char *path) {
+    int fd = socket(kind == T_VSOCK ? AF_VSOCK : AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int r;
+    if (kind == T_VSOCK) {
+        struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = vport};
+        r = bind(fd, (struct sockaddr *)&a, sizeof a);
+    } else {
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+        mode_t old = umask(0077); /* the socket is the agent: its owner only */
+        r = bind(fd, (struct sockaddr *)&a, sizeof a);
+        umask(old);
+    }
+    if (r || listen(fd, 1) || fcntl(fd, F_SETFL, O_NONBLOCK)) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+/* a host connected to the listener: it becomes the port (vsock: only from the host) */
+static void accept_host(void) {
+    int c = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c < 0) return;
+    struct sockaddr_storage peer;
+    socklen_t l = sizeof peer;
+    if (getsockname(c, (struct sockaddr *)&peer, &l) == 0 && peer.ss_family == AF_VSOCK) {
+        struct sockaddr_vm *vm = (struct sockaddr_vm *)&peer;
+        l = sizeof peer;
+        if (getpeername(c, (struct sockaddr *)&peer, &l) || vm->svm_cid != VMADDR_CID_HOST) {
+            close(c);
+            return;
+        }
+    }
+    port = c;
+    set_connected(1);
+}
+
+/* the host went away: sessions end; a listener's connection is closed for the next */
+static void host_gone(void) {
+    set_connected(0);
+    if (listen_fd >= 0 && port >= 0) {
+        close(port);
+        port = -1;
+    }
+}
+
 int main(int argc, char **argv) {
     int opt;
     while ((opt = getopt(argc, argv, "a:e:h:s")) != -1) {
@@ -927,9 +1013,19 @@ int main(int argc, char **argv) {
         }
     }
     if (optind >= argc) {
-        fprintf(stderr, "usage: mvm-guest-agent [-s] [-a UID] [-e UID] [-h HOME] PORT\n");
+        fprintf(stderr, "usage: mvm-guest-agent [-s] [-a UID] [-e UID] [-h HOME] "
+                        "DEVICE|vsock:PORT|unix:PATH\n");
         return 2;
     }
+    unsigned vport = 0;
+    const char *path = NULL;
+    int kind = transport_of(argv[optind], &vport, &path);
+    if (kind == T_BAD) {
+        fprintf(stderr, "mvm-guest-agent: bad port %s\n", argv[optind]);
+        return 2;
+    }
+    /* a listener is bound before the privileges go (its address is set up as root) */
+    if (kind != T_DEVICE) listen_fd = open_listener(kind, vport, path);
     drop_privileges();
     signal(SIGPIPE, SIG_IGN);
     sigset_t mask;
@@ -938,24 +1034,29 @@ int main(int argc, char **argv) {
     sigaddset(&mask, SIGIO);
     sigprocmask(SIG_BLOCK, &mask, NULL);
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
-    port = open(argv[optind], O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-    if (port < 0 || sfd < 0) {
+    if (kind == T_DEVICE) {
+        port = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+        if (port >= 0) {
+            fcntl(port, F_SETOWN, getpid());
+            fcntl(port, F_SETFL, O_NONBLOCK | O_ASYNC);
+        }
+    }
+    if ((kind == T_DEVICE && port < 0) || (kind != T_DEVICE && listen_fd < 0) || sfd < 0) {
         logmsg("cannot open the agent port: %s", strerror(errno));
         return 1;
     }
-    fcntl(port, F_SETOWN, getpid());
-    fcntl(port, F_SETFL, O_NONBLOCK | O_ASYNC);
     {
         char msg[64];
         snprintf(msg, sizeof msg, "%d%s", (int)getuid(), sealed ? " (sealed)" : "");
         logmsg("mvm-agent: started as uid %s", msg);
     }
-    set_connected(host_present());
+    if (listen_fd < 0) set_connected(host_present());
     struct pollfd pf[2 + 3 * MAX_SESS];
     sess_t *owner[2 + 3 * MAX_SESS];
     for (;;) {
         int n = 0;
         pf[n++] = (struct pollfd){sfd, POLLIN, 0};
+        if (!connected && listen_fd >= 0) pf[n++] = (struct pollfd){listen_fd, POLLIN, 0};
         if (connected) {
             short want = (short)((queued_stdin() < IN_HIGH ? POLLIN : 0) | (out.len ? POLLOUT : 0));
             pf[n++] = (struct pollfd){port, want, 0};
@@ -974,7 +1075,7 @@ int main(int argc, char **argv) {
         int reading = 0;
         for (int i = 0; i < MAX_SESS && connected; i++)
             if (sess[i].kind == S_READ) reading = 1;
-        int timeout = !connected ? 1000 : (reading && out.len < OUT_HIGH) ? 0 : -1;
+        int timeout = !connected ? (listen_fd >= 0 ? -1 : 1000) : (reading && out.len < OUT_HIGH) ? 0 : -1;
         int r = poll(pf, (nfds_t)n, timeout);
         if (r < 0 && errno != EINTR) return 1;
         if (pf[0].revents & POLLIN) {
@@ -983,7 +1084,8 @@ int main(int argc, char **argv) {
             reap();
         }
         if (!connected) {
-            set_connected(host_present());
+            if (listen_fd < 0) set_connected(host_present());
+            else if (pf[1].revents & POLLIN) accept_host();
             continue;
         }
         struct pollfd *pp = &pf[1];
@@ -994,12 +1096,12 @@ int main(int argc, char **argv) {
                 if (in.len + (size_t)k > 2 * (MAX_FRAME + HDR)) in.len = 0; /* garbage: resync */
                 buf_add(&in, tmp, (size_t)k);
                 parse_input();
-            } else if (k == 0) {
-                set_connected(0);
+            } else if (k == 0 || (k < 0 && listen_fd >= 0 && errno != EAGAIN && errno != EINTR)) {
+                host_gone();
                 continue;
             }
         } else if (pp->revents & (POLLHUP | POLLERR)) {
-            set_connected(0);
+            host_gone();
             continue;
         }
         if (out.len && connected) {

@@ -1,0 +1,1 @@
+"""The Firecracker backend (docs/firecracker.md)."""

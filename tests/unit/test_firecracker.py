@@ -1,0 +1,285 @@
+"""Firecracker's pure parts: the API call plan, the hybrid vsock handshake (against a
+tiny fake vsock Unix socket server: the one fake seam here, since no guest can run
+on these hosts), the control and agent host ends over vsock, and the automatic
+hypervisor choice.  The real binary's side is tests/integration/test_firecracker.py."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mvm import channels
+from mvm.backends import select
+from mvm.backends.firecracker import config
+from mvm.backends.firecracker.machine import FirecrackerBackend
+from mvm.backends.spec import Disk, GuestCredential, MachineSpec, NetworkSpec, PortForward
+from mvm.errors import BackendError
+from mvm.runtime.sidecar import Sidecar
+
+SECRET = b"hunter2-not-in-any-call"
+
+
+def spec(tmp_path: Path, **kw: object) -> MachineSpec:
+    args: dict[str, object] = {
+        "name": "fc1", "run_dir": tmp_path, "kernel": tmp_path / "vmlinux", "initramfs": None,
+        "disks": (Disk(tmp_path / "rootfs.ext4", "rootfs"),
+                  Disk(tmp_path / "config.img", "config")),
+        "credentials": (GuestCredential("DB_PASS", SECRET),),
+        "cmdline": ("mvm.drives=vdb:config:/mnt/config",),
+    }  # fmt: skip
+    args.update(kw)
+    return MachineSpec(**args)  # type: ignore[arg-type]
+
+
+def opts(tmp_path: Path, **kw: object) -> config.FcOptions:
+    return config.FcOptions(vsock_uds=tmp_path / "vsock.sock",
+                            guest_data=tmp_path / "guestdata.img", **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_plan_order_drives_cmdline_and_no_secret(tmp_path: Path) -> None:
+    calls = config.plan(spec(tmp_path), opts(tmp_path, metadata={"name": "fc1"}))
+    paths = [c.path for c in calls]
+    assert paths == ["/machine-config", "/boot-source", "/drives/vda", "/drives/vdb",
+                     "/drives/vdc", "/vsock", "/mmds", "/actions"]  # fmt: skip
+    assert calls[-1].body == {"action_type": "InstanceStart"}
+    drives = [c.body for c in calls if c.path.startswith("/drives/")]
+    assert drives[-1]["path_on_host"] == str(tmp_path / "guestdata.img")
+    assert drives[-1]["is_read_only"] is True and not any(d["is_root_device"] for d in drives)
+    args = calls[1].body["boot_args"]
+    for part in ("console=ttyS0", "reboot=k", "panic=1", "pci=off", "root=/dev/vda", " ro ",
+                 "init=/init", "mvm.drives=vdb:config:/mnt/config", "mvm.channels=vsock",
+                 "mvm.guestdata=vdc"):  # fmt: skip
+        assert part in args, part
+    text = json.dumps([c.body for c in calls]) + "".join(map(str, calls))
+    assert SECRET.decode() not in text and "DB_PASS" not in text
+    # no NIC without a tap, so no MMDS config (Firecracker refuses one without a NIC)
+    assert "/mmds/config" not in paths and not any("network-interfaces" in p for p in paths)
+
+
+def test_plan_with_tap_has_nic_and_mmds(tmp_path: Path) -> None:
+    calls = config.plan(spec(tmp_path, network=NetworkSpec(device=True)),
+                        opts(tmp_path, tap="tap7"))  # fmt: skip
+    by_path = {c.path: c.body for c in calls}
+    assert by_path["/network-interfaces/eth0"]["host_dev_name"] == "tap7"
+    assert by_path["/mmds/config"] == {"version": "V2", "network_interfaces": ["eth0"]}
+    assert "mvm.net=1" in by_path["/boot-source"]["boot_args"]
+
+
+@pytest.mark.parametrize(("kw", "want"), [
+    ({"machine": "q35"}, "no 'q35' machine type"),
+    ({"network": NetworkSpec(egress=True)}, "no user-mode networking"),
+    ({"network": NetworkSpec(forwards=(PortForward(8080, 80),))}, "no user-mode networking"),
+    ({"ram_file": Path("/x")}, "cannot run from a RAM file"),
+])  # fmt: skip
+def test_plan_refuses_what_firecracker_lacks(tmp_path: Path, kw: dict[str, object],
+                                             want: str) -> None:  # fmt: skip
+    with pytest.raises(BackendError, match=want):
+        config.plan(spec(tmp_path, **kw), opts(tmp_path))
+
+
+def test_restore_maps_memory_file(tmp_path: Path) -> None:
+    (call,) = config.restore_plan(tmp_path / "state", tmp_path / "memory")
+    assert call.path == "/snapshot/load" and call.body["resume_vm"] is False
+    assert call.body["mem_backend"] == {"backend_type": "File",
+                                        "backend_path": str(tmp_path / "memory")}  # fmt: skip
+
+
+def test_describe_lists_the_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MVM_FIRECRACKER", "/nonexistent/firecracker")
+    text = FirecrackerBackend().describe(spec(tmp_path, credentials=()))
+    lines = text.splitlines()
+    assert lines[0].startswith("firecracker --api-sock ") and "--id fc1" in lines[0]
+    assert lines[-1] == 'PUT /actions {"action_type": "InstanceStart"}'
+
+
+# -- the hybrid vsock handshake, against a fake Firecracker vsock socket ---------------------
+
+
+class FakeVsock:
+    """Accepts on a Unix socket like Firecracker's vsock device: reads ``CONNECT N``,
+    answers ``OK <port>`` (ports in ``listening``) or closes, then runs ``serve``."""
+
+    def __init__(self, path: Path, listening: dict[int, object]):
+        self.path = path
+        self.listening = listening
+        self.got: list[bytes] = []
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(str(path))
+        self.srv.listen(4)
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            line = b""
+            while not line.endswith(b"\n"):
+                b = conn.recv(1)
+                if not b:
+                    break
+                line += b
+            port = int(line.split()[1]) if line.startswith(b"CONNECT ") else -1
+            behaviour = self.listening.get(port)
+            if behaviour is None:
+                return  # Firecracker closes when no guest listens
+            if behaviour == "garbage":
+                conn.sendall(b"NOPE\n")
+                return
+            # the answer and the guest's first bytes in one segment: nothing may be lost
+            conn.sendall(b"OK 1073741824\n" + (b"GUEST-HELLO" if behaviour == "agent" else b""))
+            data = conn.recv(4096)
+            self.got.append(data)
+            if behaviour == "control":  # answer every request line: ID ok
+                for ln in data.decode().splitlines():
+                    words = ln.split()
+                    if len(words) >= 2:  # `poweroff` has no id and no answer
+                        conn.sendall(f"{words[1]} ok\n".encode())
+            elif behaviour == "agent" and data:
+                conn.sendall(b"echo:" + data)
+
+    def close(self) -> None:
+        self.srv.close()
+
+
+@pytest.fixture
+def vsock(tmp_path: Path) -> Iterator[FakeVsock]:
+    fake = FakeVsock(tmp_path / "vsock.sock", {1024: "agent", 1025: "control", 7: "garbage"})
+    yield fake
+    fake.close()
+
+
+def fc_channels(tmp_path: Path) -> channels.HostChannels:
+    return FirecrackerBackend().channels(tmp_path)
+
+
+def test_handshake_keeps_the_guest_stream(vsock: FakeVsock) -> None:
+    with channels.vsock_connect(vsock.path, channels.AGENT_PORT) as s:
+        assert s.recv(11) == b"GUEST-HELLO"  # sent with the OK line: not consumed
+        s.sendall(b"ping")
+        assert s.recv(100) == b"echo:ping"
+
+
+def test_handshake_refused_or_garbage(vsock: FakeVsock, tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match="vsock port 1026: no guest listener"):
+        channels.vsock_connect(vsock.path, channels.STATUS_PORT)
+    with pytest.raises(BackendError, match="vsock port 7: no guest listener"):
+        channels.vsock_connect(vsock.path, 7)
+    with pytest.raises(BackendError, match="vsock port 1024"):
+        channels.vsock_connect(tmp_path / "missing.sock", channels.AGENT_PORT)
+
+
+def test_poweroff_and_control_over_vsock(vsock: FakeVsock, tmp_path: Path) -> None:
+    ch = fc_channels(tmp_path)
+    assert ch.transport == "vsock" and ch.control == vsock.path
+    assert channels.request_poweroff(ch)
+    answered = channels.control_requests(ch, [("ping", ()), ("reseed", ())], timeout=5)
+    assert set(answered) == {"ping", "reseed"}
+    assert vsock.got[0] == b"poweroff\n"
+    assert vsock.got[1].startswith(b"ping ") and b"\nreseed " in vsock.got[1]
+
+
+def test_poweroff_without_listener_is_false(tmp_path: Path) -> None:
+    fake = FakeVsock(tmp_path / "vsock.sock", {})
+    try:
+        assert not channels.request_poweroff(fc_channels(tmp_path))
+    finally:
+        fake.close()
+
+
+def test_agent_host_end_over_vsock(vsock: FakeVsock, tmp_path: Path) -> None:
+    ch = fc_channels(tmp_path)
+    with channels.connect_agent(ch, lambda: True, timeout=2) as s:
+        assert s.recv(11) == b"GUEST-HELLO"
+    sidecar = Sidecar(tmp_path, ch.agent, None, ch.transport)
+    raw = channels.open_agent(sidecar.agent, sidecar.transport)
+    assert raw is not None
+    assert raw.recv(11) == b"GUEST-HELLO"
+    raw.close()
+
+
+# -- the automatic choice ---------------------------------------------------------------------
+
+
+def test_auto_without_binary_is_qemu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MVM_FIRECRACKER", "/nonexistent/firecracker")
+    name, reason = select.auto(None)
+    assert name == "qemu" and "firecracker not found" in reason
+
+
+def test_auto_with_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fc = tmp_path / "firecracker"
+    fc.write_text("#!/bin/sh\n")
+    fc.chmod(0o755)
+    monkeypatch.setenv("MVM_FIRECRACKER", str(fc))
+    monkeypatch.setenv("MVM_ACCEL", "tcg")
+    name, reason = select.auto(None)
+    assert name == "qemu" and "KVM cannot run guests (MVM_ACCEL=tcg)" in reason
+    monkeypatch.delenv("MVM_ACCEL")
+    monkeypatch.setenv("MVM_FIRECRACKER_KVM", "unchecked")
+    assert select.auto(None)[0] == "firecracker"
+    name, reason = select.auto(None, needs_user_net=True)
+    assert name == "qemu" and "user-mode networking" in reason
+
+
+# -- the relay: the host ends that listen (status, console), around a stand-in process ------
+
+
+def test_relay_status_and_console(tmp_path: Path) -> None:
+    """The real relay process, around a ``sleep`` standing in for Firecracker: what the
+    guest sends on the status port lands in the status file the runtime reads, the
+    first console client gets the console from its first byte, and the relay exits
+    (removing its sockets) when the process is gone."""
+    import subprocess
+    import time
+    from types import SimpleNamespace
+
+    from mvm.state.procs import proc_start_time
+
+    rd = tmp_path / "vm"
+    rd.mkdir()
+    (rd / "console.log").write_bytes(b"early boot line\n")
+    stand_in = subprocess.Popen(["sleep", "30"])
+    try:
+        m = SimpleNamespace(run_dir=rd, pid=stand_in.pid, pid_start=proc_start_time(stand_in.pid))
+        relay_pid = FirecrackerBackend()._start_relay(m)  # type: ignore[arg-type]
+        status_sock = rd / f"vsock.sock_{channels.STATUS_PORT}"
+        with socket.socket(socket.AF_UNIX) as s:  # what Firecracker does for the guest
+            s.connect(str(status_sock))
+            s.sendall(b"exit 3\n")
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(str(rd / "console.sock"))
+            c.settimeout(5)
+            with open(rd / "console.log", "ab") as f:
+                f.write(b"later line\n")
+            got = b""
+            while b"later line\n" not in got:
+                got += c.recv(4096)
+            assert got == b"early boot line\nlater line\n"
+        deadline = time.monotonic() + 5
+        while channels.exit_code(fc_channels(rd)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert channels.exit_code(fc_channels(rd)) == 3
+        assert (rd / "status").stat().st_mode & 0o777 == 0o600
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{relay_pid}").exists() and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(relay_pid, os.WNOHANG)
+        time.sleep(0.05)
+    assert not status_sock.exists() and not (rd / "console.sock").exists()
