@@ -21,9 +21,10 @@ escape un-wrapped.  Wrap with ``raise SomeError(...) from exc`` at the seam.
     ├── VarsError            generated vars: a generator failed, a var is missing, a bundle is bad
     ├── MetadataError        an image's revision.json is malformed or of an unknown schema
     ├── TemplateError        template records and revisions
-    └── RegistryError        push/pull/verify against a registry
-        └── IntegrityError   a checksum did not match
-            └── TrustError   a revision is unsigned or signed by a key nobody trusts
+    ├── RegistryError        push/pull/verify against a registry
+    │   └── IntegrityError   a checksum did not match
+    │       └── TrustError   a revision is unsigned or signed by a key nobody trusts
+    └── ClusterError         the cluster layer: no cluster, nothing fits, a host failed
 
 Messages must never contain secret values; errors carry context fields
 (``hint``, ``log_tail``) that the CLI may show below the one line.
@@ -140,3 +141,8 @@ class SnapshotError(MvmError):
 
 class DeadlineError(MvmError):
     """A call did not finish within its timeout (SDK calls, MCP tools)."""
+
+
+class ClusterError(MvmError):
+    """The cluster layer (``mvmctl cluster``): no cluster to connect to, the Ray extra
+    missing, a request that fits no host, or a host that failed a start."""

@@ -22,10 +22,10 @@ pytestmark = pytest.mark.integration
 
 CHECK = r"""#!/bin/sh
 n=0; while [ ! -s /run/mvm/ports ] && [ $n -lt 200 ]; do sleep 0.1; n=$((n + 1)); done
-n=0; while ! ps -o args | grep -q '[m]vm-guest-agent' && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+n=0; while ! ps -o args | grep -q '[m]vm-guest-agent' && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
 echo BEGIN-CHECK
 echo "ports $(cat /run/mvm/ports)"
-ps -o args | grep '[m]vm-vsock' | sed 's/^/proc /'
+ps -o nice,args | grep '[m]vm-vsock' | sed 's/^ */proc /'
 for d in /proc/[0-9]*; do
     a=$(tr '\0' ' ' < $d/cmdline 2>/dev/null)
     case "$a" in /usr/local/bin/mvm-guest-agent\ *) echo "agent $a" ;; esac
@@ -57,7 +57,8 @@ def test_vsock_mode_guest_side(tmp_path_factory: pytest.TempPathFactory) -> None
     took = time.monotonic() - t0
     g = parse(r.stdout)
     assert g["ports"] == ["STATUS=vsock:1026"], r.stdout[-3000:]
-    assert g["proc"] == ["/etc/mvm/bin/mvm-vsock listen vsock:1025"]
+    # the control relay runs at normal priority (the channels' setup runs at nice 19)
+    assert g["proc"] == ["0 /etc/mvm/bin/mvm-vsock listen vsock:1025"], g["proc"]
     assert len(g["agent"]) == 1 and g["agent"][0].split()[-1] == "vsock:1024", g["agent"]
     assert g["fifos"] == ["yes"]
     # the agent bound its vsock listener (it logs "started" after that) and is still there
@@ -66,4 +67,52 @@ def test_vsock_mode_guest_side(tmp_path_factory: pytest.TempPathFactory) -> None
     # no host end for status under QEMU: the VM powered off by itself, unreported
     assert r.returncode != 0 and "without reporting an exit status" in r.stderr, r.stderr
     assert took < 120
+    assert SECRET not in r.stdout + r.stderr
+
+
+SD_CHECK = r"""#!/bin/sh
+n=0; while [ $n -lt 300 ]; do
+    ps -o args | grep -q '[m]vm-vsock listen' && ps -o args | grep -q '[m]vm-guest-agent' && break
+    sleep 0.1; n=$((n + 1))
+done
+echo BEGIN-CHECK
+echo "pid1 $(cat /proc/1/comm)"
+for f in "$CREDENTIALS_DIRECTORY"/*; do echo "cred ${f##*/} $(sha256sum < "$f" | cut -d' ' -f1)"; done
+ps -o args | grep '[m]vm-vsock listen' | sed 's/^/proc /'
+for d in /proc/[0-9]*; do
+    a=$(tr '\0' ' ' < $d/cmdline 2>/dev/null)
+    case "$a" in /usr/local/bin/mvm-guest-agent\ *) echo "agent $a" ;; esac
+done
+echo "addr $(cat /run/mvm/status-addr)"
+echo END-CHECK
+exit 5
+"""
+SD_PROJECT = f"""name = "sdvsock"
+init = "systemd"
+[entrypoint]
+command = ["/bin/sh", "/opt/check.sh"]
+[files."/opt/check.sh"]
+content = '''{SD_CHECK}'''
+"""
+
+
+def test_systemd_guest_in_vsock_mode(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A systemd guest: credentials from the guest-data drive (imported by the
+    initramfs), the agent unit on vsock:1024, control.sh listening on 1025."""
+    root = tmp_path_factory.mktemp("sdvsock")
+    home = root / "home"
+    project = write_project(root / "proj", SD_PROJECT)
+    env = env_for(home, MVM_GUEST_DATA="drive", MVM_GUEST_CHANNELS="vsock")
+    b = mvmctl("build", str(project), env=env, timeout=900)
+    assert b.returncode == 0, b.stderr
+    r = mvmctl("run", "--attached", str(project), "--credential", f"TOKEN={SECRET}",
+               "--credential", f"{'L' * 80}=x", env=env, timeout=420)  # fmt: skip
+    g = parse(r.stdout)
+    assert g["pid1"] == ["systemd"], r.stdout[-3000:]
+    creds = dict(line.split() for line in g["cred"])
+    assert creds["TOKEN"] == sha(SECRET) and creds["L" * 80] == sha("x")
+    assert g["proc"] == ["/etc/mvm/bin/mvm-vsock listen vsock:1025"]
+    assert len(g["agent"]) == 1 and g["agent"][0].split()[-1] == "vsock:1024", g["agent"]
+    assert g["addr"] == ["vsock:1026"]
+    assert r.returncode != 0 and "without reporting an exit status" in r.stderr, r.stderr
     assert SECRET not in r.stdout + r.stderr

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 CHECK = r"""#!/bin/sh
 echo BEGIN-CHECK
 echo "id $(id -u)"
-for c in "$CREDENTIALS_DIRECTORY"/*; do
+for c in "$CREDENTIALS_DIRECTORY"/* "$CREDENTIALS_DIRECTORY"/.[!.]*; do
     [ -f "$c" ] || continue
     echo "cred $(stat -c '%a %u %s' "$c") $(sha256sum < "$c" | cut -d' ' -f1) ${c##*/}"
 done
@@ -75,7 +75,7 @@ def args(root: Path, project: Path) -> list[str]:
     return [
         str(project), "-v", f"{root / 'config'}:/mnt/config", "-v", f"{root / 'secrets'}:/mnt/secrets",
         "--credential", f"TOKEN={SECRET}", "--credential", f"BIN@{root / 'bin.cred'}",
-        "--credential", f"{LONG_NAME}={SECRET}-long", "--network-allow", "example.test",
+        "--credential", f"{LONG_NAME}={SECRET}-long", "--credential", f".hidden={SECRET}-dot", "--network-allow", "example.test",
     ]  # fmt: skip
 
 
@@ -91,7 +91,8 @@ def test_credentials_from_the_drive(run: subprocess.CompletedProcess[str]) -> No
     g = parse(run.stdout)
     uid = g["id"][0]
     creds = creds_of(g)
-    expected = {"TOKEN": SECRET.encode(), "BIN": BINARY, LONG_NAME: (SECRET + "-long").encode()}
+    expected = {"TOKEN": SECRET.encode(), "BIN": BINARY, LONG_NAME: (SECRET + "-long").encode(),
+                ".hidden": (SECRET + "-dot").encode()}  # fmt: skip
     assert set(creds) == set(expected)
     for name, value in expected.items():
         assert creds[name] == ("400", uid, len(value), sha(value)), name

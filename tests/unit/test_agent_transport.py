@@ -19,7 +19,7 @@ import pytest
 
 from mvm.agent.client import AgentClient
 from mvm.errors import AgentError
-from mvm.image import guestbin
+from tests.unit.guestbin_support import install
 
 NOBODY = 65534
 
@@ -45,10 +45,7 @@ def children(pid: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def agent_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("agent-bin") / "mvm-guest-agent"
-    path.write_bytes(guestbin.build("mvm-guest-agent"))
-    path.chmod(0o755)
-    return path
+    return install(tmp_path_factory.mktemp("agent-bin"), "mvm-guest-agent")
 
 
 @pytest.fixture

@@ -17,14 +17,12 @@ import pytest
 from mvm.guest import read as guest_file
 from mvm.image import guestbin
 from mvm.image.initramfs import BUSYBOX
+from tests.unit.guestbin_support import install
 
 
 @pytest.fixture(scope="module")
 def vsock_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("vsock-bin") / "mvm-vsock"
-    path.write_bytes(guestbin.build("mvm-vsock"))
-    path.chmod(0o755)
-    return path
+    return install(tmp_path_factory.mktemp("vsock-bin"), "mvm-vsock")
 
 
 def sh(tmp: Path, script: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -179,3 +177,22 @@ def test_image_carries_the_vsock_helper_and_modules() -> None:
     assert files["/etc/mvm/modules.vsock"].content == b"vsock vmw_vsock_virtio_transport\n"
     assert files["/lib/modules/mvm/vsock.ko"].content == b"\x7fELF2"
     assert "/etc/mvm/modules.vsock" not in {f.path for f in own_files(spec, late)}  # built in
+
+
+def test_connect_does_not_wait_for_a_host_that_keeps_the_connection(
+    tmp_path: Path, vsock_bin: Path
+) -> None:
+    """/init's last act: a status host that never closes costs at most the drain."""
+    host = unix_listener(tmp_path / "status.sock")
+    t0 = time.monotonic()
+    p = subprocess.Popen([str(vsock_bin), "connect", f"unix:{tmp_path}/status.sock"],
+                         stdin=subprocess.PIPE)  # fmt: skip
+    conn, _ = host.accept()
+    assert p.stdin is not None
+    p.stdin.write(b"exit 3\n")
+    p.stdin.close()
+    assert p.wait(timeout=10) == 0
+    assert time.monotonic() - t0 < 2.0
+    conn.settimeout(5)
+    assert conn.recv(100) == b"exit 3\n"
+    conn.close()

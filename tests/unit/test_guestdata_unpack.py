@@ -33,6 +33,9 @@ CREDS = (
     GuestCredential("bin", bytes(range(256)) * 3),
     GuestCredential("n" * 200, b"long name"),
     GuestCredential("empty", b""),
+    GuestCredential(".hidden", b"dot"),
+    GuestCredential("..dots", b"two dots"),
+    GuestCredential("-dash", b"dash"),
 )
 
 
@@ -63,13 +66,24 @@ def test_drive_to_credentials_dir(tmp_path: Path) -> None:
     r = sh(tmp_path, 'mvm_guestdata_unpack drive gd && MVM_GUESTDATA=gd && mvm_have_credentials '
                      '&& mvm_unpack_credentials creds && echo ok')  # fmt: skip
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
-    assert tree(tmp_path / "gd") == {"meta", "network", "credentials",
+    assert tree(tmp_path / "gd") == {"meta", "network", "credentials", ".drive", ".drive.list",
                                      *(f"credentials/{c.name}" for c in CREDS)}  # fmt: skip
+    assert {p.name for p in (tmp_path / "creds").iterdir()} == {c.name for c in CREDS}
     for c in CREDS:
         p = tmp_path / "creds" / c.name
         assert p.read_bytes() == c.value
         assert stat.S_IMODE(os.lstat(p).st_mode) == 0o400
     assert (tmp_path / "gd" / "network").read_bytes() == b"NET"
+
+
+def test_only_a_dot_named_credential(tmp_path: Path) -> None:
+    (tmp_path / "drive").write_bytes(guestdrive.image((GuestCredential(".only", b"v"),), None))
+    (tmp_path / "gd").mkdir()
+    (tmp_path / "creds").mkdir()
+    r = sh(tmp_path, "mvm_guestdata_unpack drive gd && MVM_GUESTDATA=gd && mvm_have_credentials "
+                     "&& mvm_unpack_credentials creds")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "creds" / ".only").read_bytes() == b"v"
 
 
 def test_no_credentials_on_the_drive(tmp_path: Path) -> None:
@@ -101,6 +115,11 @@ HOSTILE = {
     "device": [cpio.Entry("credentials/dev", stat.S_IFCHR | 0o600)],
     "other-name": [cpio.file("etc/passwd", b"x")],
     "nested-cred": [cpio.file("credentials/a/b", b"x")],
+    # a newline in a name: two entry-looking lines, unpacked as nested directories
+    "newline-top": [cpio.file("meta\n-r--r--r-- 0/0 1 1970-01-01 00:00:00 network", b"x")],
+    "newline-cred": [
+        cpio.file("credentials/a\n-r-------- 0/0 1 1970-01-01 00:00:00 credentials/b", b"x")
+    ],
     "mtime": [],  # built below: a regular file with a non-zero mtime
 }
 
@@ -130,7 +149,7 @@ def test_oversize_and_truncated_refused(tmp_path: Path) -> None:
     big = guestdrive.image((GuestCredential("big", b"v" * 6000),), None)
     (tmp_path / "drive").write_bytes(big)
     (tmp_path / "gd").mkdir()
-    r = sh(tmp_path, "MVM_GUESTDATA_MAX=4096; mvm_guestdata_unpack drive gd")
+    r = sh(tmp_path, "_mvm_gd_max=4096; mvm_guestdata_unpack drive gd")
     assert r.returncode == 1 and "refused" in r.stderr
     assert list((tmp_path / "gd").iterdir()) == []  # not even the partial credential
     (tmp_path / "drive").write_bytes(big[:3000])
@@ -159,6 +178,50 @@ def test_network_archive_names_checked(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(data)
         r = sh(tmp_path, check, ARC=name)
         assert r.stdout == f"{want}\n", r.stderr
-        assert not (tmp_path / f"{name}.list").exists()
     assert b"_mvm_net_name" in guest_file("network.sh")  # network.sh uses this check
     assert b"mvm_cpio_safe" in guest_file("network.sh")
+
+
+def test_newline_in_a_name_refused(tmp_path: Path) -> None:
+    """A name with a newline lists as two lines, the second not an entry line: the
+    whole drive is refused (nothing unpacked, nothing imported)."""
+    work = tmp_path / "w"
+    work.mkdir()
+    data = archive([cpio.file("credentials/ok", b"fine"),
+                    cpio.file("credentials/a\n-r-------- 0/0 1 1970-01-01 00:00:00 credentials/b",
+                              b"x")])  # fmt: skip
+    (work / "drive").write_bytes(data)
+    (work / "gd").mkdir()
+    (work / "creds").mkdir()
+    sh(work, "true")
+    before = tree(tmp_path)
+    r = sh(work, "mvm_guestdata_unpack drive gd && echo unpacked; MVM_GUESTDATA=gd; "
+                 "mvm_unpack_credentials creds")  # fmt: skip
+    assert "unpacked" not in r.stdout and "refused" in r.stderr
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.skipif(not Path("/bin/dash").exists(), reason="dash not installed")
+def test_rootfs_shell_with_gnu_tools_on_path(tmp_path: Path) -> None:
+    """In a rootfs $B is empty and an image's packages may put dash and GNU cpio on
+    PATH: the check and the unpack still use busybox's cpio (its listing format)."""
+    (tmp_path / "drive").write_bytes(guestdrive.image(CREDS, None))
+    (tmp_path / "gd").mkdir()
+    (tmp_path / "creds").mkdir()
+    lib = tmp_path / "credentials-unpack.sh"
+    lib.write_bytes(guest_file("credentials-unpack.sh"))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "busybox").symlink_to(BUSYBOX)
+    script = (f'. "{lib}"; umask 022; mvm_guestdata_unpack drive gd && MVM_GUESTDATA=gd && '
+              "mvm_unpack_credentials creds && echo ok")  # fmt: skip
+    r = subprocess.run(["/bin/dash", "-c", script], env={"PATH": f"{bindir}:/usr/bin:/bin"},
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert r.stdout == "ok\n", r.stderr
+    for c in CREDS:
+        assert (tmp_path / "creds" / c.name).read_bytes() == c.value
+
+
+def test_guest_cap_is_the_hosts_limit() -> None:
+    """The guest reads exactly as much as the host may write."""
+    assert f"\n_mvm_gd_max={guestdrive.MAX_SIZE}\n".encode() in guest_file("credentials-unpack.sh")

@@ -17,6 +17,8 @@ from mvm.network.proxy import sni_from_client_hello
 def test_presets_and_rules() -> None:
     none = policy.build("none")
     assert not none.egress and not none.check("pypi.org", 443).allowed
+    # a preset's own hosts are egress: `--network-preset dev` alone gives the VM a network
+    assert policy.build("dev").egress and policy.build("agent").egress
     dev = policy.build("dev", ("api.test:8443", "*.example.com"))
     assert dev.check("pypi.org", 443).allowed and not dev.check("pypi.org", 22).allowed
     assert dev.check("api.test", 8443).explicit and not dev.check("api.test", 443).allowed

@@ -28,6 +28,7 @@ class Group(click.Group):
         "vars": "mvm.cli.vars_cmds",
         "systemd": "mvm.cli.systemd_cmds",
         "mcp": "mvm.cli.mcp_cmds",
+        "cluster": "mvm.cli.cluster_cmds",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

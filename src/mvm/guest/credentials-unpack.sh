@@ -17,7 +17,7 @@ mvm_have_credentials() {
     _mvm_fw=/sys/firmware/qemu_fw_cfg/by_name/opt
     set -- /sys/firmware/dmi/entries/11-*/raw
     [ -d "$_mvm_fw/io.systemd.credentials" ] || [ -d "$_mvm_fw/mvm/credentials" ] || [ -r "$1" ] ||
-        { set -- "$MVM_GUESTDATA"/credentials/*; [ -n "$MVM_GUESTDATA" ] && [ -f "$1" ]; }
+        { [ -n "$MVM_GUESTDATA" ] && [ -d "$MVM_GUESTDATA/credentials" ]; }  # only if one came
 }
 # mvm_guestdata_dev CMDLINE: the guest-data drive's device name (vdX) from the kernel
 # command line (mvm.guestdata=vdX) in $_mvm_gd; false when there is none or it is
@@ -33,16 +33,16 @@ mvm_guestdata_dev() {
 }
 # mvm_cpio_safe ARCHIVE CHECK: true when every entry of the newc archive ARCHIVE is a
 # regular file with mtime 0 whose name the function CHECK accepts (busybox cpio -i
-# itself writes "../x" outside its directory: names must be checked first).
+# itself writes "../x" outside its directory: names must be checked first).  The
+# listing is left in ARCHIVE.list (beside it, in the caller's private directory,
+# which the caller wipes: one exec less under TCG).
 mvm_cpio_safe() {
-    $B cpio -t -v < "$1" > "$1.list" 2>/dev/null || { $B rm -f "$1.list"; return 1; }
-    _mvm_ok=0
+    # busybox's cpio always (its listing format; an image's packages may bring GNU cpio)
+    ${B:-busybox} cpio -t -v < "$1" > "$1.list" 2>/dev/null || return 1
     while IFS= read -r _mvm_l; do
-        case "$_mvm_l" in -*" 1970-01-01 00:00:00 "*) ;; *) _mvm_ok=1; break ;; esac
-        "$2" "${_mvm_l#*" 1970-01-01 00:00:00 "}" || { _mvm_ok=1; break; }
+        case "$_mvm_l" in -*" 1970-01-01 00:00:00 "*) ;; *) return 1 ;; esac
+        "$2" "${_mvm_l#*" 1970-01-01 00:00:00 "}" || return 1
     done < "$1.list"
-    $B rm -f "$1.list"
-    return $_mvm_ok
 }
 _mvm_guestdata_name() {
     case "$1" in
@@ -53,25 +53,40 @@ _mvm_guestdata_name() {
 }
 # mvm_guestdata_unpack DEV DIR: unpack the guest-data drive DEV (one newc cpio archive,
 # host-written but untrusted here) into DIR, an empty private directory (0700, in RAM).
-# At most MVM_GUESTDATA_MAX bytes are read (into a copy: what is checked is what is
+# At most $_mvm_gd_max bytes are read (into a copy: what is checked is what is
 # unpacked; an archive that does not end within them is refused); every entry must
 # be a regular file named meta, network or credentials/NAME (no directories,
 # symlinks, devices, absolute paths, "..", other names).  On any refusal DIR is
-# emptied and the status is 1, with one line on stderr that names no value.
-MVM_GUESTDATA_MAX=4194304
+# emptied and the status is 1, with one line on stderr that names no value.  The copy
+# (.drive) and its listing stay in DIR: the caller wipes DIR after the import.
+_mvm_gd_max=4194304
 mvm_guestdata_unpack() (
     _mvm_src=$1 _mvm_dir=$2
     umask 0077
     _mvm_fail() {
         echo "mvm: guest-data drive $_mvm_src refused: $1" >&2
-        $B rm -rf "$_mvm_dir"/* "$_mvm_dir"/.drive "$_mvm_dir"/.drive.list
+        $B rm -rf "$_mvm_dir"/* "$_mvm_dir"/.[!.]* "$_mvm_dir"/..?*
         exit 1
     }
-    $B head -c "$MVM_GUESTDATA_MAX" "$_mvm_src" > "$_mvm_dir/.drive" 2>/dev/null ||
+    $B head -c "$_mvm_gd_max" "$_mvm_src" > "$_mvm_dir/.drive" 2>/dev/null ||
         _mvm_fail "unreadable"
     mvm_cpio_safe "$_mvm_dir/.drive" _mvm_guestdata_name || _mvm_fail "unexpected entries"
-    (cd "$_mvm_dir" && $B cpio -i -d --quiet < .drive) 2>/dev/null || _mvm_fail "cannot unpack"
-    $B rm -f "$_mvm_dir/.drive"
+    (cd "$_mvm_dir" && ${B:-busybox} cpio -i -d --quiet < .drive) 2>/dev/null ||
+        _mvm_fail "cannot unpack"
+    # a name with a newline lists as two plausible lines: what was unpacked must be
+    # exactly what the names allow (builtins only)
+    for _mvm_f in "$_mvm_dir"/* "$_mvm_dir"/.[!.]* "$_mvm_dir"/..?*; do
+        [ -e "$_mvm_f" ] || [ -L "$_mvm_f" ] || continue
+        case "${_mvm_f##*/}" in
+            meta|network|.drive|.drive.list) [ -f "$_mvm_f" ] && [ ! -L "$_mvm_f" ] ;;
+            credentials) [ -d "$_mvm_f" ] && [ ! -L "$_mvm_f" ] ;;
+            *) false ;;
+        esac || _mvm_fail "unexpected entries"
+    done
+    for _mvm_f in "$_mvm_dir"/credentials/* "$_mvm_dir"/credentials/.[!.]* "$_mvm_dir"/credentials/..?*; do
+        [ -e "$_mvm_f" ] || [ -L "$_mvm_f" ] || continue
+        [ -f "$_mvm_f" ] && [ ! -L "$_mvm_f" ] || _mvm_fail "unexpected entries"
+    done
 )
 mvm_unpack_credentials() (
     _mvm_dir=$1
@@ -86,11 +101,11 @@ mvm_unpack_credentials() (
     if [ -d "$_mvm_fw/mvm/credentials" ]; then
         $B cat "$_mvm_fw"/mvm/credentials/*/raw | (cd "$_mvm_dir" && $B cpio -i -d --quiet)
     fi
-    if [ -n "$MVM_GUESTDATA" ]; then
-        for _mvm_c in "$MVM_GUESTDATA"/credentials/*; do
-            [ -f "$_mvm_c" ] && [ ! -L "$_mvm_c" ] || continue
-            $B cat "$_mvm_c" > "$_mvm_dir/${_mvm_c##*/}"
-        done
+    if [ -n "$MVM_GUESTDATA" ] && [ -d "$MVM_GUESTDATA/credentials" ]; then
+        # one cp for all (regular files only: mvm_guestdata_unpack checked); new files,
+        # so the umask makes them 0400
+        set -- "$MVM_GUESTDATA"/credentials
+        $B cp "$1"/* "$1"/.[!.]* "$1"/..?* "$_mvm_dir/" 2>/dev/null  # unmatched: ignored
     fi
     for _mvm_c in /sys/firmware/dmi/entries/11-*/raw; do  # 4-byte header, count, strings
         [ -r "$_mvm_c" ] || continue

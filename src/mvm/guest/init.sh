@@ -151,13 +151,10 @@ channels() {
     tries=200  # the host announces ports asynchronously after the driver loads: wait ≤ 2 s
     if [ "$MVM_CHANNELS" = vsock ]; then
         # no ports to find: the agent listens itself; control requests come through
-        # mvm-vsock on two FIFOs (requests in, answers out); status connects at the end
+        # mvm-vsock on two FIFOs (requests in, answers out; started by the watcher
+        # below, at its priority); status connects at the end
         STATUS=vsock:$MVM_PORT_STATUS AGENT=vsock:$MVM_PORT_AGENT tries=0
-        if mkfifo -m 0600 /run/mvm/control.in /run/mvm/control.out; then
-            "$MVM_VSOCK" listen "vsock:$MVM_PORT_CONTROL" 0<> /run/mvm/control.out \
-                1<> /run/mvm/control.in &
-            CONTROL=/run/mvm/control.in
-        fi
+        mkfifo -m 0600 /run/mvm/control.in /run/mvm/control.out && CONTROL=/run/mvm/control.in
     fi
     while [ $tries -gt 0 ] && { [ -z "$STATUS" ] || [ -z "$CONTROL" ] || [ -z "$AGENT" ]; }; do
         for p in /sys/class/virtio-ports/*; do
@@ -194,6 +191,10 @@ channels() {
         (
             # verbs run at normal priority (the channels subshell runs at nice 19)
             read -r _me _ < /proc/self/stat; renice 0 -p "$_me" >/dev/null 2>&1
+            if [ "$MVM_CHANNELS" = vsock ]; then
+                "$MVM_VSOCK" listen "vsock:$MVM_PORT_CONTROL" 0<> /run/mvm/control.out \
+                    1<> /run/mvm/control.in &
+            fi
             # the reseeder waits on two FIFOs (opened read-write: nothing blocks)
             if mkfifo -m 0600 /run/mvm/reseed.in /run/mvm/reseed.out 2>/dev/null; then
                 /etc/mvm/bin/mvm-reseed 0<> /run/mvm/reseed.in 1<> /run/mvm/reseed.out 3>&- &

@@ -205,7 +205,7 @@ class Policy:
     @property
     def egress(self) -> bool:
         """Whether anything at all may leave the guest."""
-        return self.open or bool(self.rules) or bool(self.cidrs)
+        return self.open or bool(self.all_rules()) or bool(self.cidrs)
 
     def all_rules(self) -> tuple[Rule, ...]:
         preset = tuple(Rule(h, None, "preset") for h in PRESET_HOSTS.get(self.preset, ()))

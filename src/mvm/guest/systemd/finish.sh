@@ -22,7 +22,12 @@ report() {
     : > /run/mvm/reported
     rc=$1
     [ -e /run/mvm/stopping ] && rc=143
-    [ -e /run/mvm/port-status ] && echo "exit $rc" > /run/mvm/port-status
+    if [ -r /run/mvm/status-addr ]; then  # mvm.channels=vsock: one connect (setup.sh)
+        read -r addr < /run/mvm/status-addr
+        echo "exit $rc" | /etc/mvm/bin/mvm-vsock connect "$addr"
+    elif [ -e /run/mvm/port-status ]; then
+        echo "exit $rc" > /run/mvm/port-status
+    fi
     systemctl --no-block --job-mode=replace-irreversibly start poweroff.target
 }
 case "${SERVICE_RESULT:-success}:${EXIT_CODE:-}" in

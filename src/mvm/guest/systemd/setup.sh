@@ -23,9 +23,21 @@ if [ "$NET" = 1 ]; then
 fi
 t() { :; }
 . /etc/mvm/init.d/10-drives.sh
-for m in $(cat /etc/mvm/modules.late 2>/dev/null); do insmod "/lib/modules/mvm/$m.ko" 2>/dev/null; done
-tries=300  # the host announces ports asynchronously after the driver loads: wait <= 3 s
-while :; do
+# mvm.channels=vsock (Firecracker, docs/firecracker.md): no ports to find; the agent
+# unit reads its address from channels.env, control.sh and finish.sh theirs from
+# /run/mvm/{control,status}-addr (mvm-vsock relays them)
+. /etc/mvm/lib/channels.sh
+mvm_channels_transport "$CMDLINE"
+late=/etc/mvm/modules.late tries=300
+if [ "$MVM_CHANNELS" = vsock ]; then
+    late=/etc/mvm/modules.vsock tries=0
+    echo "MVM_AGENT_PORT=vsock:$MVM_PORT_AGENT" > /run/mvm/channels.env
+    echo "vsock:$MVM_PORT_CONTROL" > /run/mvm/control-addr
+    echo "vsock:$MVM_PORT_STATUS" > /run/mvm/status-addr
+fi
+for m in $(cat "$late" 2>/dev/null); do insmod "/lib/modules/mvm/$m.ko" 2>/dev/null; done
+# the host announces ports asynchronously after the driver loads: wait <= 3 s
+while [ $tries -gt 0 ]; do
     n=0
     for p in /sys/class/virtio-ports/*; do
         [ -r "$p/name" ] && [ -c "/dev/${p##*/}" ] || continue

@@ -1,0 +1,168 @@
+"""The Ray seam: the one module that imports ``ray`` (lazily, so ``mvmctl``'s
+start-up does not change), connects, reads the node table and makes the
+named actors (the per-host workers and the controller).
+
+What a node advertises (``ray start --resources``; ``mvmctl cluster start``
+sets these for its local nodes):
+
+- ``mvm-host-ID: 1`` — this node is mvm host ``ID`` (its worker is pinned
+  here by asking for a sliver of this resource);
+- ``mvm-vm-mem-mib: N``, ``mvm-vm-vcpus: N`` — capacity for VMs (default:
+  three quarters of the machine's memory, all its CPUs);
+- ``mvm-accel-kvm: 1`` or ``mvm-accel-tcg: 1`` — the accelerator (default:
+  what mvm's own probe picks on that host).
+
+Every call into an actor has a timeout: a dead node's actor never answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from mvm.errors import ClusterError, ConfigError, MvmError
+
+NAMESPACE = "mvm"
+HOST_PREFIX = "mvm-host-"
+MEM_RESOURCE = "mvm-vm-mem-mib"
+VCPU_RESOURCE = "mvm-vm-vcpus"
+ACCEL_PREFIX = "mvm-accel-"
+CONTROLLER = "mvm-controller"
+HEAD_RESOURCE = "node:__internal_head__"
+ADDRESS_ENV = "MVM_CLUSTER_ADDRESS"
+INSTALL_HINT = "pip install 'mvmctl[cluster]'"
+CALL_TIMEOUT = 60.0
+START_TIMEOUT = 900.0  # a cold boot under TCG on a loaded host, plus a pull
+
+
+def ray_module() -> Any:
+    """``ray``, or the one-line error that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError(f"the cluster commands need Ray: {INSTALL_HINT}") from None
+    return ray
+
+
+def connect(address: str | None = None) -> Any:
+    """Connect this process to the cluster (``address``, else ``MVM_CLUSTER_ADDRESS``,
+    else the local cluster ``mvmctl cluster start`` made); return ``ray``."""
+    ray = ray_module()
+    if ray.is_initialized():
+        return ray
+    from mvm.cluster import local
+
+    addr = address or os.environ.get(ADDRESS_ENV) or local.address()
+    if not addr:
+        raise ClusterError("no cluster to connect to",
+                           hint=f"start one with `mvmctl cluster start --nodes 3`, or give "
+                                f"--address / {ADDRESS_ENV}")  # fmt: skip
+    _reachable(addr)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _quiet(ray)
+    try:
+        ray.init(address=addr, namespace=NAMESPACE, logging_level="ERROR",
+                 log_to_driver=False, include_dashboard=False)  # fmt: skip
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError…
+        raise ClusterError(f"cannot connect to the cluster at {addr}: {_short(exc)}") from None
+    return ray
+
+
+def _reachable(addr: str, timeout: float = 5.0) -> None:
+    """Fail in one line, within ``timeout``, when nothing listens at ``addr``: Ray's
+    own connect retries for minutes and logs every attempt to stderr."""
+    import socket
+
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"invalid cluster address {addr!r}: use HOST:PORT (the Ray GCS)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the cluster at {addr}: {exc.strerror or exc}",
+                           hint="is it running? (`mvmctl cluster start`, or the "
+                                "address `ray start --head` printed)") from None  # fmt: skip
+
+
+def _quiet(ray: Any) -> None:
+    """A driver prints the cluster's error messages (e.g. "node … marked dead") to
+    *stdout* from a thread of its own; ``log_to_driver=False`` does not stop it, and
+    it would corrupt ``--json`` output.  mvm reports lost hosts itself."""
+    with contextlib.suppress(ImportError, AttributeError):
+        import ray._private.worker as ray_worker
+
+        ray_worker.print_to_stdstream = lambda *a, **k: None
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Node:
+    """A Ray node that is an mvm host."""
+
+    host_id: str
+    node_id: str
+    alive: bool
+    ip: str
+    resources: dict[str, float]
+
+
+def host_nodes(ray: Any) -> list[Node]:
+    """Every node that advertises ``mvm-host-ID`` (dead ones too: the node table keeps
+    them, marked dead, which is how lost VMs are found)."""
+    seen: dict[str, Node] = {}
+    for n in ray.nodes():
+        res = dict(n.get("Resources") or {})
+        for key in res:
+            if key.startswith(HOST_PREFIX):
+                hid = key[len(HOST_PREFIX) :]
+                node = Node(hid, n["NodeID"], bool(n.get("Alive")),
+                            str(n.get("NodeManagerAddress", "")), res)  # fmt: skip
+                # a host id reused by a restarted node: the live one counts
+                if hid not in seen or (node.alive and not seen[hid].alive):
+                    seen[hid] = node
+    return sorted(seen.values(), key=lambda x: x.host_id)
+
+
+def worker(ray: Any, node: Node) -> Any:
+    """The worker actor of ``node`` (created on first use, then found by name)."""
+    from mvm.cluster.worker import HostWorker
+
+    cls = ray.remote(HostWorker)
+    return cls.options(
+        name=f"mvm-worker-{node.host_id}", namespace=NAMESPACE, lifetime="detached",
+        get_if_exists=True, num_cpus=0, max_concurrency=32, max_restarts=-1,
+        resources={HOST_PREFIX + node.host_id: 0.001},
+    ).remote(node.host_id, node.resources, node.ip)  # fmt: skip
+
+
+def controller(ray: Any) -> Any:
+    """The controller actor (desired state, reconcile loop), on the head node."""
+    from mvm.cluster.controller import Controller
+
+    cls = ray.remote(Controller)
+    return cls.options(
+        name=CONTROLLER, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        num_cpus=0, max_concurrency=32, resources={HEAD_RESOURCE: 0.001},
+    ).remote()  # fmt: skip
+
+
+def get(ray: Any, ref: Any, timeout: float, what: str) -> Any:
+    """``ray.get`` with a timeout, Ray's errors as one-line ``ClusterError`` s."""
+    try:
+        return ray.get(ref, timeout=timeout)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, MvmError):  # raised on purpose over there: the same error here
+            raise cause from None
+        raise ClusterError(f"{what}: {_short(exc).splitlines()[0][:300]}") from None
+    except ray.exceptions.GetTimeoutError:
+        raise ClusterError(f"{what}: no answer within {timeout:.0f}s") from None
+    except ray.exceptions.RayError as exc:
+        raise ClusterError(f"{what}: {_short(exc).splitlines()[0][:300]}") from None

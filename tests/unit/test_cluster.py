@@ -1,0 +1,168 @@
+"""The cluster layer's pure parts: ports, sealed secrets, worker answers, names, the
+local cluster's state file, and the CLI without the Ray extra."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mvm.cluster import local
+from mvm.cluster.controller import vm_name
+from mvm.cluster.worker import Sealed, answer, check_ports, resolve_ports, unwrap
+from mvm.errors import ClusterError, ConfigError, NotFoundError
+from tests.conftest import MVMCTL
+
+
+def test_zero_host_ports_get_a_free_port_each() -> None:
+    got = resolve_ports(["0:8080", "127.0.0.1:0:53/udp", "9000:90"])
+    host, guest = got[0].split(":")
+    assert guest == "8080" and 1 <= int(host) <= 65535
+    assert got[1].startswith("127.0.0.1:") and got[1].endswith(":53/udp")
+    assert got[2] == "9000:90"
+    check_ports(["0:8080", "0.0.0.0:0:80", "8080:80"])
+    for bad in ("0:99999", "x:80", "0:0"):
+        with pytest.raises(ConfigError):
+            check_ports([bad])
+
+
+def test_sealed_secrets_never_print_but_survive_pickling() -> None:
+    s = Sealed(["TOKEN=hunter2:api.example.com"])
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s) and "hunter2" not in f"{[s]}"
+    back = pickle.loads(pickle.dumps(s))
+    assert back.reveal() == ["TOKEN=hunter2:api.example.com"] and bool(back)
+    assert not Sealed()
+
+
+def test_worker_answers_carry_errors_as_one_line() -> None:
+    @answer
+    def boom(kind: str) -> int:
+        if kind == "missing":
+            raise NotFoundError("no template 'x'", hint="push it")
+        if kind == "os":
+            raise PermissionError(13, "Permission denied")
+        return 7
+
+    assert unwrap(boom("ok"), "host a") == 7
+    with pytest.raises(NotFoundError, match=r"^host a: no template 'x'$") as e:
+        unwrap(boom("missing"), "host a")
+    assert e.value.hint == "push it"
+    with pytest.raises(ClusterError, match="host b: Permission denied"):
+        unwrap(boom("os"), "host b")
+
+
+def test_vm_names_stay_valid() -> None:
+    from mvm import paths
+
+    assert vm_name("web", 3) == "cl-web-3"
+    long = vm_name("t" * 63, 12345)
+    assert len(long) == 63 and long.endswith("-12345")
+    paths.validate_name(long, "VM name")
+
+
+def test_a_hostile_state_file_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MVM_HOME", str(tmp_path))
+    (tmp_path / "cluster").mkdir()
+    state = tmp_path / "cluster" / "local.json"
+    assert local.load_state() is None and local.address() is None
+    good = {
+        "address": "127.0.0.1:1",
+        "nodes": [
+            {"id": "node-0", "home": str(tmp_path / "cluster" / "node-0"), "pid": os.getpid()}
+        ],
+    }
+    state.write_text(json.dumps(good))
+    assert local.load_state() == good
+    assert local.address() is None  # pid is not a `ray start` we made: never trusted
+    for bad in ({"address": 1, "nodes": []}, {"address": "a", "nodes": [{"id": "x"}]},
+                {"address": "a", "nodes": [{"id": "x", "home": "/etc", "pid": 1}]},
+                {"address": "a", "nodes": [{"id": "x", "home": str(tmp_path / "cluster/n"),
+                                            "pid": "1"}]}):  # fmt: skip
+        state.write_text(json.dumps(bad))
+        assert local.load_state() is None
+    state.write_text("{not json")
+    assert local.load_state() is None
+    with pytest.raises(ClusterError, match="no local cluster to stop"):
+        local.stop()
+
+
+def test_end_nodes_signals_only_our_ray_processes() -> None:
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                         start_new_session=True)  # fmt: skip
+    try:
+        local.end_nodes([p.pid], grace=0.5)
+        local.kill_session(p.pid)
+        assert p.poll() is None  # not a `ray start --block`, not Ray: left alone
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_local_start_checks_its_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MVM_HOME", str(tmp_path))
+    with pytest.raises(ConfigError):
+        local.start(0, node_mem_mib=1024, node_cpus=1)
+    with pytest.raises(ConfigError):
+        local.start(3, node_mem_mib=10, node_cpus=1)
+
+
+BLOCK_RAY = """
+import sys
+import time
+class NoRay:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("no ray")
+sys.meta_path.insert(0, NoRay())
+from mvm.cli.entry import main
+sys.argv = ["mvmctl", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("args", [["cluster", "ls"], ["cluster", "start", "--nodes", "1"]])
+def test_without_the_extra_one_line_says_how_to_install(args: list[str]) -> None:
+    r = subprocess.run([sys.executable, "-c", BLOCK_RAY, *args], capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("mvmctl: error: the cluster commands need Ray: "
+                               "pip install 'mvmctl[cluster]'"), r.stderr  # fmt: skip
+
+
+def test_no_cluster_to_connect_to_is_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "MVM_HOME": str(tmp_path)}
+    env.pop("MVM_CLUSTER_ADDRESS", None)
+    r = subprocess.run([MVMCTL, "cluster", "ls"], capture_output=True, text=True, env=env,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 1 and r.stderr.startswith("mvmctl: error: no cluster to connect to")
+
+
+@pytest.mark.parametrize(("address", "says"), [
+    ("127.0.0.1:1", "mvmctl: error: cannot reach the cluster at 127.0.0.1:1"),
+    ("nonsense", "mvmctl: error: invalid cluster address 'nonsense'"),
+])  # fmt: skip
+def test_an_unreachable_or_bad_address_fails_fast(tmp_path: Path, address: str,
+                                                  says: str) -> None:  # fmt: skip
+    env = {**os.environ, "MVM_HOME": str(tmp_path), "MVM_CLUSTER_ADDRESS": address}
+    t = time.monotonic()
+    r = subprocess.run([MVMCTL, "cluster", "hosts"], capture_output=True, text=True, env=env,
+                       timeout=60)  # fmt: skip
+    assert r.returncode != 0 and r.stderr.startswith(says), r.stderr
+    assert time.monotonic() - t < 20 and "Traceback" not in r.stderr
+
+
+def test_help_and_the_cluster_commands_module_do_not_import_ray() -> None:
+    code = ("import sys; import mvm.cli.main, mvm.cli.cluster_cmds, mvm.cluster, "
+            "mvm.cluster.placement, mvm.cluster.client; "
+            "print('ray' in sys.modules)")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "False", r.stderr
+    r = subprocess.run([MVMCTL, "cluster", "up", "--help"], capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 0 and "--spread" in r.stdout and "--replicas" in r.stdout
