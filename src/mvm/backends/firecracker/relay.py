@@ -5,7 +5,7 @@ socket).  Firecracker offers less: the guest's status channel is a hybrid
 vsock connection *from* the guest, which Firecracker turns into a connect
 to ``vsock.sock_1026`` on the host, and its serial console is just its
 stdout (``console.log``).  This small process (``python -m
-mvm.backends.firecracker.relay RUN_DIR PID START STATUS_FD CONSOLE_FD CONSOLE_IN_FD``,
+mvm.backends.firecracker.relay RUN_DIR PID START STATUS_FD CONSOLE_FD [CONSOLE_IN_FD]``,
 started by the backend
 with both listening sockets already bound, so nothing the guest sends can
 arrive before it listens) does the rest for the life of the VM:
@@ -181,18 +181,18 @@ class Metrics:
 
 
 def main(argv: list[str]) -> int:
-    """Arguments: RUN_DIR PID START STATUS_FD CONSOLE_FD CONSOLE_IN_FD: the inherited
-    listening sockets and the console input's write end ("-": none)."""
-    if len(argv) != 6:
+    """Arguments: RUN_DIR PID START STATUS_FD CONSOLE_FD [CONSOLE_IN_FD]: the inherited
+    listening sockets and the console input's write end (absent or "-": none)."""
+    if len(argv) not in (5, 6):
         print("usage: python -m mvm.backends.firecracker.relay RUN_DIR PID START STATUS_FD "
-              "CONSOLE_FD CONSOLE_IN_FD", file=sys.stderr)  # fmt: skip
+              "CONSOLE_FD [CONSOLE_IN_FD]", file=sys.stderr)  # fmt: skip
         return 2
     run_dir, pid = Path(argv[0]), int(argv[1])
     start = None if argv[2] == "-" else int(argv[2])
     jailed = (run_dir / "jail").is_dir()  # now: `down` removes the run directory first
     status_l = socket.socket(fileno=int(argv[3]))
     console_l = socket.socket(fileno=int(argv[4]))
-    console_in = None if argv[5] == "-" else int(argv[5])
+    console_in = None if len(argv) < 6 or argv[5] == "-" else int(argv[5])
     if console_in is not None:
         os.set_blocking(console_in, False)
     try:
