@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "MvmError": "mvm.errors",
     "ConfigError": "mvm.errors",
+    "ClusterError": "mvm.errors",
     "BuildError": "mvm.errors",
     "BackendError": "mvm.errors",
     "StateError": "mvm.errors",
@@ -104,6 +105,7 @@ if TYPE_CHECKING:
         AgentError,
         BackendError,
         BuildError,
+        ClusterError,
         ConfigError,
         ConflictError,
         CredentialError,
