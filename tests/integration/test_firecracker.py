@@ -180,6 +180,7 @@ def test_every_call_is_accepted_and_read_back(machine: tuple[object, MachineSpec
     assert m.status() == "paused"
     m.resume()
     assert m.status() == "running"
+    m._quit()  # SendCtrlAltDel is accepted (the stop sequence's second step)
     m.pause()
     log = (rd / "firecracker.log").read_text()
     assert 'Put request on "/actions" with body "{\\"action_type\\": \\"InstanceStart' in log
