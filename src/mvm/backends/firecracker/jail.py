@@ -170,3 +170,4 @@ def release_cgroups(name: str) -> None:
     for d in (base / "firecracker" / name, *base.glob(f"*/firecracker/{name}")):
         with contextlib.suppress(OSError):
             d.rmdir()
+            d.parent.rmdir()  # the jailer's parent too, once no VM is left in it
