@@ -81,28 +81,13 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
                     clients.append(conn)
                     served = True
                     sel.register(conn, selectors.EVENT_READ, "console-client")
+            elif (data := _recv_or_close(sel, sock, clients)) is None:
+                continue
             elif key.data == "console-client":  # keys typed: Firecracker's serial input
-                try:
-                    data = sock.recv(4096)
-                except OSError:
-                    data = b""
-                if not data:
-                    sel.unregister(sock)
-                    if sock in clients:
-                        clients.remove(sock)
-                    sock.close()
-                elif console_in is not None:
+                if console_in is not None:
                     with contextlib.suppress(OSError):  # a full pipe drops keys, never blocks
                         os.write(console_in, data)
-            else:
-                try:
-                    data = sock.recv(4096)
-                except OSError:
-                    data = b""
-                if not data:
-                    sel.unregister(sock)
-                    sock.close()
-                    continue
+            else:  # the guest's status connection
                 if written < STATUS_MAX:
                     data = data[: STATUS_MAX - written]
                     fd = os.open(status, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
@@ -135,6 +120,22 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
     for c in clients:
         c.close()
     metrics.close()
+
+
+def _recv_or_close(sel: selectors.BaseSelector, sock: socket.socket,
+                   clients: list[socket.socket]) -> bytes | None:  # fmt: skip
+    """What a connection sent; None (and the connection closed) at its end."""
+    try:
+        data = sock.recv(4096)
+    except OSError:
+        data = b""
+    if data:
+        return data
+    sel.unregister(sock)
+    if sock in clients:
+        clients.remove(sock)
+    sock.close()
+    return None
 
 
 class Metrics:
