@@ -163,8 +163,10 @@ class FirecrackerMachine(Machine):
             return False
 
     def _quit(self) -> None:
-        """Firecracker has no "quit": Ctrl-Alt-Del (the guest's i8042 driver resets
-        and ``reboot=k`` makes Firecracker exit); a guest that ignores it is killed."""
+        """Firecracker has no "quit": Ctrl-Alt-Del, for guest kernels with the i8042 and
+        AT keyboard drivers (the mvm kernel has neither, so it is a no-op there: the
+        graceful path is the control channel's ``poweroff``, docs/firecracker.md); a
+        guest that ignores it is killed."""
         self.api.action("SendCtrlAltDel", timeout=2.0)
 
     def close(self) -> None:
