@@ -354,3 +354,26 @@ def test_jail_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MVM_FIRECRACKER_SECCOMP", "level2")
     with pytest.raises(BackendError, match="use on or off"):
         jail.seccomp_args()
+
+
+def test_owned_pid_whatever_the_binary_is_called(tmp_path: Path) -> None:
+    """A release's binary is "firecracker-v1.12.1-x86_64": the sidecar must still find
+    it (owned_pid None makes it exit at once, and `exec`/`cp` never connect)."""
+    import subprocess
+
+    from mvm.backends.firecracker.machine import PIDFILE
+
+    backend = FirecrackerBackend()
+    other = subprocess.Popen(["firecracker", "-c", "sleep 30"], executable="/bin/sh", cwd=tmp_path)
+    fc = subprocess.Popen(["firecracker-v1.12.1-x86_64", "-c", "sleep 30", "--api-sock"],
+                          executable="/bin/sh", cwd=tmp_path)  # fmt: skip
+    try:
+        (tmp_path / PIDFILE).write_text(f"{other.pid}\n")  # no --api-sock: not Firecracker
+        assert backend.owned_pid(tmp_path) == fc.pid  # found by the scan
+        (tmp_path / PIDFILE).write_text(f"{fc.pid}\n")
+        assert backend.owned_pid(tmp_path) == fc.pid
+    finally:
+        for p in (other, fc):
+            p.kill()
+            p.wait()
+    assert backend.owned_pid(tmp_path) is None

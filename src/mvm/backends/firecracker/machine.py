@@ -515,14 +515,17 @@ class FirecrackerBackend(Backend):
 
 
 def _runs_in(pid: int, run_dir: Path, jailed: bool = False) -> bool:
-    """Whether ``pid`` is the Firecracker of ``run_dir``: its cwd (a jailed one's cwd
-    is its jail root, seen as "/": then its ``--id`` and the jail directory decide)."""
+    """Whether ``pid`` is the Firecracker of ``run_dir``: a process given ``--api-sock``
+    whose cwd is the run directory (a jailed one's cwd is its jail root, seen as "/":
+    then its ``--id`` and the jail directory decide)."""
     try:
         cwd = os.readlink(f"/proc/{pid}/cwd")
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    if os.path.basename(cmd[0]) != b"firecracker" or not pid_alive(pid, None):
+    # any file name: a release's binary is "firecracker-v1.12.1-x86_64"; Firecracker is
+    # the process that was given an API socket (every launch passes --api-sock)
+    if b"--api-sock" not in cmd or not pid_alive(pid, None):
         return False
     if cwd == str(run_dir):
         return True
