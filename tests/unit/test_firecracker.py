@@ -377,3 +377,60 @@ def test_owned_pid_whatever_the_binary_is_called(tmp_path: Path) -> None:
             p.kill()
             p.wait()
     assert backend.owned_pid(tmp_path) is None
+
+
+class SlowApi:
+    """A Unix socket HTTP server: a valid ``GET /`` reply, or (``drip``) one header
+    line every 0.3 s, forever: each read is quick, the call never ends."""
+
+    def __init__(self, path: Path, drip: bool) -> None:
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(str(path))
+        self.srv.listen(4)
+        self.drip = drip
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.serve, daemon=True)
+        self.t.start()
+
+    def serve(self) -> None:
+        body = json.dumps({"id": "x", "state": "Paused", "vmm_version": "1.12.1",
+                           "app_name": "Firecracker"}).encode()  # fmt: skip
+        with contextlib.suppress(OSError):
+            while not self.stop.is_set():
+                c, _ = self.srv.accept()
+                with c:
+                    while not self.stop.is_set() and c.recv(65536):
+                        if not self.drip:
+                            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+                            continue
+                        c.sendall(b"HTTP/1.1 200 OK\r\n")
+                        while not self.stop.wait(0.3):
+                            c.sendall(b"X-Drip: 1\r\n")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.srv.close()
+
+
+@pytest.mark.timeout(60)  # before the fix a dripping reply held the call for ever
+@pytest.mark.parametrize("drip", [False, True])
+def test_api_call_is_bounded_as_a_whole(tmp_path: Path, drip: bool) -> None:
+    import time
+
+    from mvm.backends.firecracker.api import ApiClient
+
+    server = SlowApi(tmp_path / "api.sock", drip)
+    api = ApiClient(tmp_path / "api.sock")
+    try:
+        t0 = time.monotonic()
+        if drip:
+            with pytest.raises(BackendError, match="did not answer GET / in time"):
+                api.instance(1.0)
+        else:
+            for _ in range(2):  # a kept-alive connection: the deadline is per call
+                assert api.instance(1.0).state == "Paused"
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        api.close()
+        server.close()
