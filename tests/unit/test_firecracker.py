@@ -434,3 +434,49 @@ def test_api_call_is_bounded_as_a_whole(tmp_path: Path, drip: bool) -> None:
     finally:
         api.close()
         server.close()
+
+
+def test_relay_survives_a_guest_hoarding_status_connections(tmp_path: Path) -> None:
+    """A guest that opens hundreds of status connections and never closes them: the
+    relay keeps at most STATUS_CONNS (no fd exhaustion, no EMFILE busy loop) and the
+    latest report still lands in the status file."""
+    import subprocess
+    import time
+    from types import SimpleNamespace
+
+    from mvm.backends.firecracker.relay import STATUS_CONNS
+    from mvm.state.procs import proc_start_time
+
+    rd = tmp_path / "vm"
+    rd.mkdir()
+    (rd / "console.log").write_bytes(b"")
+    stand_in = subprocess.Popen(["sleep", "30"])
+    hoard: list[socket.socket] = []
+    try:
+        m = SimpleNamespace(run_dir=rd, pid=stand_in.pid, pid_start=proc_start_time(stand_in.pid),
+                            console_w=None)  # fmt: skip
+        relay_pid = FirecrackerBackend()._start_relay(m)  # type: ignore[arg-type]
+        status_sock = str(rd / f"vsock.sock_{channels.STATUS_PORT}")
+        for _ in range(300):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(status_sock)
+            hoard.append(s)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(status_sock)
+            s.sendall(b"exit 7\n")
+            deadline = time.monotonic() + 10
+            while channels.exit_code(fc_channels(rd)) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert channels.exit_code(fc_channels(rd)) == 7
+        fds = len(os.listdir(f"/proc/{relay_pid}/fd"))
+        assert fds < 20 + STATUS_CONNS, fds
+    finally:
+        for s in hoard:
+            s.close()
+        stand_in.kill()
+        stand_in.wait()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{relay_pid}").exists() and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(relay_pid, os.WNOHANG)
+        time.sleep(0.05)
