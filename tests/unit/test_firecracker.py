@@ -480,3 +480,28 @@ def test_relay_survives_a_guest_hoarding_status_connections(tmp_path: Path) -> N
         with contextlib.suppress(ChildProcessError):
             os.waitpid(relay_pid, os.WNOHANG)
         time.sleep(0.05)
+
+
+def test_kill_takes_a_wrapper_scripts_child(tmp_path: Path) -> None:
+    """MVM_FIRECRACKER may be a wrapper that runs Firecracker as its child: a failed
+    `up` or `down` must not leave that child (a running VM) behind."""
+    import time
+
+    from mvm import proc
+    from mvm.backends.firecracker.machine import FirecrackerMachine
+    from mvm.state.procs import pid_alive, proc_start_time
+
+    child = tmp_path / "child.pid"
+    popen = proc.spawn(["/bin/sh", "-c", f"sleep 30 & echo $! > {child}; wait"])
+    deadline = time.monotonic() + 5
+    while not child.exists() or not child.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    pid = int(child.read_text())
+    m = FirecrackerMachine(FirecrackerBackend(), tmp_path, popen.pid,
+                           proc_start_time(popen.pid), popen=popen)  # fmt: skip
+    m.kill()
+    deadline = time.monotonic() + 5
+    while pid_alive(pid, None) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pid_alive(pid, None)

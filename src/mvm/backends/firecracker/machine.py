@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -168,6 +169,14 @@ class FirecrackerMachine(Machine):
         graceful path is the control channel's ``poweroff``, docs/firecracker.md); a
         guest that ignores it is killed."""
         self.api.action("SendCtrlAltDel", timeout=2.0)
+
+    def kill(self) -> None:
+        """SIGKILL Firecracker's whole process group (it leads one: its own session), so
+        that a wrapper script named by MVM_FIRECRACKER does not leave its child running."""
+        with contextlib.suppress(OSError):
+            if self.alive() and os.getpgid(self.pid) == self.pid:
+                os.killpg(self.pid, signal.SIGKILL)
+        super().kill()
 
     def close(self) -> None:
         self.api.close()
