@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,6 +140,11 @@ class FakeVsock:
             if behaviour == "garbage":
                 conn.sendall(b"NOPE\n")
                 return
+            if behaviour == "drip":  # a byte at a time, each well within the timeout
+                for b in b"OK 10737418240000000000000000\n":
+                    time.sleep(0.2)
+                    conn.sendall(bytes([b]))
+                return
             # the answer and the guest's first bytes in one segment: nothing may be lost
             conn.sendall(b"OK 1073741824\n" + (b"GUEST-HELLO" if behaviour == "agent" else b""))
             data = conn.recv(4096)
@@ -157,7 +163,8 @@ class FakeVsock:
 
 @pytest.fixture
 def vsock(tmp_path: Path) -> Iterator[FakeVsock]:
-    fake = FakeVsock(tmp_path / "vsock.sock", {1024: "agent", 1025: "control", 7: "garbage"})
+    fake = FakeVsock(tmp_path / "vsock.sock",
+                     {1024: "agent", 1025: "control", 7: "garbage", 8: "drip"})  # fmt: skip
     yield fake
     fake.close()
 
@@ -180,6 +187,15 @@ def test_handshake_refused_or_garbage(vsock: FakeVsock, tmp_path: Path) -> None:
         channels.vsock_connect(vsock.path, 7)
     with pytest.raises(BackendError, match="vsock port 1024"):
         channels.vsock_connect(tmp_path / "missing.sock", channels.AGENT_PORT)
+
+
+def test_handshake_is_bounded_as_a_whole(vsock: FakeVsock) -> None:
+    """A peer that answers one byte every 0.2 s: each recv is quick, the handshake
+    is not; its timeout bounds the whole (before: up to 64 times the timeout)."""
+    t0 = time.monotonic()
+    with pytest.raises(BackendError, match=r"vsock port 8: (timed out|no handshake answer)"):
+        channels.vsock_connect(vsock.path, 8, timeout=1.0)
+    assert time.monotonic() - t0 < 2.0
 
 
 def test_poweroff_and_control_over_vsock(vsock: FakeVsock, tmp_path: Path) -> None:
@@ -244,7 +260,6 @@ def test_relay_status_and_console(tmp_path: Path) -> None:
     first console client gets the console from its first byte, and the relay exits
     (removing its sockets) when the process is gone."""
     import subprocess
-    import time
     from types import SimpleNamespace
 
     from mvm.state.procs import proc_start_time
@@ -416,7 +431,6 @@ class SlowApi:
 @pytest.mark.timeout(60)  # before the fix a dripping reply held the call for ever
 @pytest.mark.parametrize("drip", [False, True])
 def test_api_call_is_bounded_as_a_whole(tmp_path: Path, drip: bool) -> None:
-    import time
 
     from mvm.backends.firecracker.api import ApiClient
 
@@ -441,7 +455,6 @@ def test_relay_survives_a_guest_hoarding_status_connections(tmp_path: Path) -> N
     relay keeps at most STATUS_CONNS (no fd exhaustion, no EMFILE busy loop) and the
     latest report still lands in the status file."""
     import subprocess
-    import time
     from types import SimpleNamespace
 
     from mvm.backends.firecracker.relay import STATUS_CONNS
@@ -485,7 +498,6 @@ def test_relay_survives_a_guest_hoarding_status_connections(tmp_path: Path) -> N
 def test_kill_takes_a_wrapper_scripts_child(tmp_path: Path) -> None:
     """MVM_FIRECRACKER may be a wrapper that runs Firecracker as its child: a failed
     `up` or `down` must not leave that child (a running VM) behind."""
-    import time
 
     from mvm import proc
     from mvm.backends.firecracker.machine import FirecrackerMachine
