@@ -517,3 +517,53 @@ def test_kill_takes_a_wrapper_scripts_child(tmp_path: Path) -> None:
     while pid_alive(pid, None) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not pid_alive(pid, None)
+
+
+def test_launch_refuses_socket_paths_too_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:  # fmt: skip
+    """A long MVM_HOME: Firecracker would exit at once ("path must be shorter than
+    SUN_LEN") with a bare "exited before its API socket was ready"; mvm says why first."""
+    monkeypatch.setenv("MVM_FIRECRACKER", "/bin/true")
+    monkeypatch.setenv("MVM_FIRECRACKER_KVM", "unchecked")
+    rd = tmp_path / ("x" * (110 - len(str(tmp_path))))
+    rd.mkdir()
+    with pytest.raises(BackendError, match="too long for a Unix socket") as err:
+        FirecrackerBackend().launch(spec(rd))
+    assert err.value.hint == "use a shorter MVM_HOME or VM name"
+    assert list(rd.iterdir()) == []  # refused before anything was written
+
+
+def test_launch_says_why_firecracker_exited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:  # fmt: skip
+    """Firecracker's own reason (its log, which gets its stderr too) is in the one line."""
+    fake = tmp_path / "firecracker"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'while [ $# -gt 0 ]; do [ "$1" = --log-path ] && exec >>"$2"; shift; done\n'
+        "echo '2026-12-04T22:53:51.964302640 [fc1:main] RunWithApiError error: Failed to bind"
+        " and run the HTTP server: IO error: path must be shorter than SUN_LEN'\n"
+        "echo '2026-12-04T22:53:51.964382639 [fc1:main] Firecracker exiting with error."
+        " exit_code=1'\n"
+        "echo 'Error: RunWithApi(FailedToBindAndRunHttpServer(IOError(Error { kind: "
+        "InvalidInput })))' >&2\n"
+        "exit 1\n"
+    )  # fmt: skip
+    fake.chmod(0o700)
+    monkeypatch.setenv("MVM_FIRECRACKER", str(fake))
+    monkeypatch.setenv("MVM_FIRECRACKER_KVM", "unchecked")
+    rd = tmp_path / "vm"
+    rd.mkdir()
+    with pytest.raises(BackendError) as err:
+        FirecrackerBackend().launch(spec(rd))
+    assert err.value.message == (
+        "Firecracker exited before its API socket was ready: RunWithApiError error: Failed to "
+        "bind and run the HTTP server: IO error: path must be shorter than SUN_LEN"
+    )
+
+
+def test_exit_reason_falls_back_to_stderr() -> None:
+    from mvm.backends.firecracker.machine import _exit_reason
+
+    assert _exit_reason("Error: LoggerInitialization(x)\n") == "Error: LoggerInitialization(x)"
+    assert _exit_reason("2026-12-04T22:53:51.9 [a:main] Firecracker exiting with error.") is None
+    assert _exit_reason(None) is None

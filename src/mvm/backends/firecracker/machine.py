@@ -207,6 +207,39 @@ def memory_path(state: Path) -> Path:
     return state.with_name("memory")
 
 
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
+
+
+def _check_socket_paths(run_dir: Path) -> None:
+    """Refuse a run directory whose socket paths AF_UNIX cannot hold (Firecracker would
+    exit at once with "path must be shorter than SUN_LEN").  The longest name is the API
+    socket's; the host connects to the others by these paths too (jailed: symlinks)."""
+    n = len(os.fsencode(run_dir / API_SOCK))
+    if n > SUN_PATH_MAX:
+        raise BackendError(
+            f"Firecracker: the run directory's socket paths are too long for a Unix socket "
+            f"({n} bytes, at most {SUN_PATH_MAX})",
+            hint="use a shorter MVM_HOME or VM name",
+        )
+
+
+def _exit_reason(log: str | None) -> str | None:
+    """Why Firecracker exited at start, from its log (which gets its stderr too): the
+    last logged error line without its timestamp (the closing "exiting with error"
+    line says nothing), else the ``Error: …`` it prints on stderr."""
+    logged, printed = None, None
+    for line in (log or "").splitlines():
+        text = " ".join(line.split())
+        if text[:1].isdigit() and "] " in text:  # "2026-…T…Z [id:thread] message"
+            text = text.split("] ", 1)[1]
+            if "error" in text.lower() and not text.startswith("Firecracker exiting"):
+                logged = text
+        elif text.startswith("Error: "):
+            printed = text
+    why = logged or printed
+    return why[:300] if why else None
+
+
 def _tail(path: Path) -> str | None:
     with contextlib.suppress(OSError):
         return path.read_text(errors="replace").strip()[-2000:] or None
@@ -272,6 +305,7 @@ class FirecrackerBackend(Backend):
 
     def launch(self, spec: MachineSpec, restore: RestoreSource | None = None) -> FirecrackerMachine:
         binary = firecracker_binary()
+        _check_socket_paths(spec.run_dir)
         jailed = jail_mod.settings(spec.jail)
         # decided before the launch (a first probe boots a QEMU guest under KVM: not while
         # a Firecracker guest runs), reported after InstanceStart (the contract is tested)
@@ -402,8 +436,10 @@ class FirecrackerBackend(Backend):
         deadline = time.monotonic() + SOCKET_TIMEOUT
         while time.monotonic() < deadline:
             if not machine.alive():
-                raise BackendError("Firecracker exited before its API socket was ready",
-                                   log_tail=_tail(machine.run_dir / LOG))  # fmt: skip
+                tail = _tail(machine.run_dir / LOG)
+                why = _exit_reason(tail)
+                raise BackendError("Firecracker exited before its API socket was ready"
+                                   + (f": {why}" if why else ""), log_tail=tail)  # fmt: skip
             if (machine.run_dir / API_SOCK).exists():
                 try:
                     machine.api.instance(1.0)
