@@ -567,3 +567,19 @@ def test_exit_reason_falls_back_to_stderr() -> None:
     assert _exit_reason("Error: LoggerInitialization(x)\n") == "Error: LoggerInitialization(x)"
     assert _exit_reason("2026-12-04T22:53:51.9 [a:main] Firecracker exiting with error.") is None
     assert _exit_reason(None) is None
+
+
+def test_relative_binary_paths_are_made_absolute(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Firecracker starts in the run directory: MVM_FIRECRACKER=./firecracker (relative to
+    where mvmctl runs) gave "starting Firecracker: No such file or directory"."""
+    from mvm.backends.firecracker.machine import firecracker_binary, jailer_binary
+
+    for name in ("firecracker", "jailer"):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o700)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MVM_FIRECRACKER", "./firecracker")
+    monkeypatch.setenv("MVM_JAILER", "jailer")
+    assert firecracker_binary() == str(tmp_path / "firecracker")
+    assert jailer_binary() == str(tmp_path / "jailer")

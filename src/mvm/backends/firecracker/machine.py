@@ -63,11 +63,13 @@ INSTALL_HINT = (
 
 
 def firecracker_binary() -> str:
+    """The binary, as an absolute path: Firecracker is started in the run directory, where
+    a relative ``MVM_FIRECRACKER=./firecracker`` would name nothing."""
     path = os.environ.get("MVM_FIRECRACKER") or shutil.which(FIRECRACKER)
     if not path or not os.access(path, os.X_OK) or os.path.isdir(path):
         raise HypervisorMissing(f"{path or FIRECRACKER} not found (or not executable)",
                                 hint=INSTALL_HINT)  # fmt: skip
-    return path
+    return os.path.abspath(path)
 
 
 def jailer_binary() -> str | None:
@@ -79,7 +81,7 @@ def jailer_binary() -> str | None:
             path = None
         if not path or not os.access(path, os.X_OK):
             path = shutil.which(JAILER)
-    return path if path and os.access(path, os.X_OK) else None
+    return os.path.abspath(path) if path and os.access(path, os.X_OK) else None
 
 
 LOG_LEVELS = ("Error", "Warning", "Info", "Debug")
