@@ -398,11 +398,12 @@ class SlowApi:
     """A Unix socket HTTP server: a valid ``GET /`` reply, or (``drip``) one header
     line every 0.3 s, forever: each read is quick, the call never ends."""
 
-    def __init__(self, path: Path, drip: bool) -> None:
+    def __init__(self, path: Path, drip: bool, reply: bytes | None = None) -> None:
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.srv.bind(str(path))
         self.srv.listen(4)
         self.drip = drip
+        self.reply = reply  # a canned raw HTTP reply instead of the valid one
         self.stop = threading.Event()
         self.t = threading.Thread(target=self.serve, daemon=True)
         self.t.start()
@@ -415,6 +416,9 @@ class SlowApi:
                 c, _ = self.srv.accept()
                 with c:
                     while not self.stop.is_set() and c.recv(65536):
+                        if self.reply is not None:
+                            c.sendall(self.reply)
+                            continue
                         if not self.drip:
                             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
@@ -583,3 +587,39 @@ def test_relative_binary_paths_are_made_absolute(tmp_path: Path,
     monkeypatch.setenv("MVM_JAILER", "jailer")
     assert firecracker_binary() == str(tmp_path / "firecracker")
     assert jailer_binary() == str(tmp_path / "jailer")
+
+
+def _http(status: str, body: bytes) -> bytes:
+    return b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (status.encode(), len(body), body)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("reply", "message"), [
+    (_http("200 OK", b"[1, 2]"), "Firecracker: GET / did not answer a JSON object"),
+    (_http("200 OK", b'{"id": "x", "state": "Exploded", "vmm_version": "1", "app_name": "F"}'),
+     "Firecracker: GET / answered an unexpected instance description"),
+    (_http("200 OK", b'{"id": 3}'), "Firecracker: GET / answered an unexpected instance description"),
+    (_http("200 OK", b"\xff\xfe not json"), "Firecracker answered GET / with invalid JSON"),
+    (_http("400 Bad Request", b'{"fault_message": "bad\\nthing\\there"}'),
+     "Firecracker refused GET /: bad thing here"),
+    (_http("500 Internal Server Error", b"<html>"),
+     "Firecracker refused GET /: HTTP 500 Internal Server Error"),
+    (b"SSH-2.0-OpenSSH\r\n", None),  # not HTTP at all
+])  # fmt: skip
+def test_garbage_api_replies_are_one_clean_error(tmp_path: Path, reply: bytes,
+                                                 message: str | None) -> None:  # fmt: skip
+    """Whatever answers on the API socket, a call ends in one BackendError (one line),
+    never a KeyError/ValueError/traceback."""
+    from mvm.backends.firecracker.api import ApiClient
+
+    server = SlowApi(tmp_path / "api.sock", False, reply)
+    api = ApiClient(tmp_path / "api.sock")
+    try:
+        with pytest.raises(BackendError) as err:
+            api.instance(2.0)
+        assert "\n" not in err.value.message
+        if message is not None:
+            assert err.value.message == message
+    finally:
+        api.close()
+        server.close()
