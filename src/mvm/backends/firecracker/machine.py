@@ -212,6 +212,13 @@ def memory_path(state: Path) -> Path:
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
 
 
+def _private_exec(run_dir: Path, binary: str) -> None:
+    """The jailer copies the firecracker binary into the jail with its own mode (0755
+    from a release): owner-only like everything under MVM_HOME (it has been exec'd)."""
+    with contextlib.suppress(OSError):
+        (Jail.root(run_dir, run_dir.name) / Path(binary).name).chmod(0o700)
+
+
 def _check_socket_paths(run_dir: Path) -> None:
     """Refuse a run directory whose socket paths AF_UNIX cannot hold (Firecracker would
     exit at once with "path must be shorter than SUN_LEN").  The longest name is the API
@@ -322,6 +329,7 @@ class FirecrackerBackend(Backend):
             self._wait_socket(machine)
             if jailed is not None:
                 calls = self._stage_jail(machine, spec, jailed, restore)
+                _private_exec(spec.run_dir, binary)
             elif restore is not None:
                 memory = restore.ram or memory_path(restore.state)
                 calls = fcconfig.restore_plan(restore.state, memory)
