@@ -198,7 +198,9 @@ def control_requests(
                     continue
                 if rest != "ok":
                     reason = rest[4:] if rest.startswith("err ") else rest
-                    raise BackendError(f"guest {ids[rid]} failed: {reason[:200]}")
+                    # the guest's words go to the user's terminal: no escape sequences
+                    reason = "".join(c if c.isprintable() else "?" for c in reason[:200])
+                    raise BackendError(f"guest {ids[rid]} failed: {reason}")
                 answered[ids[rid]] = time.monotonic() - t0
     except OSError as exc:
         raise BackendError(f"control request: {exc.strerror or exc}") from exc

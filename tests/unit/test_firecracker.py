@@ -149,11 +149,12 @@ class FakeVsock:
             conn.sendall(b"OK 1073741824\n" + (b"GUEST-HELLO" if behaviour == "agent" else b""))
             data = conn.recv(4096)
             self.got.append(data)
-            if behaviour == "control":  # answer every request line: ID ok
+            if behaviour in ("control", "control-err"):  # answer every line: ID ok
                 for ln in data.decode().splitlines():
                     words = ln.split()
                     if len(words) >= 2:  # `poweroff` has no id and no answer
-                        conn.sendall(f"{words[1]} ok\n".encode())
+                        answer = "ok" if behaviour == "control" else "err \x1b]0;pwned\x07\x1b[2Jno"
+                        conn.sendall(f"{words[1]} {answer}\n".encode())
             elif behaviour == "agent" and data:
                 conn.sendall(b"echo:" + data)
 
@@ -206,6 +207,18 @@ def test_poweroff_and_control_over_vsock(vsock: FakeVsock, tmp_path: Path) -> No
     assert set(answered) == {"ping", "reseed"}
     assert vsock.got[0] == b"poweroff\n"
     assert vsock.got[1].startswith(b"ping ") and b"\nreseed " in vsock.got[1]
+
+
+def test_guest_control_error_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    """The guest's ``ID err REASON`` reaches the user's terminal in the error line:
+    its control characters (escape sequences) are replaced, the words kept."""
+    fake = FakeVsock(tmp_path / "vsock.sock", {channels.CONTROL_PORT: "control-err"})
+    try:
+        with pytest.raises(BackendError) as err:
+            channels.control_request(fc_channels(tmp_path), "ping", timeout=5)
+    finally:
+        fake.close()
+    assert err.value.message == "guest ping failed: ?]0;pwned??[2Jno"
 
 
 def test_poweroff_without_listener_is_false(tmp_path: Path) -> None:
