@@ -392,9 +392,11 @@ def test_owned_pid_whatever_the_binary_is_called(tmp_path: Path) -> None:
     from mvm.backends.firecracker.machine import PIDFILE
 
     backend = FirecrackerBackend()
-    other = subprocess.Popen(["firecracker", "-c", "sleep 30"], executable="/bin/sh", cwd=tmp_path)
+    # own sessions: the shell forks its sleep, and the test ends both with the group
+    other = subprocess.Popen(["firecracker", "-c", "sleep 30"], executable="/bin/sh",
+                             cwd=tmp_path, start_new_session=True)  # fmt: skip
     fc = subprocess.Popen(["firecracker-v1.12.1-x86_64", "-c", "sleep 30", "--api-sock"],
-                          executable="/bin/sh", cwd=tmp_path)  # fmt: skip
+                          executable="/bin/sh", cwd=tmp_path, start_new_session=True)  # fmt: skip
     try:
         (tmp_path / PIDFILE).write_text(f"{other.pid}\n")  # no --api-sock: not Firecracker
         assert backend.owned_pid(tmp_path) == fc.pid  # found by the scan
@@ -402,7 +404,7 @@ def test_owned_pid_whatever_the_binary_is_called(tmp_path: Path) -> None:
         assert backend.owned_pid(tmp_path) == fc.pid
     finally:
         for p in (other, fc):
-            p.kill()
+            os.killpg(p.pid, 9)
             p.wait()
     assert backend.owned_pid(tmp_path) is None
 
