@@ -615,8 +615,8 @@ def _http(status: str, body: bytes) -> bytes:
      "Firecracker: GET / answered an unexpected instance description"),
     (_http("200 OK", b'{"id": 3}'), "Firecracker: GET / answered an unexpected instance description"),
     (_http("200 OK", b"\xff\xfe not json"), "Firecracker answered GET / with invalid JSON"),
-    (_http("400 Bad Request", b'{"fault_message": "bad\\nthing\\there"}'),
-     "Firecracker refused GET /: bad thing here"),
+    (_http("400 Bad Request", b'{"fault_message": "bad\\nthing\\there\\u001b[2J"}'),
+     "Firecracker refused GET /: bad thing here?[2J"),
     (_http("500 Internal Server Error", b"<html>"),
      "Firecracker refused GET /: HTTP 500 Internal Server Error"),
     (b"SSH-2.0-OpenSSH\r\n", None),  # not HTTP at all

@@ -98,7 +98,8 @@ def fault(resp: httpx.Response) -> str:
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("fault_message"), str):
-        return " ".join(str(body["fault_message"]).split())[:500]
+        text = " ".join(str(body["fault_message"]).split())[:500]
+        return "".join(c if c.isprintable() else "?" for c in text)  # for a terminal
     return f"HTTP {resp.status_code} {resp.reason_phrase}"
 
 
