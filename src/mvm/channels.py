@@ -48,16 +48,21 @@ def vsock_connect(uds: os.PathLike[str], port: int, timeout: float = 2.0) -> soc
     """A stream to guest vsock ``port`` through a hybrid vsock Unix socket.
 
     The answer line is read one byte at a time so not a byte of the guest's
-    stream is consumed.  Refused (no listener in the guest yet, or the socket
-    is not Firecracker's): ``BackendError``.
+    stream is consumed; ``timeout`` bounds the whole handshake.  Refused (no
+    listener in the guest yet, or the socket is not Firecracker's): ``BackendError``.
     """
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + timeout  # for the whole handshake, not each byte
     try:
         s.settimeout(timeout)
         s.connect(os.fspath(uds))
         s.sendall(f"CONNECT {port}\n".encode())
         line = b""
         while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BackendError(f"vsock port {port}: no handshake answer within {timeout:g}s")
+            s.settimeout(left)
             b = s.recv(1)
             if not b or len(line) >= HANDSHAKE_MAX:
                 break
@@ -193,7 +198,9 @@ def control_requests(
                     continue
                 if rest != "ok":
                     reason = rest[4:] if rest.startswith("err ") else rest
-                    raise BackendError(f"guest {ids[rid]} failed: {reason[:200]}")
+                    # the guest's words go to the user's terminal: no escape sequences
+                    reason = "".join(c if c.isprintable() else "?" for c in reason[:200])
+                    raise BackendError(f"guest {ids[rid]} failed: {reason}")
                 answered[ids[rid]] = time.monotonic() - t0
     except OSError as exc:
         raise BackendError(f"control request: {exc.strerror or exc}") from exc

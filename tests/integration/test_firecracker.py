@@ -390,6 +390,9 @@ def test_cli_jailer_uid_cgroup_seccomp(unchecked: None) -> None:
     assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == b"/firecracker"
     assert (root / "dev" / "kvm").exists() and (root / "kernel").stat().st_uid == 65534
     assert not (root / GUEST_DATA).exists()  # scrubbed inside the jail too
+    for f in rd.rglob("*"):  # owner-only, the jail too (devices and links aside)
+        if not f.is_symlink() and (f.is_file() or f.is_dir()):
+            assert f.stat().st_mode & 0o077 == 0, f
     _no_secret_in_process(pid)
     _no_secret_in_files(root)
     cfg = json.loads(subprocess.run(

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,15 +140,21 @@ class FakeVsock:
             if behaviour == "garbage":
                 conn.sendall(b"NOPE\n")
                 return
+            if behaviour == "drip":  # a byte at a time, each well within the timeout
+                for b in b"OK 10737418240000000000000000\n":
+                    time.sleep(0.2)
+                    conn.sendall(bytes([b]))
+                return
             # the answer and the guest's first bytes in one segment: nothing may be lost
             conn.sendall(b"OK 1073741824\n" + (b"GUEST-HELLO" if behaviour == "agent" else b""))
             data = conn.recv(4096)
             self.got.append(data)
-            if behaviour == "control":  # answer every request line: ID ok
+            if behaviour in ("control", "control-err"):  # answer every line: ID ok
                 for ln in data.decode().splitlines():
                     words = ln.split()
                     if len(words) >= 2:  # `poweroff` has no id and no answer
-                        conn.sendall(f"{words[1]} ok\n".encode())
+                        answer = "ok" if behaviour == "control" else "err \x1b]0;pwned\x07\x1b[2Jno"
+                        conn.sendall(f"{words[1]} {answer}\n".encode())
             elif behaviour == "agent" and data:
                 conn.sendall(b"echo:" + data)
 
@@ -157,7 +164,8 @@ class FakeVsock:
 
 @pytest.fixture
 def vsock(tmp_path: Path) -> Iterator[FakeVsock]:
-    fake = FakeVsock(tmp_path / "vsock.sock", {1024: "agent", 1025: "control", 7: "garbage"})
+    fake = FakeVsock(tmp_path / "vsock.sock",
+                     {1024: "agent", 1025: "control", 7: "garbage", 8: "drip"})  # fmt: skip
     yield fake
     fake.close()
 
@@ -182,6 +190,15 @@ def test_handshake_refused_or_garbage(vsock: FakeVsock, tmp_path: Path) -> None:
         channels.vsock_connect(tmp_path / "missing.sock", channels.AGENT_PORT)
 
 
+def test_handshake_is_bounded_as_a_whole(vsock: FakeVsock) -> None:
+    """A peer that answers one byte every 0.2 s: each recv is quick, the handshake
+    is not; its timeout bounds the whole (before: up to 64 times the timeout)."""
+    t0 = time.monotonic()
+    with pytest.raises(BackendError, match=r"vsock port 8: (timed out|no handshake answer)"):
+        channels.vsock_connect(vsock.path, 8, timeout=1.0)
+    assert time.monotonic() - t0 < 2.0
+
+
 def test_poweroff_and_control_over_vsock(vsock: FakeVsock, tmp_path: Path) -> None:
     ch = fc_channels(tmp_path)
     assert ch.transport == "vsock" and ch.control == vsock.path
@@ -190,6 +207,18 @@ def test_poweroff_and_control_over_vsock(vsock: FakeVsock, tmp_path: Path) -> No
     assert set(answered) == {"ping", "reseed"}
     assert vsock.got[0] == b"poweroff\n"
     assert vsock.got[1].startswith(b"ping ") and b"\nreseed " in vsock.got[1]
+
+
+def test_guest_control_error_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    """The guest's ``ID err REASON`` reaches the user's terminal in the error line:
+    its control characters (escape sequences) are replaced, the words kept."""
+    fake = FakeVsock(tmp_path / "vsock.sock", {channels.CONTROL_PORT: "control-err"})
+    try:
+        with pytest.raises(BackendError) as err:
+            channels.control_request(fc_channels(tmp_path), "ping", timeout=5)
+    finally:
+        fake.close()
+    assert err.value.message == "guest ping failed: ?]0;pwned??[2Jno"
 
 
 def test_poweroff_without_listener_is_false(tmp_path: Path) -> None:
@@ -244,7 +273,6 @@ def test_relay_status_and_console(tmp_path: Path) -> None:
     first console client gets the console from its first byte, and the relay exits
     (removing its sockets) when the process is gone."""
     import subprocess
-    import time
     from types import SimpleNamespace
 
     from mvm.state.procs import proc_start_time
@@ -354,3 +382,259 @@ def test_jail_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MVM_FIRECRACKER_SECCOMP", "level2")
     with pytest.raises(BackendError, match="use on or off"):
         jail.seccomp_args()
+
+
+def test_owned_pid_whatever_the_binary_is_called(tmp_path: Path) -> None:
+    """A release's binary is "firecracker-v1.12.1-x86_64": the sidecar must still find
+    it (owned_pid None makes it exit at once, and `exec`/`cp` never connect)."""
+    import subprocess
+
+    from mvm.backends.firecracker.machine import PIDFILE
+
+    backend = FirecrackerBackend()
+    # own sessions: the shell forks its sleep, and the test ends both with the group
+    other = subprocess.Popen(["firecracker", "-c", "sleep 30"], executable="/bin/sh",
+                             cwd=tmp_path, start_new_session=True)  # fmt: skip
+    fc = subprocess.Popen(["firecracker-v1.12.1-x86_64", "-c", "sleep 30", "--api-sock"],
+                          executable="/bin/sh", cwd=tmp_path, start_new_session=True)  # fmt: skip
+    try:
+        (tmp_path / PIDFILE).write_text(f"{other.pid}\n")  # no --api-sock: not Firecracker
+        assert backend.owned_pid(tmp_path) == fc.pid  # found by the scan
+        (tmp_path / PIDFILE).write_text(f"{fc.pid}\n")
+        assert backend.owned_pid(tmp_path) == fc.pid
+    finally:
+        for p in (other, fc):
+            os.killpg(p.pid, 9)
+            p.wait()
+    assert backend.owned_pid(tmp_path) is None
+
+
+class SlowApi:
+    """A Unix socket HTTP server: a valid ``GET /`` reply, or (``drip``) one header
+    line every 0.3 s, forever: each read is quick, the call never ends."""
+
+    def __init__(self, path: Path, drip: bool, reply: bytes | None = None) -> None:
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(str(path))
+        self.srv.listen(4)
+        self.drip = drip
+        self.reply = reply  # a canned raw HTTP reply instead of the valid one
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.serve, daemon=True)
+        self.t.start()
+
+    def serve(self) -> None:
+        body = json.dumps({"id": "x", "state": "Paused", "vmm_version": "1.12.1",
+                           "app_name": "Firecracker"}).encode()  # fmt: skip
+        with contextlib.suppress(OSError):
+            while not self.stop.is_set():
+                c, _ = self.srv.accept()
+                with c:
+                    while not self.stop.is_set() and c.recv(65536):
+                        if self.reply is not None:
+                            c.sendall(self.reply)
+                            continue
+                        if not self.drip:
+                            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+                            continue
+                        c.sendall(b"HTTP/1.1 200 OK\r\n")
+                        while not self.stop.wait(0.3):
+                            c.sendall(b"X-Drip: 1\r\n")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.srv.close()
+
+
+@pytest.mark.timeout(60)  # before the fix a dripping reply held the call for ever
+@pytest.mark.parametrize("drip", [False, True])
+def test_api_call_is_bounded_as_a_whole(tmp_path: Path, drip: bool) -> None:
+
+    from mvm.backends.firecracker.api import ApiClient
+
+    server = SlowApi(tmp_path / "api.sock", drip)
+    api = ApiClient(tmp_path / "api.sock")
+    try:
+        t0 = time.monotonic()
+        if drip:
+            with pytest.raises(BackendError, match="did not answer GET / in time"):
+                api.instance(1.0)
+        else:
+            for _ in range(2):  # a kept-alive connection: the deadline is per call
+                assert api.instance(1.0).state == "Paused"
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        api.close()
+        server.close()
+
+
+def test_relay_survives_a_guest_hoarding_status_connections(tmp_path: Path) -> None:
+    """A guest that opens hundreds of status connections and never closes them: the
+    relay keeps at most STATUS_CONNS (no fd exhaustion, no EMFILE busy loop) and the
+    latest report still lands in the status file."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from mvm.backends.firecracker.relay import STATUS_CONNS
+    from mvm.state.procs import proc_start_time
+
+    rd = tmp_path / "vm"
+    rd.mkdir()
+    (rd / "console.log").write_bytes(b"")
+    stand_in = subprocess.Popen(["sleep", "30"])
+    hoard: list[socket.socket] = []
+    try:
+        m = SimpleNamespace(run_dir=rd, pid=stand_in.pid, pid_start=proc_start_time(stand_in.pid),
+                            console_w=None)  # fmt: skip
+        relay_pid = FirecrackerBackend()._start_relay(m)  # type: ignore[arg-type]
+        status_sock = str(rd / f"vsock.sock_{channels.STATUS_PORT}")
+        for _ in range(300):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(status_sock)
+            hoard.append(s)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(status_sock)
+            s.sendall(b"exit 7\n")
+            deadline = time.monotonic() + 10
+            while channels.exit_code(fc_channels(rd)) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert channels.exit_code(fc_channels(rd)) == 7
+        fds = len(os.listdir(f"/proc/{relay_pid}/fd"))
+        assert fds < 20 + STATUS_CONNS, fds
+    finally:
+        for s in hoard:
+            s.close()
+        stand_in.kill()
+        stand_in.wait()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{relay_pid}").exists() and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(relay_pid, os.WNOHANG)
+        time.sleep(0.05)
+
+
+def test_kill_takes_a_wrapper_scripts_child(tmp_path: Path) -> None:
+    """MVM_FIRECRACKER may be a wrapper that runs Firecracker as its child: a failed
+    `up` or `down` must not leave that child (a running VM) behind."""
+
+    from mvm import proc
+    from mvm.backends.firecracker.machine import FirecrackerMachine
+    from mvm.state.procs import pid_alive, proc_start_time
+
+    child = tmp_path / "child.pid"
+    popen = proc.spawn(["/bin/sh", "-c", f"sleep 30 & echo $! > {child}; wait"])
+    deadline = time.monotonic() + 5
+    while not child.exists() or not child.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    pid = int(child.read_text())
+    m = FirecrackerMachine(FirecrackerBackend(), tmp_path, popen.pid,
+                           proc_start_time(popen.pid), popen=popen)  # fmt: skip
+    m.kill()
+    deadline = time.monotonic() + 5
+    while pid_alive(pid, None) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pid_alive(pid, None)
+
+
+def test_launch_refuses_socket_paths_too_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:  # fmt: skip
+    """A long MVM_HOME: Firecracker would exit at once ("path must be shorter than
+    SUN_LEN") with a bare "exited before its API socket was ready"; mvm says why first."""
+    monkeypatch.setenv("MVM_FIRECRACKER", "/bin/true")
+    monkeypatch.setenv("MVM_FIRECRACKER_KVM", "unchecked")
+    rd = tmp_path / ("x" * (110 - len(str(tmp_path))))
+    rd.mkdir()
+    with pytest.raises(BackendError, match="too long for a Unix socket") as err:
+        FirecrackerBackend().launch(spec(rd))
+    assert err.value.hint == "use a shorter MVM_HOME or VM name"
+    assert list(rd.iterdir()) == []  # refused before anything was written
+
+
+def test_launch_says_why_firecracker_exited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:  # fmt: skip
+    """Firecracker's own reason (its log, which gets its stderr too) is in the one line."""
+    fake = tmp_path / "firecracker"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'while [ $# -gt 0 ]; do [ "$1" = --log-path ] && exec >>"$2"; shift; done\n'
+        "echo '2026-12-04T22:53:51.964302640 [fc1:main] RunWithApiError error: Failed to bind"
+        " and run the HTTP server: IO error: path must be shorter than SUN_LEN'\n"
+        "echo '2026-12-04T22:53:51.964382639 [fc1:main] Firecracker exiting with error."
+        " exit_code=1'\n"
+        "echo 'Error: RunWithApi(FailedToBindAndRunHttpServer(IOError(Error { kind: "
+        "InvalidInput })))' >&2\n"
+        "exit 1\n"
+    )  # fmt: skip
+    fake.chmod(0o700)
+    monkeypatch.setenv("MVM_FIRECRACKER", str(fake))
+    monkeypatch.setenv("MVM_FIRECRACKER_KVM", "unchecked")
+    rd = tmp_path / "vm"
+    rd.mkdir()
+    with pytest.raises(BackendError) as err:
+        FirecrackerBackend().launch(spec(rd))
+    assert err.value.message == (
+        "Firecracker exited before its API socket was ready: RunWithApiError error: Failed to "
+        "bind and run the HTTP server: IO error: path must be shorter than SUN_LEN"
+    )
+
+
+def test_exit_reason_falls_back_to_stderr() -> None:
+    from mvm.backends.firecracker.machine import _exit_reason
+
+    assert _exit_reason("Error: LoggerInitialization(x)\n") == "Error: LoggerInitialization(x)"
+    assert _exit_reason("2026-12-04T22:53:51.9 [a:main] Firecracker exiting with error.") is None
+    assert _exit_reason(None) is None
+
+
+def test_relative_binary_paths_are_made_absolute(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Firecracker starts in the run directory: MVM_FIRECRACKER=./firecracker (relative to
+    where mvmctl runs) gave "starting Firecracker: No such file or directory"."""
+    from mvm.backends.firecracker.machine import firecracker_binary, jailer_binary
+
+    for name in ("firecracker", "jailer"):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o700)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MVM_FIRECRACKER", "./firecracker")
+    monkeypatch.setenv("MVM_JAILER", "jailer")
+    assert firecracker_binary() == str(tmp_path / "firecracker")
+    assert jailer_binary() == str(tmp_path / "jailer")
+
+
+def _http(status: str, body: bytes) -> bytes:
+    return b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (status.encode(), len(body), body)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("reply", "message"), [
+    (_http("200 OK", b"[1, 2]"), "Firecracker: GET / did not answer a JSON object"),
+    (_http("200 OK", b'{"id": "x", "state": "Exploded", "vmm_version": "1", "app_name": "F"}'),
+     "Firecracker: GET / answered an unexpected instance description"),
+    (_http("200 OK", b'{"id": 3}'), "Firecracker: GET / answered an unexpected instance description"),
+    (_http("200 OK", b"\xff\xfe not json"), "Firecracker answered GET / with invalid JSON"),
+    (_http("400 Bad Request", b'{"fault_message": "bad\\nthing\\there\\u001b[2J"}'),
+     "Firecracker refused GET /: bad thing here?[2J"),
+    (_http("500 Internal Server Error", b"<html>"),
+     "Firecracker refused GET /: HTTP 500 Internal Server Error"),
+    (b"SSH-2.0-OpenSSH\r\n", None),  # not HTTP at all
+])  # fmt: skip
+def test_garbage_api_replies_are_one_clean_error(tmp_path: Path, reply: bytes,
+                                                 message: str | None) -> None:  # fmt: skip
+    """Whatever answers on the API socket, a call ends in one BackendError (one line),
+    never a KeyError/ValueError/traceback."""
+    from mvm.backends.firecracker.api import ApiClient
+
+    server = SlowApi(tmp_path / "api.sock", False, reply)
+    api = ApiClient(tmp_path / "api.sock")
+    try:
+        with pytest.raises(BackendError) as err:
+            api.instance(2.0)
+        assert "\n" not in err.value.message
+        if message is not None:
+            assert err.value.message == message
+    finally:
+        api.close()
+        server.close()

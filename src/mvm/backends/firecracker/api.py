@@ -15,6 +15,7 @@ guest-data drive (``mvm.backends.guestdrive``), referenced by path only.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ from mvm.errors import BackendError
 
 if TYPE_CHECKING:  # httpx costs ~90 ms to import: only a call to Firecracker pays it
     import httpx
+
+    from mvm.backends.firecracker.deadline import Deadline
 
 # the host part is ignored over a Unix socket; Firecracker wants a Host header
 BASE = "http://localhost"
@@ -95,7 +98,8 @@ def fault(resp: httpx.Response) -> str:
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("fault_message"), str):
-        return " ".join(str(body["fault_message"]).split())[:500]
+        text = " ".join(str(body["fault_message"]).split())[:500]
+        return "".join(c if c.isprintable() else "?" for c in text)  # for a terminal
     return f"HTTP {resp.status_code} {resp.reason_phrase}"
 
 
@@ -106,32 +110,44 @@ class ApiClient:
         self.sock = sock
         self.timeout = timeout
         self._client: httpx.Client | None = None
+        self._deadline: Deadline | None = None
 
     def _http(self) -> httpx.Client:
         import httpx
 
+        from mvm.backends.firecracker.deadline import Deadline
+        from mvm.backends.firecracker.deadline import transport as bounded
+
         if self._client is None:
-            transport = httpx.HTTPTransport(uds=str(self.sock))
+            self._deadline = Deadline()
+            transport = bounded(str(self.sock), self._deadline)
             self._client = httpx.Client(transport=transport, base_url=BASE, timeout=self.timeout)
         return self._client
 
     def request(
         self, method: str, path: str, body: Any = None, timeout: float | None = None
     ) -> Any:
-        """Send one call; the decoded JSON reply (None for 204); ``BackendError`` on a fault."""
+        """Send one call; the decoded JSON reply (None for 204); ``BackendError`` on a fault.
+        ``timeout`` bounds the whole call, not each socket operation (:mod:`.deadline`)."""
         import httpx
 
         what = f"{method} {path}"
+        limit = self.timeout if timeout is None else timeout
+        client = self._http()
+        assert self._deadline is not None
+        self._deadline.at = time.monotonic() + limit
         try:
-            resp = self._http().request(
+            resp = client.request(
                 method, path, content=None if body is None else json.dumps(body).encode(),
                 headers={"Content-Type": "application/json", "Accept": "application/json"},
-                timeout=self.timeout if timeout is None else timeout,
+                timeout=limit,
             )  # fmt: skip
         except httpx.TimeoutException as exc:
             raise BackendError(f"Firecracker did not answer {what} in time") from exc
         except httpx.HTTPError as exc:
             raise BackendError(f"Firecracker API unreachable ({what}): {exc}") from exc
+        finally:
+            self._deadline.at = None
         if resp.status_code >= 300:
             raise BackendError(f"Firecracker refused {what}: {fault(resp)}")
         if resp.status_code == 204 or not resp.content:

@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -62,11 +63,13 @@ INSTALL_HINT = (
 
 
 def firecracker_binary() -> str:
+    """The binary, as an absolute path: Firecracker is started in the run directory, where
+    a relative ``MVM_FIRECRACKER=./firecracker`` would name nothing."""
     path = os.environ.get("MVM_FIRECRACKER") or shutil.which(FIRECRACKER)
     if not path or not os.access(path, os.X_OK) or os.path.isdir(path):
         raise HypervisorMissing(f"{path or FIRECRACKER} not found (or not executable)",
                                 hint=INSTALL_HINT)  # fmt: skip
-    return path
+    return os.path.abspath(path)
 
 
 def jailer_binary() -> str | None:
@@ -78,7 +81,7 @@ def jailer_binary() -> str | None:
             path = None
         if not path or not os.access(path, os.X_OK):
             path = shutil.which(JAILER)
-    return path if path and os.access(path, os.X_OK) else None
+    return os.path.abspath(path) if path and os.access(path, os.X_OK) else None
 
 
 LOG_LEVELS = ("Error", "Warning", "Info", "Debug")
@@ -169,6 +172,14 @@ class FirecrackerMachine(Machine):
         guest that ignores it is killed."""
         self.api.action("SendCtrlAltDel", timeout=2.0)
 
+    def kill(self) -> None:
+        """SIGKILL Firecracker's whole process group (it leads one: its own session), so
+        that a wrapper script named by MVM_FIRECRACKER does not leave its child running."""
+        with contextlib.suppress(OSError):
+            if self.alive() and os.getpgid(self.pid) == self.pid:
+                os.killpg(self.pid, signal.SIGKILL)
+        super().kill()
+
     def close(self) -> None:
         self.api.close()
         if self.console_w is not None:  # a launch that failed before the relay started
@@ -196,6 +207,46 @@ def _mkfifo(path: Path) -> None:
 
 def memory_path(state: Path) -> Path:
     return state.with_name("memory")
+
+
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
+
+
+def _private_exec(run_dir: Path, binary: str) -> None:
+    """The jailer copies the firecracker binary into the jail with its own mode (0755
+    from a release): owner-only like everything under MVM_HOME (it has been exec'd)."""
+    with contextlib.suppress(OSError):
+        (Jail.root(run_dir, run_dir.name) / Path(binary).name).chmod(0o700)
+
+
+def _check_socket_paths(run_dir: Path) -> None:
+    """Refuse a run directory whose socket paths AF_UNIX cannot hold (Firecracker would
+    exit at once with "path must be shorter than SUN_LEN").  The longest name is the API
+    socket's; the host connects to the others by these paths too (jailed: symlinks)."""
+    n = len(os.fsencode(run_dir / API_SOCK))
+    if n > SUN_PATH_MAX:
+        raise BackendError(
+            f"Firecracker: the run directory's socket paths are too long for a Unix socket "
+            f"({n} bytes, at most {SUN_PATH_MAX})",
+            hint="use a shorter MVM_HOME or VM name",
+        )
+
+
+def _exit_reason(log: str | None) -> str | None:
+    """Why Firecracker exited at start, from its log (which gets its stderr too): the
+    last logged error line without its timestamp (the closing "exiting with error"
+    line says nothing), else the ``Error: …`` it prints on stderr."""
+    logged, printed = None, None
+    for line in (log or "").splitlines():
+        text = " ".join(line.split())
+        if text[:1].isdigit() and "] " in text:  # "2026-…T…Z [id:thread] message"
+            text = text.split("] ", 1)[1]
+            if "error" in text.lower() and not text.startswith("Firecracker exiting"):
+                logged = text
+        elif text.startswith("Error: "):
+            printed = text
+    why = logged or printed
+    return why[:300] if why else None
 
 
 def _tail(path: Path) -> str | None:
@@ -263,6 +314,7 @@ class FirecrackerBackend(Backend):
 
     def launch(self, spec: MachineSpec, restore: RestoreSource | None = None) -> FirecrackerMachine:
         binary = firecracker_binary()
+        _check_socket_paths(spec.run_dir)
         jailed = jail_mod.settings(spec.jail)
         # decided before the launch (a first probe boots a QEMU guest under KVM: not while
         # a Firecracker guest runs), reported after InstanceStart (the contract is tested)
@@ -277,6 +329,7 @@ class FirecrackerBackend(Backend):
             self._wait_socket(machine)
             if jailed is not None:
                 calls = self._stage_jail(machine, spec, jailed, restore)
+                _private_exec(spec.run_dir, binary)
             elif restore is not None:
                 memory = restore.ram or memory_path(restore.state)
                 calls = fcconfig.restore_plan(restore.state, memory)
@@ -393,8 +446,10 @@ class FirecrackerBackend(Backend):
         deadline = time.monotonic() + SOCKET_TIMEOUT
         while time.monotonic() < deadline:
             if not machine.alive():
-                raise BackendError("Firecracker exited before its API socket was ready",
-                                   log_tail=_tail(machine.run_dir / LOG))  # fmt: skip
+                tail = _tail(machine.run_dir / LOG)
+                why = _exit_reason(tail)
+                raise BackendError("Firecracker exited before its API socket was ready"
+                                   + (f": {why}" if why else ""), log_tail=tail)  # fmt: skip
             if (machine.run_dir / API_SOCK).exists():
                 try:
                     machine.api.instance(1.0)
@@ -515,14 +570,17 @@ class FirecrackerBackend(Backend):
 
 
 def _runs_in(pid: int, run_dir: Path, jailed: bool = False) -> bool:
-    """Whether ``pid`` is the Firecracker of ``run_dir``: its cwd (a jailed one's cwd
-    is its jail root, seen as "/": then its ``--id`` and the jail directory decide)."""
+    """Whether ``pid`` is the Firecracker of ``run_dir``: a process given ``--api-sock``
+    whose cwd is the run directory (a jailed one's cwd is its jail root, seen as "/":
+    then its ``--id`` and the jail directory decide)."""
     try:
         cwd = os.readlink(f"/proc/{pid}/cwd")
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    if os.path.basename(cmd[0]) != b"firecracker" or not pid_alive(pid, None):
+    # any file name: a release's binary is "firecracker-v1.12.1-x86_64"; Firecracker is
+    # the process that was given an API socket (every launch passes --api-sock)
+    if b"--api-sock" not in cmd or not pid_alive(pid, None):
         return False
     if cwd == str(run_dir):
         return True

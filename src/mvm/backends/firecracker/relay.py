@@ -38,6 +38,10 @@ from pathlib import Path
 from mvm.state.procs import pid_alive
 
 STATUS_MAX = 64 * 1024  # the status file stays small whatever the guest sends
+# the guest opens one status connection per report; one that opens thousands and
+# keeps them must not exhaust the relay's fds (accept would then fail with EMFILE
+# and the listening socket stay readable: a busy loop): the oldest is dropped
+STATUS_CONNS = 8
 POLL = 0.1
 
 
@@ -48,6 +52,7 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ, what)
     clients: list[socket.socket] = []
+    statuses: list[socket.socket] = []  # open status connections, oldest first
     metrics = Metrics(run_dir)
     if metrics.fd is not None:
         sel.register(metrics.fd, selectors.EVENT_READ, "metrics")
@@ -72,6 +77,9 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
                 with contextlib.suppress(OSError):
                     conn, _ = sock.accept()
                     conn.setblocking(False)
+                    if len(statuses) >= STATUS_CONNS:
+                        _close(sel, statuses.pop(0))
+                    statuses.append(conn)
                     sel.register(conn, selectors.EVENT_READ, "status")
             elif key.data == "console-listen":
                 with contextlib.suppress(OSError):
@@ -81,7 +89,7 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
                     clients.append(conn)
                     served = True
                     sel.register(conn, selectors.EVENT_READ, "console-client")
-            elif (data := _recv_or_close(sel, sock, clients)) is None:
+            elif (data := _recv_or_close(sel, sock, clients, statuses)) is None:
                 continue
             elif key.data == "console-client":  # keys typed: Firecracker's serial input
                 if console_in is not None:
@@ -111,31 +119,36 @@ def serve(run_dir: Path, status_l: socket.socket, console_l: socket.socket,
                         c.sendall(chunk)
                     except OSError:  # a client that stopped reading is dropped
                         clients.remove(c)
-                        with contextlib.suppress(KeyError, ValueError):
-                            sel.unregister(c)
-                        c.close()
+                        _close(sel, c)
         elif served:
             with contextlib.suppress(OSError):
                 pos = log.stat().st_size
-    for c in clients:
+    for c in clients + statuses:
         c.close()
     metrics.close()
 
 
 def _recv_or_close(sel: selectors.BaseSelector, sock: socket.socket,
-                   clients: list[socket.socket]) -> bytes | None:  # fmt: skip
-    """What a connection sent; None (and the connection closed) at its end."""
+                   *lists: list[socket.socket]) -> bytes | None:  # fmt: skip
+    """What a connection sent; None (and the connection closed, and out of ``lists``)
+    at its end."""
     try:
         data = sock.recv(4096)
     except OSError:
         data = b""
     if data:
         return data
-    sel.unregister(sock)
-    if sock in clients:
-        clients.remove(sock)
-    sock.close()
+    for conns in lists:
+        if sock in conns:
+            conns.remove(sock)
+    _close(sel, sock)
     return None
+
+
+def _close(sel: selectors.BaseSelector, sock: socket.socket) -> None:
+    with contextlib.suppress(KeyError, ValueError):
+        sel.unregister(sock)
+    sock.close()
 
 
 class Metrics:
