@@ -266,6 +266,26 @@ def test_forward_until_ctrl_c(world: World) -> None:
         p.kill()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+    # started with SIGINT ignored (as a background shell hands it down), Ctrl-C still
+    # removes the forward; so does a plain kill (SIGTERM)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        p = subprocess.Popen([MVMCTL, "forward", world.name, f"{port}:8080"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=_ignore_sigint)  # fmt: skip
+        try:
+            assert p.stdout is not None
+            assert "Ctrl-C to stop" in p.stdout.readline()
+            assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).read()
+            p.send_signal(sig)
+            assert p.wait(30) == 0
+        finally:
+            p.kill()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def test_preset_none_has_no_egress_at_all(world: World, tmp_path: Path) -> None:

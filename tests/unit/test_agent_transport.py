@@ -25,8 +25,18 @@ NOBODY = 65534
 
 
 def connect(path: Path, **kw: float) -> AgentClient:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(str(path))
+    # the socket file appears at bind(), a moment before listen(): refused until then
+    deadline = time.monotonic() + 10
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(path))
+            break
+        except ConnectionRefusedError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     return AgentClient(s, **kw)  # type: ignore[arg-type]
 
 

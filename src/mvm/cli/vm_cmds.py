@@ -433,6 +433,9 @@ def forward(name: str, port: str, detach: bool, remove: bool) -> None:
     if detach:
         click.echo(f"{name}: forwarding {f.address}:{f.host} -> guest {f.guest}")
         return
-    click.echo(f"{name}: forwarding {f.address}:{f.host} -> guest {f.guest} (Ctrl-C to stop)")
-    sys.stdout.flush()
-    fwd_mod.hold(name, f)
+
+    def announce() -> None:
+        click.echo(f"{name}: forwarding {f.address}:{f.host} -> guest {f.guest} (Ctrl-C to stop)")
+        sys.stdout.flush()
+
+    fwd_mod.hold(name, f, announce=announce)

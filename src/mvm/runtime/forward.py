@@ -9,8 +9,10 @@ before anything is asked of the hypervisor, under the VM's lock.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
+from types import FrameType
 
 from mvm.backends.base import Machine
 from mvm.backends.spec import PortForward
@@ -88,14 +90,32 @@ def remove(name: str, spec: str) -> PortForward:
     return fwd
 
 
-def hold(name: str, fwd: PortForward, alive: Callable[[], bool] | None = None) -> None:
-    """Keep a non-detached forward until Ctrl-C or the VM stops, then remove it."""
+def hold(
+    name: str,
+    fwd: PortForward,
+    alive: Callable[[], bool] | None = None,
+    announce: Callable[[], None] | None = None,
+) -> None:
+    """Keep a non-detached forward until Ctrl-C, SIGTERM/SIGHUP or the VM stops, then
+    remove it.  The handlers are installed explicitly (as ``run --attached`` does): a
+    SIGINT ignored by a background parent, or a plain ``kill``, must still remove the
+    forward rather than leave the port open on the VM.  ``announce`` runs once they
+    are in place: a signal sent as soon as the user sees the line is not lost."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
+        if announce is not None:
+            announce()
         while alive() if alive else get(name).record.is_active():
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
+        for s, h in old.items():
+            signal.signal(s, h)
         with lifecycle.vm_lock(name):
             vm = get(name)
             machine = _machine(vm.record)
