@@ -27,9 +27,18 @@ def test_zero_host_ports_get_a_free_port_each() -> None:
     assert got[1].startswith("127.0.0.1:") and got[1].endswith(":53/udp")
     assert got[2] == "9000:90"
     check_ports(["0:8080", "0.0.0.0:0:80", "8080:80"])
-    for bad in ("0:99999", "x:80", "0:0"):
-        with pytest.raises(ConfigError):
+    for bad in ("0:99999", "x:80", "0:0", "127.0.0.1:0:70000/udp"):
+        with pytest.raises(ConfigError, match=f"invalid port '{bad}'"):  # as typed
             check_ports([bad])
+
+
+def test_cluster_down_needs_exactly_one_of_name_and_template() -> None:
+    from mvm.cluster import client
+
+    with pytest.raises(ConfigError, match=r"^give a VM name or --template$"):
+        client.down()
+    with pytest.raises(ConfigError, match="not both"):
+        client.down("cl-web-1", template="web")
 
 
 def test_sealed_secrets_never_print_but_survive_pickling() -> None:
@@ -166,3 +175,55 @@ def test_help_and_the_cluster_commands_module_do_not_import_ray() -> None:
     r = subprocess.run([MVMCTL, "cluster", "up", "--help"], capture_output=True, text=True,
                        timeout=60)  # fmt: skip
     assert r.returncode == 0 and "--spread" in r.stdout and "--replicas" in r.stdout
+
+
+def test_local_nodes_run_with_ray_token_auth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray listens on every interface and runs whatever it is sent: the local cluster's
+    nodes require a token, named by path (never by value) in their environment."""
+    monkeypatch.setenv("MVM_HOME", str(tmp_path))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "callers-own")
+    (tmp_path / "cluster").mkdir(mode=0o700)
+    path = local._write_token()
+    token = path.read_text()
+    assert path == local.token_path() and len(token) == 64 and int(token, 16) >= 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert local._write_token().read_text() != token  # a new cluster, a new token
+    env = local._node_env(local.node_home(0))
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(path)
+    assert "RAY_AUTH_TOKEN" not in env
+    assert path.read_text() not in json.dumps(env)
+    # a driver gets the token path for the local cluster's address only
+    assert local.auth_env("127.0.0.1:5") == {}
+    home = str(tmp_path / "cluster" / "node-0")
+    (tmp_path / "cluster" / "local.json").write_text(
+        json.dumps({"address": "127.0.0.1:5", "nodes": [{"id": "node-0", "home": home, "pid": 1}]})
+    )
+    assert local.auth_env("127.0.0.1:5") == {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(path),
+    }
+    assert local.auth_env("10.0.0.1:5") == {}
+
+
+def test_rays_session_dir_is_private_and_unguessable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray makes its --temp-dir world-writable: it sits in a fresh 0700 mkdtemp dir,
+    and a stale one is removed only if it is this user's under /tmp."""
+    monkeypatch.setenv("MVM_HOME", str(tmp_path))
+    a, b = local._temp_dir(), local._temp_dir()
+    try:
+        assert a != b and a.parent == Path("/tmp")
+        assert a.name.startswith(f"mvm-ray-{os.getuid()}-") and len(str(a)) < 40
+        assert a.stat().st_mode & 0o777 == 0o700
+        (tmp_path / "cluster").mkdir()
+        state = tmp_path / "cluster" / "local.json"
+        for temp, stale in ((str(a), a), ("/etc", None), (str(tmp_path), None),
+                            (f"/tmp/mvm-ray-{os.getuid()}-gone", None)):  # fmt: skip
+            state.write_text(json.dumps({"address": "x:1", "nodes": [], "temp_dir": temp}))
+            assert local._stale_temp_dir() == stale
+    finally:
+        a.rmdir()
+        b.rmdir()

@@ -75,8 +75,10 @@ def hosts(address: str | None = None) -> list[dict[str, Any]]:
 
 def down(name: str | None = None, *, template: str | None = None,
          address: str | None = None) -> list[str]:  # fmt: skip
-    if (name is None) == (template is None):
+    if name is not None and template is not None:
         raise ConfigError("give a VM name or --template, not both")
+    if name is None and template is None:
+        raise ConfigError("give a VM name or --template", hint="`mvmctl cluster ls` lists them")
     if name is not None:
         paths.validate_name(name, "VM name")
     if template is not None:

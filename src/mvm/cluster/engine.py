@@ -61,6 +61,11 @@ def connect(address: str | None = None) -> Any:
                                 f"--address / {ADDRESS_ENV}")  # fmt: skip
     _reachable(addr)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # the local cluster's token (by path); another cluster's auth is the caller's RAY_AUTH_*
+    auth = local.auth_env(addr)
+    if auth:
+        os.environ.update(auth)
+        _reload_auth(ray)
     _quiet(ray)
     try:
         ray.init(address=addr, namespace=NAMESPACE, logging_level="ERROR",
@@ -68,6 +73,17 @@ def connect(address: str | None = None) -> Any:
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError…
         raise ClusterError(f"cannot connect to the cluster at {addr}: {_short(exc)}") from None
     return ray
+
+
+def _reload_auth(ray: Any) -> None:
+    """Make this process see ``RAY_AUTH_*`` set after ``import ray`` (Ray reads its
+    config, and caches the token, when it is imported), as ``ray`` itself does when
+    it enables token auth."""
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _reachable(addr: str, timeout: float = 5.0) -> None:
