@@ -227,3 +227,22 @@ def test_rays_session_dir_is_private_and_unguessable(
     finally:
         a.rmdir()
         b.rmdir()
+
+
+def test_sealed_secrets_reach_the_worker_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker parses the sealed text again: what it gets is what the caller bound,
+    and a value that would split elsewhere (part of it to another host) is refused."""
+    from mvm.cluster.client import seal_secrets
+    from mvm.network.bindings import parse
+
+    monkeypatch.setenv("K", "a:b.example")
+    for arg, host, header in (("K:api.example.com", "api.example.com", None),
+                              ("K:api.example.com:x-key", "api.example.com", "x-key"),
+                              ("K=a:b.example:api.example.com", "api.example.com", None)):  # fmt: skip
+        sealed = seal_secrets([arg])
+        assert sealed is not None
+        b = parse(sealed.reveal()[0], {})
+        assert (b.value, b.hosts, b.header) == ("a:b.example", (host,), header)
+    with pytest.raises(ConfigError, match="secret K: its value contains ':'") as e:
+        seal_secrets(["K:localhost"])
+    assert "b.example" not in str(e.value) and "b.example" not in (e.value.hint or "")
