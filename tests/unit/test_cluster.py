@@ -220,10 +220,22 @@ def test_rays_session_dir_is_private_and_unguessable(
         assert a.stat().st_mode & 0o777 == 0o700
         (tmp_path / "cluster").mkdir()
         state = tmp_path / "cluster" / "local.json"
-        for temp, stale in ((str(a), a), ("/etc", None), (str(tmp_path), None),
-                            (f"/tmp/mvm-ray-{os.getuid()}-gone", None)):  # fmt: skip
-            state.write_text(json.dumps({"address": "x:1", "nodes": [], "temp_dir": temp}))
-            assert local._stale_temp_dir() == stale
+        victim = tmp_path / f"mvm-ray-{os.getuid()}-x"  # not under /tmp: never removed
+        victim.mkdir()
+        link = Path(f"{a}-link")
+        link.symlink_to(victim)
+        try:
+            for temp, stale in ((str(a), a), ("/etc", None), (str(victim), None), (1, None),
+                                (f"/tmp/mvm-ray-{os.getuid()}-gone", None),
+                                (str(link), None)):  # fmt: skip
+                st = {"address": "x:1", "nodes": [], "temp_dir": temp}
+                state.write_text(json.dumps(st))
+                assert local._stale_temp_dir() == stale
+                if stale is None:
+                    local._end_nodes(st)  # removes only a session dir it made
+            assert victim.is_dir() and link.is_symlink()
+        finally:
+            link.unlink()
     finally:
         a.rmdir()
         b.rmdir()

@@ -30,6 +30,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -253,14 +254,23 @@ def start(nodes: int, *, node_mem_mib: int, node_cpus: int, accel: str | None = 
 def _stale_temp_dir() -> Path | None:
     """The session directory a previous, unstopped local cluster left (if ours)."""
     st = load_state()
-    tmp = Path(str(st.get("temp_dir") or "")) if st else None
-    if tmp is None or not tmp.name.startswith(f"mvm-ray-{os.getuid()}-"):
+    return _own_temp_dir(st.get("temp_dir")) if st else None
+
+
+def _own_temp_dir(recorded: Any) -> Path | None:
+    """``recorded`` (a state file's ``temp_dir``) if it is a session directory ``start``
+    made — ``/tmp/mvm-ray-UID-…``, this user's, a real directory — else None: a state
+    file is never trusted to name what gets removed."""
+    tmp = Path(recorded) if isinstance(recorded, str) and recorded else None
+    if tmp is None or tmp.parent != Path("/tmp"):
+        return None
+    if not tmp.name.startswith(f"mvm-ray-{os.getuid()}-"):
         return None
     try:
-        ours = tmp.parent == Path("/tmp") and tmp.lstat().st_uid == os.getuid()
+        st = tmp.lstat()
     except OSError:
         return None
-    return tmp if ours and tmp.is_dir() and not tmp.is_symlink() else None
+    return tmp if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() else None
 
 
 def _wait_joined(ray: Any, procs: dict[int, subprocess.Popen[bytes]], count: int,
@@ -401,8 +411,8 @@ def _zombie(pid: int) -> bool:
 
 def _end_nodes(st: dict[str, Any]) -> None:
     end_nodes([int(n["pid"]) for n in st.get("nodes") or []])
-    tmp = st.get("temp_dir")
-    if tmp and Path(tmp).name.startswith("mvm-ray-"):
+    tmp = _own_temp_dir(st.get("temp_dir"))
+    if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
