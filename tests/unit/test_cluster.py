@@ -113,6 +113,36 @@ def test_end_nodes_signals_only_our_ray_processes() -> None:
         p.wait()
 
 
+def test_a_recorded_pid_running_another_clusters_node_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pid in local.json that now belongs to a node of another MVM_HOME (pid reuse,
+    a copied state file) is neither taken as our cluster nor signalled by stop."""
+    monkeypatch.setenv("MVM_HOME", str(tmp_path))
+    ours, theirs = str(tmp_path / "cluster" / "node-0"), str(tmp_path / "other" / "node-0")
+    fake = [sys.executable, "-c", "import time; time.sleep(60)", "ray.scripts.scripts",
+            "start", "--block"]  # fmt: skip
+    p = subprocess.Popen(fake, start_new_session=True, env={**os.environ, "MVM_HOME": theirs})
+    try:
+        deadline = time.monotonic() + 10
+        while not local.is_node(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert local.is_node(p.pid) and local.is_node(p.pid, theirs)
+        assert not local.is_node(p.pid, ours)
+        st = {"address": "127.0.0.1:1", "nodes": [{"id": "node-0", "home": ours, "pid": p.pid}]}
+        (tmp_path / "cluster").mkdir()
+        (tmp_path / "cluster" / "local.json").write_text(json.dumps(st))
+        assert local.load_state() == st and local.address() is None
+        local._end_nodes(st)
+        assert p.poll() is None  # not ours: not signalled
+        # as its own cluster's stop sees it: ended
+        local._end_nodes({**st, "nodes": [{"id": "node-0", "home": theirs, "pid": p.pid}]})
+        assert p.wait(timeout=30) is not None
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_local_start_checks_its_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MVM_HOME", str(tmp_path))
     with pytest.raises(ConfigError):

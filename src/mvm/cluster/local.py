@@ -105,13 +105,19 @@ def load_state() -> dict[str, Any] | None:
     return data
 
 
-def is_node(pid: int) -> bool:
-    """Whether ``pid`` is a ``ray start`` this module started (never signal another)."""
+def is_node(pid: int, home: str | None = None) -> bool:
+    """Whether ``pid`` is a ``ray start`` this module started (never signal another):
+    its argv and, given ``home``, the node's ``MVM_HOME`` in its environment (a pid
+    reused by another local cluster's node — another MVM_HOME — is not ours)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if not (b"ray.scripts.scripts" in argv and b"start" in argv and b"--block" in argv):
+            return False
+        return home is None or f"MVM_HOME={home}".encode() in (
+            Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        )
     except OSError:
         return False
-    return b"ray.scripts.scripts" in argv and b"start" in argv and b"--block" in argv
 
 
 def address() -> str | None:
@@ -120,7 +126,7 @@ def address() -> str | None:
     if st is None or not st["nodes"]:
         return None
     head = st["nodes"][0]
-    return str(st["address"]) if is_node(int(head["pid"])) else None
+    return str(st["address"]) if is_node(int(head["pid"]), head["home"]) else None
 
 
 def _temp_dir() -> Path:
@@ -410,7 +416,11 @@ def _zombie(pid: int) -> bool:
 
 
 def _end_nodes(st: dict[str, Any]) -> None:
-    end_nodes([int(n["pid"]) for n in st.get("nodes") or []])
+    """End the nodes ``st`` records: those still running as our node (by home), and the
+    sessions of those gone (a session's id is not reused while a process of it lives);
+    a recorded pid now running something else is left alone."""
+    end_nodes([int(n["pid"]) for n in st.get("nodes") or []
+               if is_node(int(n["pid"]), str(n["home"])) or _zombie(int(n["pid"]))])  # fmt: skip
     tmp = _own_temp_dir(st.get("temp_dir"))
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)
