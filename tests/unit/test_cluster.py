@@ -288,3 +288,28 @@ def test_sealed_secrets_reach_the_worker_as_given(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ConfigError, match="secret K: its value contains ':'") as e:
         seal_secrets(["K:localhost"])
     assert "b.example" not in str(e.value) and "b.example" not in (e.value.hint or "")
+
+
+class _FakeRay:
+    """``ray.init`` as a cluster that refuses the token behaves: C++ warnings on fd 2,
+    then an exception."""
+
+    def __init__(self, refuse: bool) -> None:
+        self.refuse = refuse
+
+    def init(self, **kw: object) -> None:
+        os.write(2, b"[W gcs_client.cc:210] Unauthenticated: InvalidAuthToken\n" * 3
+                 if self.refuse else b"a warning of Ray's\n")  # fmt: skip
+        if self.refuse:
+            raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:1")
+
+
+def test_a_cluster_that_refuses_our_token_is_one_line(capfd: pytest.CaptureFixture[str]) -> None:
+    from mvm.cluster import engine
+
+    with pytest.raises(ClusterError, match=r"^the cluster at h:1 refused this process") as e:
+        engine._init(_FakeRay(refuse=True), "h:1")
+    assert "RAY_AUTH_TOKEN_PATH" in (e.value.hint or "")
+    assert "InvalidAuthToken" not in capfd.readouterr().err  # Ray's noise held back
+    engine._init(_FakeRay(refuse=False), "h:1")
+    assert capfd.readouterr().err == "a warning of Ray's\n"  # on success: passed on

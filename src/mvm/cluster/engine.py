@@ -67,12 +67,44 @@ def connect(address: str | None = None) -> Any:
         os.environ.update(auth)
         _reload_auth(ray)
     _quiet(ray)
-    try:
-        ray.init(address=addr, namespace=NAMESPACE, logging_level="ERROR",
-                 log_to_driver=False, include_dashboard=False)  # fmt: skip
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError…
-        raise ClusterError(f"cannot connect to the cluster at {addr}: {_short(exc)}") from None
+    _init(ray, addr)
     return ray
+
+
+def _init(ray: Any, addr: str) -> None:
+    """``ray.init`` with what Ray's C++ side writes to fd 2 meanwhile held back: a
+    cluster that refuses this process's token makes it log a warning a second for
+    ~20 s.  On success the held text goes to stderr as it was; on failure it is
+    read for the cause and the error is one line."""
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        error: Exception | None = None
+        try:
+            ray.init(address=addr, namespace=NAMESPACE, logging_level="ERROR",
+                     log_to_driver=False, include_dashboard=False)  # fmt: skip
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError…
+            error = exc
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        said = held.read(1 << 20).decode(errors="replace")
+    if error is None:
+        sys.stderr.write(said)
+        return
+    if "InvalidAuthToken" in said or "Unauthenticated" in said:
+        raise ClusterError(
+            f"the cluster at {addr} refused this process: it needs the cluster's Ray token",
+            hint="for a cluster `mvmctl cluster start` made, use its MVM_HOME, or set "
+            "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=THAT_HOME/cluster/ray-token",
+        )
+    raise ClusterError(f"cannot connect to the cluster at {addr}: {_short(error)}")
 
 
 def _reload_auth(ray: Any) -> None:
