@@ -143,6 +143,37 @@ def test_a_recorded_pid_running_another_clusters_node_is_left_alone(
         p.wait()
 
 
+def test_start_ends_what_an_unstopped_cluster_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its head died, another node of it still runs: the next start ends that node
+    (and its session dir) before recording a new cluster over it."""
+    monkeypatch.setenv("MVM_HOME", str(tmp_path))
+    home = str(local.node_home(1))
+    fake = [sys.executable, "-c", "import time; time.sleep(60)", "ray.scripts.scripts",
+            "start", "--block"]  # fmt: skip
+    p = subprocess.Popen(fake, start_new_session=True, env={**os.environ, "MVM_HOME": home})
+    tmp = local._temp_dir()
+    try:
+        deadline = time.monotonic() + 10
+        while not local.is_node(p.pid, home) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        nodes = [{"id": "node-0", "home": str(local.node_home(0)), "pid": 2**22 + 1},
+                 {"id": "node-1", "home": home, "pid": p.pid}]  # fmt: skip
+        local.cluster_dir().mkdir()
+        (local.cluster_dir() / "local.json").write_text(
+            json.dumps({"address": "127.0.0.1:1", "nodes": nodes, "temp_dir": str(tmp)})
+        )
+        assert local.address() is None  # the head is gone
+        local._end_previous()
+        assert p.wait(timeout=30) is not None and not tmp.exists()
+    finally:
+        p.kill()
+        p.wait()
+        if tmp.exists():
+            tmp.rmdir()
+
+
 def test_local_start_checks_its_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MVM_HOME", str(tmp_path))
     with pytest.raises(ConfigError):
@@ -260,7 +291,7 @@ def test_rays_session_dir_is_private_and_unguessable(
                                 (str(link), None)):  # fmt: skip
                 st = {"address": "x:1", "nodes": [], "temp_dir": temp}
                 state.write_text(json.dumps(st))
-                assert local._stale_temp_dir() == stale
+                assert local._own_temp_dir(st["temp_dir"]) == stale
                 if stale is None:
                     local._end_nodes(st)  # removes only a session dir it made
             assert victim.is_dir() and link.is_symlink()

@@ -217,9 +217,7 @@ def start(nodes: int, *, node_mem_mib: int, node_cpus: int, accel: str | None = 
 
     engine.ray_module()  # the one-line install hint before anything starts
     cluster_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
-    old = _stale_temp_dir()
-    if old is not None:  # a cluster that was not stopped (its nodes are gone)
-        shutil.rmtree(old, ignore_errors=True)
+    _end_previous()
     _write_token()
     tmp = _temp_dir()
     port = _free_port()
@@ -257,10 +255,12 @@ def start(nodes: int, *, node_mem_mib: int, node_cpus: int, accel: str | None = 
     return st
 
 
-def _stale_temp_dir() -> Path | None:
-    """The session directory a previous, unstopped local cluster left (if ours)."""
-    st = load_state()
-    return _own_temp_dir(st.get("temp_dir")) if st else None
+def _end_previous() -> None:
+    """End what is left of a local cluster that was not stopped (its head is gone, so
+    ``start`` may begin anew; its other nodes may still run and would be orphaned)."""
+    prev = load_state()
+    if prev is not None:
+        _end_nodes(prev)
 
 
 def _own_temp_dir(recorded: Any) -> Path | None:
