@@ -21,7 +21,6 @@ has lost them, and so does not re-place such groups.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -271,15 +270,20 @@ class Controller:
         return placed
 
     def _stop_all(self, vms: Sequence[Placed]) -> list[str]:
+        """Stop ``vms`` on their hosts in parallel; the names a live host did *not* stop
+        (no answer, or its ``down`` failed).  A VM of a dead host is gone with it."""
         nodes = {n.host_id: n for n in self._nodes() if n.alive}
         refs = [(p, self._worker(nodes[p.host]).stop.remote(p.name))
                 for p in vms if p.host in nodes]  # fmt: skip
-        done = []
+        failed = []
         for p, ref in refs:
-            with contextlib.suppress(MvmError):
-                engine.get(self._ray, ref, engine.CALL_TIMEOUT, f"host {p.host}")
-                done.append(p.name)
-        return done
+            try:
+                got = engine.get(self._ray, ref, engine.CALL_TIMEOUT, f"host {p.host}")
+                unwrap(got, f"host {p.host}")
+            except MvmError as exc:
+                failed.append(p.name)
+                self._event(f"stopping {p.name}: {exc.message}")
+        return failed
 
     # -- listing and removing --
 
@@ -335,10 +339,14 @@ class Controller:
                     self._secrets.pop(gid, None)
                 if not vms:
                     raise NotFoundError(f"no cluster VMs of template {template!r}")
-        self._stop_all([p for p in vms if p.state != "lost"])
+        failed = set(self._stop_all([p for p in vms if p.state != "lost"]))
         with self._lock:
             for p in vms:
-                self._vms.pop(p.name, None)
+                if p.name not in failed:  # one its host did not stop stays listed
+                    self._vms.pop(p.name, None)
+        if failed:
+            raise ClusterError(f"could not stop {', '.join(sorted(failed))} (still listed)",
+                               hint="try `mvmctl cluster down` again")  # fmt: skip
         return sorted(p.name for p in vms)
 
     def exec(self, name: str, argv: list[str], env: dict[str, str] | None, cwd: str | None,
