@@ -66,3 +66,17 @@ def test_down_of_an_unknown_name_is_not_found(ctl: tuple[Controller, _Worker]) -
     c, _ = ctl
     with pytest.raises(NotFoundError, match="no cluster VM named 'nope'"):
         c.down("nope")
+
+
+def test_a_host_that_left_after_placement_fails_the_start_cleanly(
+    ctl: tuple[Controller, _Worker],
+) -> None:
+    """Placed on host b, which is gone when the start is sent: a one-line error, and
+    no replica left behind as 'starting' (it would hold capacity for ever)."""
+    from mvm.cluster.controller import Group
+
+    c, _ = ctl
+    before = dict(c._vms)
+    with pytest.raises(ClusterError, match=r"^starting web: host b left the cluster$"):
+        c._start(Group("g1", "web", 1, 1, 256, [], False), ["b"], None)
+    assert c._vms == before

@@ -243,13 +243,15 @@ class Controller:
                 placed.append(p)
         refs = []
         for p in placed:
-            w = self._worker(nodes[p.host])
-            refs.append(w.start.remote(p.name, group.template, group.cpus, group.mem_mib,
-                                       group.ports, secrets, group.network_preset,
-                                       group.network_allow))  # fmt: skip
+            node = nodes.get(p.host)  # placed a moment ago; it may have left since
+            refs.append(None if node is None else self._worker(node).start.remote(
+                p.name, group.template, group.cpus, group.mem_mib, group.ports, secrets,
+                group.network_preset, group.network_allow))  # fmt: skip
         errors: list[str] = []
         for p, ref in zip(placed, refs, strict=True):
             try:
+                if ref is None:
+                    raise ClusterError(f"host {p.host} left the cluster")
                 info = unwrap(engine.get(self._ray, ref, engine.START_TIMEOUT, f"host {p.host}"),
                               f"host {p.host}")  # fmt: skip
                 with self._lock:
