@@ -3,11 +3,14 @@ local cluster's state file, and the CLI without the Ray extra."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -344,3 +347,46 @@ def test_a_cluster_that_refuses_our_token_is_one_line(capfd: pytest.CaptureFixtu
     assert "InvalidAuthToken" not in capfd.readouterr().err  # Ray's noise held back
     engine._init(_FakeRay(refuse=False), "h:1")
     assert capfd.readouterr().err == "a warning of Ray's\n"  # on success: passed on
+
+
+def _listener(reply: bytes | None) -> socket.socket:
+    """A TCP server on 127.0.0.1 that answers a connection with ``reply`` (None: says
+    nothing, holds it open)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = srv.accept()
+            conn.recv(64)
+            if reply is not None:
+                conn.sendall(reply)
+            time.sleep(3)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+@pytest.mark.parametrize(("reply", "says"), [
+    (None, "answered as a Ray cluster within 1s"),  # Ray would retry for minutes
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", "is not a Ray cluster"),
+    (b"\x00\x00\x06\x04\x00\x00\x00\x00\x00" + b"\x00\x03\x00\x00\x00\x64", None),  # gRPC
+])  # fmt: skip
+def test_the_address_must_answer_as_grpc_within_the_timeout(reply: bytes | None,
+                                                             says: str | None) -> None:  # fmt: skip
+    from mvm.cluster import engine
+
+    srv = _listener(reply)
+    addr = f"127.0.0.1:{srv.getsockname()[1]}"
+    try:
+        began = time.monotonic()
+        if says is None:
+            engine._reachable(addr, timeout=1)
+        else:
+            with pytest.raises(ClusterError, match=says):
+                engine._reachable(addr, timeout=1)
+        assert time.monotonic() - began < 3
+    finally:
+        srv.close()

@@ -118,21 +118,47 @@ def _reload_auth(ray: Any) -> None:
         AuthenticationTokenLoader.instance().reset_cache()
 
 
+# an HTTP/2 client's opening (the preface, then an empty SETTINGS frame): a gRPC server
+# such as Ray's GCS answers at once with a SETTINGS frame of its own
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+H2_SETTINGS = 0x04
+
+
 def _reachable(addr: str, timeout: float = 5.0) -> None:
-    """Fail in one line, within ``timeout``, when nothing listens at ``addr``: Ray's
-    own connect retries for minutes and logs every attempt to stderr."""
+    """Fail in one line, within ``timeout``, when nothing at ``addr`` answers as a gRPC
+    server (Ray's GCS): where nothing listens, and where something listens but does
+    not speak HTTP/2 — Ray's own connect retries for minutes (20 attempts of ~40 s
+    against a silent listener) and logs every attempt to stderr.  With Ray's TLS
+    (``RAY_USE_TLS``) only the TCP connect is checked."""
     import socket
 
     host, sep, port = addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"invalid cluster address {addr!r}: use HOST:PORT (the Ray GCS)")
+    tls = os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as s:
+            if tls:
+                return
+            s.sendall(H2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = s.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except TimeoutError:
+        raise ClusterError(f"nothing at {addr} answered as a Ray cluster within {timeout:.0f}s",
+                           hint="is it the address `ray start --head` printed (the GCS "
+                                "port)?") from None  # fmt: skip
     except OSError as exc:
         raise ClusterError(f"cannot reach the cluster at {addr}: {exc.strerror or exc}",
                            hint="is it running? (`mvmctl cluster start`, or the "
                                 "address `ray start --head` printed)") from None  # fmt: skip
+    if len(head) < 9 or head[3] != H2_SETTINGS:
+        raise ClusterError(f"what listens at {addr} is not a Ray cluster (no gRPC answer)",
+                           hint="give the address `ray start --head` printed (the GCS "
+                                "port)")  # fmt: skip
 
 
 def _quiet(ray: Any) -> None:
