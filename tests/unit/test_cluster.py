@@ -390,3 +390,26 @@ def test_the_address_must_answer_as_grpc_within_the_timeout(reply: bytes | None,
         assert time.monotonic() - began < 3
     finally:
         srv.close()
+
+
+def test_a_second_cluster_address_in_one_process_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process (the SDK) connected to one cluster that asks for another gets an error,
+    not the first cluster's answers."""
+    from mvm.cluster import engine
+
+    class Connected:
+        @staticmethod
+        def is_initialized() -> bool:
+            return True
+
+    monkeypatch.setattr(engine, "ray_module", lambda: Connected)
+    monkeypatch.setattr(engine, "_connected", "10.0.0.1:6379")
+    monkeypatch.delenv("MVM_CLUSTER_ADDRESS", raising=False)
+    assert engine.connect() is Connected and engine.connect("10.0.0.1:6379") is Connected
+    with pytest.raises(ConfigError, match=r"connected to the cluster at 10\.0\.0\.1:6379, not"):
+        engine.connect("10.0.0.2:6379")
+    monkeypatch.setenv("MVM_CLUSTER_ADDRESS", "10.0.0.3:6379")
+    with pytest.raises(ConfigError, match=r"not 10\.0\.0\.3:6379"):
+        engine.connect()

@@ -46,11 +46,23 @@ def ray_module() -> Any:
     return ray
 
 
+_connected: str | None = None  # the address this process connected to
+
+
 def connect(address: str | None = None) -> Any:
     """Connect this process to the cluster (``address``, else ``MVM_CLUSTER_ADDRESS``,
-    else the local cluster ``mvmctl cluster start`` made); return ``ray``."""
+    else the local cluster ``mvmctl cluster start`` made); return ``ray``.  A Ray
+    driver talks to one cluster: asking for another one is an error, not a silent
+    answer from the first."""
+    global _connected
     ray = ray_module()
     if ray.is_initialized():
+        want = address or os.environ.get(ADDRESS_ENV)
+        if want and _connected and want != _connected:
+            raise ConfigError(f"this process is connected to the cluster at {_connected}, "
+                              f"not {want}",
+                              hint="one cluster per process (a Ray driver); "
+                                   "`ray.shutdown()` first to switch")  # fmt: skip
         return ray
     from mvm.cluster import local
 
@@ -68,6 +80,7 @@ def connect(address: str | None = None) -> Any:
         _reload_auth(ray)
     _quiet(ray)
     _init(ray, addr)
+    _connected = addr
     return ray
 
 
