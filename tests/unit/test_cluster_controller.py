@@ -80,3 +80,54 @@ def test_a_host_that_left_after_placement_fails_the_start_cleanly(
     with pytest.raises(ClusterError, match=r"^starting web: host b left the cluster$"):
         c._start(Group("g1", "web", 1, 1, 256, [], False), ["b"], None)
     assert c._vms == before
+
+
+def test_a_fixed_host_port_allows_one_replica_per_host() -> None:
+    from mvm.cluster.controller import fixed_port_clash
+
+    assert fixed_port_clash(["0:80", "127.0.0.1:0:53/udp"], ["a", "a", "a"]) is None
+    assert fixed_port_clash(["8080:80"], ["a", "b", "c"]) is None
+    assert fixed_port_clash([], ["a", "a"]) is None
+    err = fixed_port_clash(["0:443", "8080:80"], ["a", "b", "a"])
+    assert err is not None and str(err) == (
+        "-p 8080:80 fixes the host port, so one replica per host; a would run 2"
+    )
+    assert "-p 0:GUEST" in (err.hint or "")
+    # a replacement beside a replica of the group that still runs there
+    assert fixed_port_clash(["8080"], ["b"], existing=["a", "b"]) is not None
+    assert fixed_port_clash(["8080"], ["c"], existing=["a", "b"]) is None
+
+
+def test_a_replacement_with_a_fixed_port_goes_to_a_host_without_a_replica(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mvm.cluster.controller import Group
+
+    nodes = [engine.Node(h, f"n-{h}", True, "127.0.0.1", {}) for h in ("a", "b")]
+    started: list[tuple[str, str]] = []
+
+    class Worker:
+        def __init__(self, host: str) -> None:
+            def start(name: str, *args: Any) -> tuple[Any, ...]:
+                started.append((host, name))
+                return ("ok", {"state": "running", "ports": []})
+
+            self.start = _Method(start)
+
+    monkeypatch.setattr(ctl_mod, "RECONCILE_PERIOD", 3600.0)
+    monkeypatch.setattr(engine, "host_nodes", lambda ray: nodes)
+    monkeypatch.setattr(engine, "worker", lambda ray, n: Worker(n.host_id))
+    monkeypatch.setattr(engine, "get", lambda ray, ref, timeout, what: ref)
+    c = Controller()
+    g = Group("g1", "web", 2, 1, 256, ["8080:80"], False, starting=False)
+    c._groups[g.id] = g
+    c._vms["cl-web-1"] = Placed("cl-web-1", "a", "web", "g1", "running")
+    c._vms["cl-web-2"] = Placed("cl-web-2", "c", "web", "g1", "lost")
+
+    def info(used: int) -> dict[str, Any]:
+        return {"vms": [], "used_mem_mib": used, "used_vcpus": 0, "mem_mib": 2048,
+                "vcpus": 8, "accel": "tcg", "templates": ["web"]}  # fmt: skip
+
+    # packing alone would choose a (less free memory); a's port 8080 is taken
+    c._replace(g, nodes, {"a": info(256), "b": info(0)})
+    assert [h for h, _ in started] == ["b"], c.events()

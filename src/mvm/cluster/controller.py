@@ -29,7 +29,7 @@ from typing import Any
 
 from mvm.cluster import engine
 from mvm.cluster.placement import Host, Request, place
-from mvm.cluster.worker import PREFIX, Sealed, unwrap
+from mvm.cluster.worker import PREFIX, ZERO_PORT_RE, Sealed, unwrap
 from mvm.errors import ClusterError, MvmError, NotFoundError
 
 RECONCILE_PERIOD = 2.0
@@ -69,6 +69,22 @@ def vm_name(template: str, n: int) -> str:
     """``cl-TEMPLATE-N``, shortened to a valid VM name (63 characters)."""
     tail = f"-{n}"
     return f"{PREFIX}-{template[: 63 - len(PREFIX) - 1 - len(tail)]}{tail}"
+
+
+def fixed_port_clash(ports: Sequence[str], chosen: Sequence[str],
+                     existing: Sequence[str] = ()) -> ClusterError | None:  # fmt: skip
+    """A fixed host port (``-p 8080:80``) binds once per host: the error when ``chosen``
+    (plus the group's replicas ``existing`` already on hosts) puts two on one host —
+    before any VM starts, rather than the second failing to bind."""
+    fixed = [p for p in ports if not ZERO_PORT_RE.fullmatch(p)]
+    every = [*chosen, *existing]
+    twice = sorted({h for h in every if every.count(h) > 1})
+    if not fixed or not twice:
+        return None
+    return ClusterError(f"-p {fixed[0]} fixes the host port, so one replica per host; "
+                        f"{twice[0]} would run {every.count(twice[0])}",
+                        hint="use -p 0:GUEST (a free port for each replica), or --spread "
+                             "with no more replicas than hosts")  # fmt: skip
 
 
 class Controller:
@@ -162,6 +178,9 @@ class Controller:
         req = Request(template, mem_mib, cpus, replicas=replicas, spread=spread, accel=accel)
         hosts = self._placement_hosts(nodes, infos)
         chosen = place(hosts, req)
+        clash = fixed_port_clash(ports, chosen)
+        if clash is not None:
+            raise clash
         with self._lock:
             self._counter += 1
             group = Group(
@@ -429,9 +448,18 @@ class Controller:
             g.starting = True
             secrets = self._secrets.get(g.id)
         try:
+            with self._lock:
+                gone = ("lost", "failed", "gone")
+                have = [p.host for p in self._vms.values()
+                        if p.group == g.id and p.state not in gone]  # fmt: skip
+            # a fixed host port is taken where a replica runs: only the other hosts
+            fixed = any(not ZERO_PORT_RE.fullmatch(p) for p in g.ports)
             req = Request(g.template, g.mem_mib, g.cpus, replicas=missing, spread=g.spread,
-                          accel=g.accel)  # fmt: skip
+                          accel=g.accel, exclude=frozenset(have if fixed else ()))  # fmt: skip
             chosen = place(self._placement_hosts(live, infos), req)
+            clash = fixed_port_clash(g.ports, chosen, have)
+            if clash is not None:
+                raise clash
             started = self._start(g, chosen, secrets)
             self._event(f"{g.template}: replaced {len(started)} replica(s) on "
                         f"{', '.join(sorted({p.host for p in started}))}")  # fmt: skip
