@@ -121,8 +121,16 @@ def test_hosts_and_a_request_no_host_can_hold(cl: dict[str, str]) -> None:
     assert "only 12 of 13 replicas" in err, err
     err = fails("cluster", "up", "--template", "no-such-template", env=cl)
     assert "no-such-template" in err, err
-    fails("cluster", "up", "--template", TEMPLATE, "-p", "0:99999", env=cl)
+    assert "invalid port '0:99999'" in fails("cluster", "up", "--template", TEMPLATE, "-p",
+                                             "0:99999", env=cl)  # fmt: skip
     assert cls(cl) == []
+    # Ray listens on every interface: a driver without the token (another MVM_HOME) is
+    # refused, in one line
+    other = {"MVM_HOME": str(Path(cl["MVM_HOME"]) / "stranger"), "RAY_AUTH_MODE": "",
+             "MVM_CLUSTER_ADDRESS": cl["MVM_CLUSTER_ADDRESS"]}  # fmt: skip
+    err = fails("cluster", "hosts", env=other)
+    assert "refused this process: it needs the cluster's Ray token" in err, err
+    assert "InvalidAuthToken" not in err and len(err.splitlines()) == 2, err  # error + hint
 
 
 def test_pack_fills_one_host_and_the_sdk_lands_beside(cl: dict[str, str]) -> None:
@@ -141,7 +149,12 @@ def test_pack_fills_one_host_and_the_sdk_lands_beside(cl: dict[str, str]) -> Non
 
     import mvm.cluster
 
-    os.environ["MVM_CLUSTER_ADDRESS"] = cl["MVM_CLUSTER_ADDRESS"]
+    # another process (here: this one, of another MVM_HOME) reaches the local cluster
+    # with its token, by path; without it Ray refuses the connection
+    token = Path(cl["MVM_HOME"]) / "cluster" / "ray-token"
+    assert token.stat().st_mode & 0o777 == 0o600
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    os.environ.update({"MVM_CLUSTER_ADDRESS": cl["MVM_CLUSTER_ADDRESS"], **auth})
     try:
         secret = f"tok-{uuid.uuid4().hex}"
         with mvm.cluster.Sandbox.create(TEMPLATE, secrets=[f"TOKEN={secret}:api.example.com"],
@@ -168,7 +181,8 @@ def test_pack_fills_one_host_and_the_sdk_lands_beside(cl: dict[str, str]) -> Non
         import ray
 
         ray.shutdown()
-        del os.environ["MVM_CLUSTER_ADDRESS"]
+        for k in ("MVM_CLUSTER_ADDRESS", *auth):
+            del os.environ[k]
     # one VM by name: its group shrinks, so the reconcile loop does not replace it
     one = placed[0]["name"]
     assert ok("cluster", "down", one, env=cl, timeout=300).strip() == f"removed 1: {one}"

@@ -16,7 +16,7 @@ from typing import Any
 from mvm import paths
 from mvm.cluster import engine
 from mvm.cluster.worker import Sealed, check_ports
-from mvm.errors import ConfigError
+from mvm.errors import ConfigError, MvmError
 
 
 def _controller(address: str | None) -> tuple[Any, Any]:
@@ -33,7 +33,20 @@ def seal_secrets(secrets: Sequence[str]) -> Sealed | None:
     out = []
     for text in secrets:
         b = parse(text, dict(os.environ))
-        out.append(f"{b.key}={b.value}:{','.join(b.hosts)}" + (f":{b.header}" if b.header else ""))
+        sealed = f"{b.key}={b.value}:{','.join(b.hosts)}" + (f":{b.header}" if b.header else "")
+        # the worker parses this text again: a value with ':' next to a host without a dot
+        # could split elsewhere (part of the value sent to another host), so refuse that
+        try:
+            back = parse(sealed, {})
+        except MvmError:
+            back = None
+        if back is None or (back.value, back.hosts, back.header) != (b.value, b.hosts, b.header):
+            raise ConfigError(
+                f"secret {b.key}: its value contains ':' and cannot be bound to "
+                f"{','.join(b.hosts)} unambiguously across the cluster",
+                hint="bind it to a fully qualified host name (with a dot)",
+            )
+        out.append(sealed)
     return Sealed(out)
 
 
@@ -75,8 +88,10 @@ def hosts(address: str | None = None) -> list[dict[str, Any]]:
 
 def down(name: str | None = None, *, template: str | None = None,
          address: str | None = None) -> list[str]:  # fmt: skip
-    if (name is None) == (template is None):
+    if name is not None and template is not None:
         raise ConfigError("give a VM name or --template, not both")
+    if name is None and template is None:
+        raise ConfigError("give a VM name or --template", hint="`mvmctl cluster ls` lists them")
     if name is not None:
         paths.validate_name(name, "VM name")
     if template is not None:

@@ -21,7 +21,6 @@ has lost them, and so does not re-place such groups.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from typing import Any
 
 from mvm.cluster import engine
 from mvm.cluster.placement import Host, Request, place
-from mvm.cluster.worker import PREFIX, Sealed, unwrap
+from mvm.cluster.worker import PREFIX, ZERO_PORT_RE, Sealed, unwrap
 from mvm.errors import ClusterError, MvmError, NotFoundError
 
 RECONCILE_PERIOD = 2.0
@@ -70,6 +69,22 @@ def vm_name(template: str, n: int) -> str:
     """``cl-TEMPLATE-N``, shortened to a valid VM name (63 characters)."""
     tail = f"-{n}"
     return f"{PREFIX}-{template[: 63 - len(PREFIX) - 1 - len(tail)]}{tail}"
+
+
+def fixed_port_clash(ports: Sequence[str], chosen: Sequence[str],
+                     existing: Sequence[str] = ()) -> ClusterError | None:  # fmt: skip
+    """A fixed host port (``-p 8080:80``) binds once per host: the error when ``chosen``
+    (plus the group's replicas ``existing`` already on hosts) puts two on one host —
+    before any VM starts, rather than the second failing to bind."""
+    fixed = [p for p in ports if not ZERO_PORT_RE.fullmatch(p)]
+    every = [*chosen, *existing]
+    twice = sorted({h for h in every if every.count(h) > 1})
+    if not fixed or not twice:
+        return None
+    return ClusterError(f"-p {fixed[0]} fixes the host port, so one replica per host; "
+                        f"{twice[0]} would run {every.count(twice[0])}",
+                        hint="use -p 0:GUEST (a free port for each replica), or --spread "
+                             "with no more replicas than hosts")  # fmt: skip
 
 
 class Controller:
@@ -163,6 +178,9 @@ class Controller:
         req = Request(template, mem_mib, cpus, replicas=replicas, spread=spread, accel=accel)
         hosts = self._placement_hosts(nodes, infos)
         chosen = place(hosts, req)
+        clash = fixed_port_clash(ports, chosen)
+        if clash is not None:
+            raise clash
         with self._lock:
             self._counter += 1
             group = Group(
@@ -244,13 +262,15 @@ class Controller:
                 placed.append(p)
         refs = []
         for p in placed:
-            w = self._worker(nodes[p.host])
-            refs.append(w.start.remote(p.name, group.template, group.cpus, group.mem_mib,
-                                       group.ports, secrets, group.network_preset,
-                                       group.network_allow))  # fmt: skip
+            node = nodes.get(p.host)  # placed a moment ago; it may have left since
+            refs.append(None if node is None else self._worker(node).start.remote(
+                p.name, group.template, group.cpus, group.mem_mib, group.ports, secrets,
+                group.network_preset, group.network_allow))  # fmt: skip
         errors: list[str] = []
         for p, ref in zip(placed, refs, strict=True):
             try:
+                if ref is None:
+                    raise ClusterError(f"host {p.host} left the cluster")
                 info = unwrap(engine.get(self._ray, ref, engine.START_TIMEOUT, f"host {p.host}"),
                               f"host {p.host}")  # fmt: skip
                 with self._lock:
@@ -271,15 +291,20 @@ class Controller:
         return placed
 
     def _stop_all(self, vms: Sequence[Placed]) -> list[str]:
+        """Stop ``vms`` on their hosts in parallel; the names a live host did *not* stop
+        (no answer, or its ``down`` failed).  A VM of a dead host is gone with it."""
         nodes = {n.host_id: n for n in self._nodes() if n.alive}
         refs = [(p, self._worker(nodes[p.host]).stop.remote(p.name))
                 for p in vms if p.host in nodes]  # fmt: skip
-        done = []
+        failed = []
         for p, ref in refs:
-            with contextlib.suppress(MvmError):
-                engine.get(self._ray, ref, engine.CALL_TIMEOUT, f"host {p.host}")
-                done.append(p.name)
-        return done
+            try:
+                got = engine.get(self._ray, ref, engine.CALL_TIMEOUT, f"host {p.host}")
+                unwrap(got, f"host {p.host}")
+            except MvmError as exc:
+                failed.append(p.name)
+                self._event(f"stopping {p.name}: {exc.message}")
+        return failed
 
     # -- listing and removing --
 
@@ -335,10 +360,14 @@ class Controller:
                     self._secrets.pop(gid, None)
                 if not vms:
                     raise NotFoundError(f"no cluster VMs of template {template!r}")
-        self._stop_all([p for p in vms if p.state != "lost"])
+        failed = set(self._stop_all([p for p in vms if p.state != "lost"]))
         with self._lock:
             for p in vms:
-                self._vms.pop(p.name, None)
+                if p.name not in failed:  # one its host did not stop stays listed
+                    self._vms.pop(p.name, None)
+        if failed:
+            raise ClusterError(f"could not stop {', '.join(sorted(failed))} (still listed)",
+                               hint="try `mvmctl cluster down` again")  # fmt: skip
         return sorted(p.name for p in vms)
 
     def exec(self, name: str, argv: list[str], env: dict[str, str] | None, cwd: str | None,
@@ -419,9 +448,18 @@ class Controller:
             g.starting = True
             secrets = self._secrets.get(g.id)
         try:
+            with self._lock:
+                gone = ("lost", "failed", "gone")
+                have = [p.host for p in self._vms.values()
+                        if p.group == g.id and p.state not in gone]  # fmt: skip
+            # a fixed host port is taken where a replica runs: only the other hosts
+            fixed = any(not ZERO_PORT_RE.fullmatch(p) for p in g.ports)
             req = Request(g.template, g.mem_mib, g.cpus, replicas=missing, spread=g.spread,
-                          accel=g.accel)  # fmt: skip
+                          accel=g.accel, exclude=frozenset(have if fixed else ()))  # fmt: skip
             chosen = place(self._placement_hosts(live, infos), req)
+            clash = fixed_port_clash(g.ports, chosen, have)
+            if clash is not None:
+                raise clash
             started = self._start(g, chosen, secrets)
             self._event(f"{g.template}: replaced {len(started)} replica(s) on "
                         f"{', '.join(sorted({p.host for p in started}))}")  # fmt: skip

@@ -46,11 +46,23 @@ def ray_module() -> Any:
     return ray
 
 
+_connected: str | None = None  # the address this process connected to
+
+
 def connect(address: str | None = None) -> Any:
     """Connect this process to the cluster (``address``, else ``MVM_CLUSTER_ADDRESS``,
-    else the local cluster ``mvmctl cluster start`` made); return ``ray``."""
+    else the local cluster ``mvmctl cluster start`` made); return ``ray``.  A Ray
+    driver talks to one cluster: asking for another one is an error, not a silent
+    answer from the first."""
+    global _connected
     ray = ray_module()
     if ray.is_initialized():
+        want = address or os.environ.get(ADDRESS_ENV)
+        if want and _connected and want != _connected:
+            raise ConfigError(f"this process is connected to the cluster at {_connected}, "
+                              f"not {want}",
+                              hint="one cluster per process (a Ray driver); "
+                                   "`ray.shutdown()` first to switch")  # fmt: skip
         return ray
     from mvm.cluster import local
 
@@ -61,30 +73,105 @@ def connect(address: str | None = None) -> Any:
                                 f"--address / {ADDRESS_ENV}")  # fmt: skip
     _reachable(addr)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # the local cluster's token (by path); another cluster's auth is the caller's RAY_AUTH_*
+    auth = local.auth_env(addr)
+    if auth:
+        os.environ.update(auth)
+        _reload_auth(ray)
     _quiet(ray)
-    try:
-        ray.init(address=addr, namespace=NAMESPACE, logging_level="ERROR",
-                 log_to_driver=False, include_dashboard=False)  # fmt: skip
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError…
-        raise ClusterError(f"cannot connect to the cluster at {addr}: {_short(exc)}") from None
+    _init(ray, addr)
+    _connected = addr
     return ray
 
 
+def _init(ray: Any, addr: str) -> None:
+    """``ray.init`` with what Ray's C++ side writes to fd 2 meanwhile held back: a
+    cluster that refuses this process's token makes it log a warning a second for
+    ~20 s.  On success the held text goes to stderr as it was; on failure it is
+    read for the cause and the error is one line."""
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        error: Exception | None = None
+        try:
+            ray.init(address=addr, namespace=NAMESPACE, logging_level="ERROR",
+                     log_to_driver=False, include_dashboard=False)  # fmt: skip
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError…
+            error = exc
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        said = held.read(1 << 20).decode(errors="replace")
+    if error is None:
+        sys.stderr.write(said)
+        return
+    if "InvalidAuthToken" in said or "Unauthenticated" in said:
+        raise ClusterError(
+            f"the cluster at {addr} refused this process: it needs the cluster's Ray token",
+            hint="for a cluster `mvmctl cluster start` made, use its MVM_HOME, or set "
+            "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=THAT_HOME/cluster/ray-token",
+        )
+    raise ClusterError(f"cannot connect to the cluster at {addr}: {_short(error)}")
+
+
+def _reload_auth(ray: Any) -> None:
+    """Make this process see ``RAY_AUTH_*`` set after ``import ray`` (Ray reads its
+    config, and caches the token, when it is imported), as ``ray`` itself does when
+    it enables token auth."""
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
+# an HTTP/2 client's opening (the preface, then an empty SETTINGS frame): a gRPC server
+# such as Ray's GCS answers at once with a SETTINGS frame of its own
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+H2_SETTINGS = 0x04
+
+
 def _reachable(addr: str, timeout: float = 5.0) -> None:
-    """Fail in one line, within ``timeout``, when nothing listens at ``addr``: Ray's
-    own connect retries for minutes and logs every attempt to stderr."""
+    """Fail in one line, within ``timeout``, when nothing at ``addr`` answers as a gRPC
+    server (Ray's GCS): where nothing listens, and where something listens but does
+    not speak HTTP/2 — Ray's own connect retries for minutes (20 attempts of ~40 s
+    against a silent listener) and logs every attempt to stderr.  With Ray's TLS
+    (``RAY_USE_TLS``) only the TCP connect is checked."""
     import socket
 
     host, sep, port = addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"invalid cluster address {addr!r}: use HOST:PORT (the Ray GCS)")
+    tls = os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as s:
+            if tls:
+                return
+            s.sendall(H2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = s.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except TimeoutError:
+        raise ClusterError(f"nothing at {addr} answered as a Ray cluster within {timeout:.0f}s",
+                           hint="is it the address `ray start --head` printed (the GCS "
+                                "port)?") from None  # fmt: skip
     except OSError as exc:
         raise ClusterError(f"cannot reach the cluster at {addr}: {exc.strerror or exc}",
                            hint="is it running? (`mvmctl cluster start`, or the "
                                 "address `ray start --head` printed)") from None  # fmt: skip
+    if len(head) < 9 or head[3] != H2_SETTINGS:
+        raise ClusterError(f"what listens at {addr} is not a Ray cluster (no gRPC answer)",
+                           hint="give the address `ray start --head` printed (the GCS "
+                                "port)")  # fmt: skip
 
 
 def _quiet(ray: Any) -> None:

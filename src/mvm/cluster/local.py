@@ -5,24 +5,35 @@ Node K is a ``ray start --block`` process of its own session, with its own
 ``MVM_HOME`` (``MVM_HOME/cluster/node-K``), its own capacity (custom
 resources, :mod:`mvm.cluster.engine`) and the registry settings
 (``MVM_TEMPLATE_REGISTRY*``) of the caller; nothing else of the caller's
-environment.  ``local.json`` records the address and each node's process, so
-``stop`` ends exactly those: it first stops every VM the nodes started
-(QEMU runs in sessions of its own and would outlive Ray), then asks each
-node to stop (SIGTERM: Ray drains and ends its raylet, GCS and workers), and
-kills whatever is left in the node's session after a grace period.
+environment.  Ray has no access control of its own unless asked (its GCS,
+raylets and workers listen on every interface, and whoever reaches them runs
+code as this user), so the nodes run with Ray's token authentication: a
+random token in ``MVM_HOME/cluster/ray-token`` (0600), named to every node
+and driver by its path (``RAY_AUTH_TOKEN_PATH``), never by value.  Ray makes
+its session directories world-writable; they live inside a private
+``mkdtemp`` directory so no other user reaches them (logs, Unix sockets).
+
+``local.json`` records the address and each node's process, so ``stop`` ends
+exactly those: it freezes the controller, asks each node to stop (SIGTERM:
+Ray drains and ends its raylet, GCS and workers), kills whatever Ray process
+is left in the node's session after a grace period, and then stops every VM
+the nodes started (QEMU runs in sessions of its own and would outlive Ray;
+with the nodes gone nothing can start another).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +43,7 @@ from mvm import paths, proc
 from mvm.errors import ClusterError, ConfigError, ConflictError, MvmError
 
 STATE = "local.json"
+TOKEN = "ray-token"
 OBJECT_STORE_BYTES = 80 << 20  # Ray's minimum is 75 MiB; VMs need the memory more
 START_TIMEOUT = 180.0
 STOP_GRACE = 8.0  # Ray drains for up to 30 s; the VMs are stopped after anyway
@@ -48,6 +60,29 @@ def node_home(k: int) -> Path:
 
 def _state_path() -> Path:
     return cluster_dir() / STATE
+
+
+def token_path() -> Path:
+    """The local cluster's Ray authentication token (0600, made by ``start``)."""
+    return cluster_dir() / TOKEN
+
+
+def _write_token() -> Path:
+    from mvm.state.atomic import atomic_file
+
+    path = token_path()
+    with atomic_file(path) as f:
+        f.write(secrets.token_hex(32).encode())
+    return path
+
+
+def auth_env(addr: str) -> dict[str, str]:
+    """What a driver needs to talk to the local cluster at ``addr`` (Ray's token
+    authentication, the token by path); empty for any other cluster."""
+    st = load_state()
+    if st is None or st["address"] != addr or not token_path().is_file():
+        return {}
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path())}
 
 
 def load_state() -> dict[str, Any] | None:
@@ -70,13 +105,19 @@ def load_state() -> dict[str, Any] | None:
     return data
 
 
-def is_node(pid: int) -> bool:
-    """Whether ``pid`` is a ``ray start`` this module started (never signal another)."""
+def is_node(pid: int, home: str | None = None) -> bool:
+    """Whether ``pid`` is a ``ray start`` this module started (never signal another):
+    its argv and, given ``home``, the node's ``MVM_HOME`` in its environment (a pid
+    reused by another local cluster's node — another MVM_HOME — is not ours)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if not (b"ray.scripts.scripts" in argv and b"start" in argv and b"--block" in argv):
+            return False
+        return home is None or f"MVM_HOME={home}".encode() in (
+            Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        )
     except OSError:
         return False
-    return b"ray.scripts.scripts" in argv and b"start" in argv and b"--block" in argv
 
 
 def address() -> str | None:
@@ -85,14 +126,14 @@ def address() -> str | None:
     if st is None or not st["nodes"]:
         return None
     head = st["nodes"][0]
-    return str(st["address"]) if is_node(int(head["pid"])) else None
+    return str(st["address"]) if is_node(int(head["pid"]), head["home"]) else None
 
 
 def _temp_dir() -> Path:
-    """Ray's session directory: short (Unix socket paths have 107 bytes), private, one
-    per MVM_HOME."""
-    tag = hashlib.sha256(str(paths.home()).encode()).hexdigest()[:10]
-    return Path("/tmp") / f"mvm-ray-{os.getuid()}-{tag}"
+    """A fresh private directory for Ray's session: short (Unix socket paths have 107
+    bytes), made by ``mkdtemp`` (0700, a name no other user can guess or plant first).
+    Ray's own ``--temp-dir`` is ``ray`` inside it, which Ray makes world-writable."""
+    return Path(tempfile.mkdtemp(prefix=f"mvm-ray-{os.getuid()}-", dir="/tmp"))
 
 
 def _free_port() -> int:
@@ -106,7 +147,8 @@ def _node_env(home: Path) -> dict[str, str]:
     extra.update({
         "MVM_HOME": str(home), "MVM_CACHE": str(paths.cache_dir()),
         "HOME": os.environ.get("HOME", str(Path.home())), "RAY_USAGE_STATS_ENABLED": "0",
-        "PYTHONUNBUFFERED": "1",
+        "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path()),
     })  # fmt: skip
     return proc.child_env(extra)
 
@@ -175,10 +217,9 @@ def start(nodes: int, *, node_mem_mib: int, node_cpus: int, accel: str | None = 
 
     engine.ray_module()  # the one-line install hint before anything starts
     cluster_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    _end_previous()
+    _write_token()
     tmp = _temp_dir()
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(tmp)
-    tmp.mkdir(mode=0o700)
     port = _free_port()
     addr = f"127.0.0.1:{port}"
     st: dict[str, Any] = {"address": addr, "temp_dir": str(tmp), "nodes": [],
@@ -186,7 +227,7 @@ def start(nodes: int, *, node_mem_mib: int, node_cpus: int, accel: str | None = 
     deadline = time.monotonic() + timeout
     try:
         head = _spawn(0, ["--head", "--port", str(port), "--include-dashboard=false",
-                          "--temp-dir", str(tmp)],
+                          "--temp-dir", str(tmp / "ray")],
                       _resources(0, node_mem_mib, node_cpus, accel), node_cpus)  # fmt: skip
         st["nodes"].append({"id": "node-0", "home": str(node_home(0)), "pid": head.pid})
         _write_state(st)
@@ -207,10 +248,35 @@ def start(nodes: int, *, node_mem_mib: int, node_cpus: int, accel: str | None = 
     except BaseException:
         with contextlib.suppress(Exception):
             _end_nodes(st)
-        with contextlib.suppress(OSError):
-            _state_path().unlink()
+        for path in (_state_path(), token_path()):
+            with contextlib.suppress(OSError):
+                path.unlink()
         raise
     return st
+
+
+def _end_previous() -> None:
+    """End what is left of a local cluster that was not stopped (its head is gone, so
+    ``start`` may begin anew; its other nodes may still run and would be orphaned)."""
+    prev = load_state()
+    if prev is not None:
+        _end_nodes(prev)
+
+
+def _own_temp_dir(recorded: Any) -> Path | None:
+    """``recorded`` (a state file's ``temp_dir``) if it is a session directory ``start``
+    made — ``/tmp/mvm-ray-UID-…``, this user's, a real directory — else None: a state
+    file is never trusted to name what gets removed."""
+    tmp = Path(recorded) if isinstance(recorded, str) and recorded else None
+    if tmp is None or tmp.parent != Path("/tmp"):
+        return None
+    if not tmp.name.startswith(f"mvm-ray-{os.getuid()}-"):
+        return None
+    try:
+        st = tmp.lstat()
+    except OSError:
+        return None
+    return tmp if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() else None
 
 
 def _wait_joined(ray: Any, procs: dict[int, subprocess.Popen[bytes]], count: int,
@@ -350,9 +416,13 @@ def _zombie(pid: int) -> bool:
 
 
 def _end_nodes(st: dict[str, Any]) -> None:
-    end_nodes([int(n["pid"]) for n in st.get("nodes") or []])
-    tmp = st.get("temp_dir")
-    if tmp and Path(tmp).name.startswith("mvm-ray-"):
+    """End the nodes ``st`` records: those still running as our node (by home), and the
+    sessions of those gone (a session's id is not reused while a process of it lives);
+    a recorded pid now running something else is left alone."""
+    end_nodes([int(n["pid"]) for n in st.get("nodes") or []
+               if is_node(int(n["pid"]), str(n["home"])) or _zombie(int(n["pid"]))])  # fmt: skip
+    tmp = _own_temp_dir(st.get("temp_dir"))
+    if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -383,6 +453,7 @@ def stop() -> dict[str, Any]:
     vms = []
     for n in st["nodes"]:
         vms += down_node_vms(Path(n["home"]))
-    with contextlib.suppress(OSError):
-        _state_path().unlink()
+    for path in (_state_path(), token_path()):
+        with contextlib.suppress(OSError):
+            path.unlink()
     return {"address": st["address"], "nodes": [n["id"] for n in st["nodes"]], "vms": vms}

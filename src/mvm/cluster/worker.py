@@ -121,8 +121,14 @@ def check_ports(ports: Sequence[str]) -> None:
 
     for p in ports:
         m = ZERO_PORT_RE.fullmatch(p)
-        parse_port(f"{m.group(1) + ':' if m.group(1) else ''}1:{m.group(2)}{m.group(3) or ''}"
-                   if m else p)  # fmt: skip
+        if not m:
+            parse_port(p)
+            continue
+        stand_in = f"{m.group(1) + ':' if m.group(1) else ''}1:{m.group(2)}{m.group(3) or ''}"
+        try:
+            parse_port(stand_in)
+        except ConfigError as exc:  # the error names what the user typed, not the stand-in
+            raise ConfigError(exc.message.replace(repr(stand_in), repr(p)), hint=exc.hint) from None
 
 
 class HostWorker:
