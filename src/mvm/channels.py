@@ -37,6 +37,7 @@ from collections.abc import Callable
 
 from mvm.backends.spec import HostChannels
 from mvm.errors import BackendError
+from mvm.unixsock import try_connect
 
 AGENT_PORT = 1024
 CONTROL_PORT = 1025
@@ -217,7 +218,7 @@ def _connect(
 ) -> socket.socket:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        s = _try_unix(path) if os.path.exists(path) else None
+        s = try_connect(path) if os.path.exists(path) else None
         if s is not None:
             return s
         if not alive():
@@ -257,14 +258,4 @@ def open_agent(agent: os.PathLike[str], transport: str) -> socket.socket | None:
             return vsock_connect(agent, AGENT_PORT, timeout=1.0)
         except BackendError:
             return None
-    return _try_unix(agent)
-
-
-def _try_unix(path: os.PathLike[str]) -> socket.socket | None:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(os.fspath(path))
-        return s
-    except OSError:
-        s.close()
-        return None
+    return try_connect(agent)

@@ -23,6 +23,7 @@ import time
 from mvm.agent import MUX_SOCKET
 from mvm.agent.client import AgentClient
 from mvm.errors import AgentError, ConflictError, MvmError, NotFoundError
+from mvm.unixsock import try_connect
 
 TYPE_CHECKING = False  # typing costs start-up time on `mvmctl exec`'s path
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def _quick(name: str, verb: str) -> socket.socket | None:
     meta = _read_json(os.path.join(image, "revision.json")) if isinstance(image, str) else None
     if not isinstance(meta, dict) or meta.get("agentBinary") == "stub":
         return None
-    return _try_connect(os.path.join(run_dir, SOCKET))
+    return try_connect(os.path.join(run_dir, SOCKET))
 
 
 def _record(name: str, verb: str) -> VmRecord:
@@ -95,16 +96,6 @@ def _record(name: str, verb: str) -> VmRecord:
     return entry
 
 
-def _try_connect(path: str | os.PathLike[str]) -> socket.socket | None:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(os.fspath(path))
-        return s
-    except OSError:
-        s.close()
-        return None
-
-
 def _start_sidecar(run_dir: Path) -> None:
     import subprocess
     import sys
@@ -127,7 +118,7 @@ def _full(name: str, verb: str, timeout: float) -> socket.socket:
     """The sidecar's socket after every check of the record; starts the sidecar."""
     record = _record(name, verb)
     path = record.dir / SOCKET
-    sock = _try_connect(path)
+    sock = try_connect(path)
     if sock is None:
         _start_sidecar(record.dir)
         end = time.monotonic() + min(SIDECAR_START_TIMEOUT, timeout)
@@ -136,7 +127,7 @@ def _full(name: str, verb: str, timeout: float) -> socket.socket:
                 raise AgentError(f"the agent sidecar of VM {name} did not start",
                                  hint=f"see {record.dir / 'sidecar.log'}")  # fmt: skip
             time.sleep(0.01)
-            sock = _try_connect(path)
+            sock = try_connect(path)
     return sock
 
 
